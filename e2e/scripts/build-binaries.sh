@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# Provides kube-apiserver, kube-controller-manager, kubectl and etcd for the local control plane.
+#
+# Order of preference (first hit wins, nothing is built then):
+#   1. TEST_ASSET_KUBE_APISERVER / TEST_ASSET_ETCD / TEST_ASSET_KUBECTL (+ TEST_ASSET_KUBE_CONTROLLER_MANAGER)
+#   2. KUBEBUILDER_ASSETS (a folder holding those binaries)
+#   3. the version-keyed cache below, built once from the Go module proxy and reused forever.
+# Prints the folder holding the four binaries on its last line of stdout; progress goes to stderr.
+set -euo pipefail
+
+K8S_VERSION=${K8S_VERSION:-v1.37.2}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+STAGING_VERSION="v0.${K8S_VERSION#v1.}"
+CACHE_ROOT=${PSS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pss-operator}
+BIN_DIR="$CACHE_ROOT/k8s-$K8S_VERSION-etcd-$ETCD_VERSION/bin"
+
+log() { printf '[build-binaries] %s\n' "$*" >&2; }
+
+# 1 + 2: caller-provided binaries (envtest conventions).
+if [[ -n "${TEST_ASSET_KUBE_APISERVER:-}" || -n "${KUBEBUILDER_ASSETS:-}" ]]; then
+  dir=$(mktemp -d "${TMPDIR:-/tmp}/pss-assets.XXXXXX")
+  for pair in kube-apiserver:TEST_ASSET_KUBE_APISERVER etcd:TEST_ASSET_ETCD kubectl:TEST_ASSET_KUBECTL \
+              kube-controller-manager:TEST_ASSET_KUBE_CONTROLLER_MANAGER; do
+    name=${pair%%:*}; var=${pair#*:}
+    src=${!var:-}
+    [[ -z "$src" && -n "${KUBEBUILDER_ASSETS:-}" ]] && src="$KUBEBUILDER_ASSETS/$name"
+    if [[ -n "$src" && -x "$src" ]]; then
+      ln -sf "$src" "$dir/$name"
+    elif [[ "$name" == kube-controller-manager ]]; then
+      # envtest bundles ship no controller-manager; fall back to the cache (built below if needed).
+      :
+    else
+      log "error: $name not found (looked at \$$var and \$KUBEBUILDER_ASSETS)"; exit 1
+    fi
+  done
+  if [[ -e "$dir/kube-controller-manager" ]]; then echo "$dir"; exit 0; fi
+  log "no kube-controller-manager among the provided assets; using the built cache for it"
+  PROVIDED_DIR=$dir
+fi
+
+have_all() { for b in kube-apiserver kube-controller-manager kubectl etcd; do [[ -x "$BIN_DIR/$b" ]] || return 1; done; }
+
+if have_all; then
+  log "reusing cached binaries in $BIN_DIR"
+else
+  command -v go >/dev/null || { log "error: Go is needed to build the control plane (or set KUBEBUILDER_ASSETS)"; exit 1; }
+  mkdir -p "$BIN_DIR"
+  SRC="$CACHE_ROOT/src-k8s-$K8S_VERSION"
+  mkdir -p "$SRC/k8s" "$SRC/etcd"
+  staging="api apiextensions-apiserver apimachinery apiserver cli-runtime client-go cloud-provider
+    cluster-bootstrap code-generator component-base component-helpers controller-manager cri-api
+    cri-client cri-streaming csi-translation-lib dynamic-resource-allocation endpointslice externaljwt
+    kms kube-aggregator kube-controller-manager kube-proxy kube-scheduler kubectl kubelet metrics
+    mount-utils pod-security-admission sample-apiserver sample-cli-plugin sample-controller streaming"
+  {
+    echo "module pss-operator.io/k8s-binaries"
+    echo
+    echo "go 1.25"
+    echo
+    echo "require k8s.io/kubernetes $K8S_VERSION"
+    echo
+    for m in $staging; do echo "replace k8s.io/$m => k8s.io/$m $STAGING_VERSION"; done
+  } > "$SRC/k8s/go.mod"
+  printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n' > "$SRC/k8s/tools.go"
+  ldflags=""
+  major=${K8S_VERSION#v}; major=${major%%.*}
+  minor=${K8S_VERSION#v*.}; minor=${minor%%.*}
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  export CGO_ENABLED=0 GOFLAGS=-mod=mod
+  cd "$SRC/k8s"
+  log "resolving k8s.io/kubernetes $K8S_VERSION modules (first run only)..."
+  go mod tidy >&2 2>&1 || go mod download >&2
+  for cmd in kube-apiserver kube-controller-manager kubectl; do
+    if [[ -x "$BIN_DIR/$cmd" ]]; then log "$cmd already built"; continue; fi
+    log "building $cmd $K8S_VERSION (a cold build takes many minutes on 2 cores)..."
+    start=$(date +%s)
+    go build -trimpath -ldflags "-s -w $ldflags" -o "$BIN_DIR/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" >&2
+    mv "$BIN_DIR/$cmd.tmp" "$BIN_DIR/$cmd"
+    log "built $cmd in $(( $(date +%s) - start ))s"
+  done
+  if [[ ! -x "$BIN_DIR/etcd" ]]; then
+    cd "$SRC/etcd"
+    printf 'module pss-operator.io/etcd-binary\n\ngo 1.25\n\nrequire go.etcd.io/etcd/server/v3 %s\n' "$ETCD_VERSION" > go.mod
+    printf 'package tools\n\nimport _ "go.etcd.io/etcd/server/v3/etcdmain"\n' > tools.go
+    log "resolving etcd $ETCD_VERSION modules..."
+    go mod tidy >&2 2>&1
+    log "building etcd $ETCD_VERSION..."
+    start=$(date +%s)
+    go build -trimpath -ldflags "-s -w" -o "$BIN_DIR/etcd.tmp" go.etcd.io/etcd/server/v3 >&2
+    mv "$BIN_DIR/etcd.tmp" "$BIN_DIR/etcd"
+    log "built etcd in $(( $(date +%s) - start ))s"
+  fi
+fi
+
+if [[ -n "${PROVIDED_DIR:-}" ]]; then
+  ln -sf "$BIN_DIR/kube-controller-manager" "$PROVIDED_DIR/kube-controller-manager"
+  echo "$PROVIDED_DIR"
+else
+  echo "$BIN_DIR"
+fi

@@ -1,0 +1,7 @@
+//! pss-operator: continuous Pod Security Standards compliance for Kubernetes.
+//!
+//! - [`pss`]: the exact Pod Security Standards evaluator (pure, no I/O).
+//! - [`manifest`]: reading Kubernetes manifests (YAML/JSON) into pod templates.
+#![forbid(unsafe_code)]
+
+pub mod pss;
