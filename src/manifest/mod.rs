@@ -306,7 +306,14 @@ fn read_object(
             name: header.name,
             pod,
         }))),
-        Err((line, path, message)) => items.push(err(line, Some(path), message)),
+        Err((line, path, message)) => {
+            // serde_yaml_ng already prefixes its messages with the path; keep it once.
+            let message = message
+                .strip_prefix(&format!("{path}: "))
+                .map(str::to_owned)
+                .unwrap_or(message);
+            items.push(err(line, Some(path), message))
+        }
     }
 }
 
