@@ -47,6 +47,7 @@ fi
 
 started=$(date +%s)
 mkdir -p "$CLUSTER_DIR"/{pids,logs,pki,etcd}
+chmod 700 "$CLUSTER_DIR/etcd" "$CLUSTER_DIR/pki"
 touch "$CLUSTER_MARKER"
 
 # From here on a failure stops whatever was started, keeps the logs and says where they are.

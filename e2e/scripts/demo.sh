@@ -17,7 +17,8 @@ LOG_PREFIX=demo
 REPO=$(dirname "$E2E_DIR")
 SEED="$REPO/examples/seed"
 NS=${PSS_DEMO_NAMESPACE:-app}
-DEMO_LABEL=app.kubernetes.io/managed-by=pss-operator-demo
+DEMO_LABEL_KEY=app.kubernetes.io/managed-by
+DEMO_LABEL_VALUE=pss-operator-demo
 HANG_GUARD=120
 
 if [[ -t 1 ]]; then bold=$'\e[1m' dim=$'\e[2m' reset=$'\e[0m'; else bold="" dim="" reset=""; fi
@@ -44,7 +45,8 @@ note "server:  $(kubectl get --raw /version | grep -m1 gitVersion | tr -d ' ",')
 
 # A namespace left by an earlier demo run is recreated; anything else with that name is not ours.
 if kubectl get namespace "$NS" >/dev/null 2>&1; then
-  if [[ -n "$(kubectl get namespace "$NS" -l "$DEMO_LABEL" -o name 2>/dev/null)" ]]; then
+  owner=$(kubectl get namespace "$NS" -o jsonpath="{.metadata.labels.${DEMO_LABEL_KEY//./\\.}}")
+  if [[ "$owner" == "$DEMO_LABEL_VALUE" ]]; then
     note "namespace $NS is left over from an earlier demo run; deleting it first"
     kubectl delete namespace "$NS" --wait=true --timeout="${HANG_GUARD}s" >/dev/null
   else
@@ -59,7 +61,7 @@ say "1. A namespace with Pod Security Admission labels (examples/seed/namespace-
 ns_manifest
 note "enforce=baseline rejects Pods that break baseline; audit and warn report what breaks restricted."
 ns_manifest | run kubectl apply -f -
-kubectl label namespace "$NS" "$DEMO_LABEL" >/dev/null
+kubectl label namespace "$NS" "$DEMO_LABEL_KEY=$DEMO_LABEL_VALUE" >/dev/null
 
 say "2. A privileged nginx Deployment (examples/seed/deployment-privileged.yaml)"
 grep -n -B1 -A1 'privileged' "$SEED/deployment-privileged.yaml"
@@ -83,7 +85,8 @@ note "The ReplicaSet's FailedCreate condition message:"
 kubectl -n "$NS" get replicaset -l app.kubernetes.io/name=nginx \
   -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="ReplicaFailure")].message}{"\n"}{end}'
 note "The same rejection as events (the controller retries with back-off):"
-run kubectl -n "$NS" get events --field-selector reason=FailedCreate -o 'custom-columns=COUNT:.count,MESSAGE:.message'
+run kubectl -n "$NS" get events --field-selector reason=FailedCreate --sort-by=.lastTimestamp \
+  -o 'custom-columns=LAST SEEN:.lastTimestamp,MESSAGE:.message'
 
 say "4. The fix: privileged: false"
 deployment_manifest false | run kubectl apply -f -
