@@ -1,1 +1,190 @@
-fn main() {}
+//! Upstream conformance: every fixture of `k8s.io/pod-security-admission` (test/testdata, copied
+//! into tests/fixtures/pss) gives the verdict its folder says, fails by the check its file name
+//! names, and carries the substring upstream's own test asserts.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use pss_operator::pss::{self, CheckId, Level, LevelVersion, Version, model::Pod};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pss");
+
+/// File-name prefix → (check id, substring the message must contain), from upstream's fixtures.
+const EXPECTATIONS: [(&str, &str); 19] = [
+    ("allowprivilegeescalation", "allowPrivilegeEscalation"),
+    ("apparmorprofile", "forbidden AppArmor profile"),
+    ("capabilities_baseline", "capabilities"),
+    ("capabilities_restricted", "unrestricted capabilities"),
+    ("hostnamespaces", "host namespaces"),
+    ("hostpathvolumes", "hostPath"),
+    ("hostports", "hostPort"),
+    ("hostprobesandhostlifecycle", "probe or lifecycle host"),
+    ("privileged", "privileged"),
+    ("procmount", "procMount"),
+    ("procmount_restricted", "procMount"),
+    ("restrictedvolumes", "restricted volume types"),
+    ("runasnonroot", "runAsNonRoot"),
+    ("runasuser", "runAsUser"),
+    ("seccompprofile_baseline", "seccompProfile"),
+    ("seccompprofile_restricted", "seccompProfile"),
+    ("selinuxoptions", "seLinuxOptions"),
+    ("sysctls", "forbidden sysctl"),
+    ("windowshostprocess", "hostProcess"),
+];
+
+struct Fixture {
+    path: PathBuf,
+    level_version: LevelVersion,
+    expect_pass: bool,
+    /// Lower-cased check id from the file name (`privileged` for `privileged0.yaml`).
+    check_prefix: String,
+}
+
+fn fixtures() -> Vec<Fixture> {
+    let mut out = Vec::new();
+    for level in ["baseline", "restricted"] {
+        let level_dir = Path::new(FIXTURES).join(level);
+        let entries = fs::read_dir(&level_dir)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", level_dir.display()));
+        for version_dir in entries.map(|e| e.expect("dir entry").path()) {
+            let version: Version = version_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("bad version folder {}", version_dir.display()));
+            for (verdict, expect_pass) in [("pass", true), ("fail", false)] {
+                let Ok(files) = fs::read_dir(version_dir.join(verdict)) else {
+                    continue;
+                };
+                for path in files.map(|e| e.expect("dir entry").path()) {
+                    let stem = path
+                        .file_stem()
+                        .and_then(|s| s.to_str())
+                        .expect("file name");
+                    out.push(Fixture {
+                        check_prefix: stem
+                            .trim_end_matches(|c: char| c.is_ascii_digit())
+                            .to_owned(),
+                        level_version: LevelVersion::new(level.parse().expect("level"), version),
+                        expect_pass,
+                        path,
+                    });
+                }
+            }
+        }
+    }
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out
+}
+
+fn load(path: &Path) -> Pod {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut pod: Pod =
+        serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    pod.apply_api_server_defaults();
+    pod
+}
+
+/// The check that denies a fixture: the one it names, or at restricted the check replacing it.
+fn denying_check(prefix: &str, level: Level, minor: u32) -> CheckId {
+    let named = CheckId::ALL
+        .into_iter()
+        .find(|c| c.as_str().to_ascii_lowercase() == prefix)
+        .unwrap_or_else(|| panic!("no check named {prefix}"));
+    let active = pss::checks_for(level, minor);
+    if active.contains(&named) {
+        return named;
+    }
+    let replacement = match named {
+        CheckId::HostPathVolumes => CheckId::RestrictedVolumes,
+        CheckId::SeccompProfileBaseline => CheckId::SeccompProfileRestricted,
+        CheckId::CapabilitiesBaseline => CheckId::CapabilitiesRestricted,
+        CheckId::ProcMount => CheckId::ProcMountRestricted,
+        other => panic!("{other} does not run at {level} v1.{minor}"),
+    };
+    assert!(active.contains(&replacement));
+    replacement
+}
+
+#[test]
+fn every_upstream_fixture_gives_its_verdict() {
+    let all = fixtures();
+    assert_eq!(all.len(), 4537, "the upstream corpus has 4,537 fixtures");
+    let mut failures = Vec::new();
+    let (mut passed, mut denied) = (0, 0);
+    for f in &all {
+        let pod = load(&f.path);
+        let eval = pss::evaluate(&pod.metadata, &pod.spec, f.level_version);
+        let message = eval.denial_message();
+        let name = f.path.strip_prefix(FIXTURES).unwrap_or(&f.path).display();
+        if message.contains("unknown forbidden reason") {
+            failures.push(format!("{name}: unknown forbidden reason: {message}"));
+        }
+        if f.expect_pass {
+            if eval.allowed() {
+                passed += 1;
+            } else {
+                failures.push(format!("{name}: expected allowed, got {message}"));
+            }
+            continue;
+        }
+        let minor = f.level_version.version.effective_minor();
+        let check = denying_check(&f.check_prefix, f.level_version.level, minor);
+        let substring = EXPECTATIONS
+            .iter()
+            .find(|(prefix, _)| *prefix == f.check_prefix)
+            .map(|(_, s)| *s)
+            .unwrap_or_else(|| panic!("no expectation for {}", f.check_prefix));
+        if !eval.failed_checks().any(|c| c == check) {
+            failures.push(format!(
+                "{name}: expected denial by {check}, got {message:?}"
+            ));
+        } else if !message.contains(substring) {
+            failures.push(format!("{name}: message lacks {substring:?}: {message}"));
+        } else {
+            denied += 1;
+        }
+    }
+    println!(
+        "conformance: {passed} allowed and {denied} denied as expected, {} wrong",
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures wrong:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn fixtures_evaluated_as_latest_match_the_newest_version() {
+    // `latest` and any version above the newest known select exactly v1.37's checks.
+    for f in fixtures()
+        .iter()
+        .filter(|f| f.level_version.version == Version::V1(37))
+    {
+        let pod = load(&f.path);
+        let at = |v| {
+            pss::evaluate(
+                &pod.metadata,
+                &pod.spec,
+                LevelVersion::new(f.level_version.level, v),
+            )
+            .violations
+        };
+        assert_eq!(
+            at(Version::V1(37)),
+            at(Version::Latest),
+            "{}",
+            f.path.display()
+        );
+        assert_eq!(
+            at(Version::V1(37)),
+            at(Version::V1(99)),
+            "{}",
+            f.path.display()
+        );
+    }
+}

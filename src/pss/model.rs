@@ -1,0 +1,480 @@
+//! The slim pod model: exactly the fields Pod Security evaluation reads, nothing else.
+//!
+//! It deserializes from a Pod's (or pod template's) JSON/YAML, skipping every other field, so
+//! the operator never holds whole Pods and the `check` command can point at the field that has
+//! the wrong type. `null` is accepted wherever the API server accepts it and means "unset".
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+
+/// `null` → `T::default()`, as Go's JSON decoding leaves a zero value for `null`.
+fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// A string map whose `null` values read as `""` (Go's zero value).
+fn nullable_string_map<'de, D>(deserializer: D) -> Result<BTreeMap<String, String>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let map: Option<BTreeMap<String, Option<String>>> = Option::deserialize(deserializer)?;
+    Ok(map
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, v.unwrap_or_default()))
+        .collect())
+}
+
+/// A Pod (or an object with a `metadata` and a pod `spec`).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Pod {
+    #[serde(default, deserialize_with = "nullable")]
+    pub metadata: PodMeta,
+    #[serde(default, deserialize_with = "nullable")]
+    pub spec: PodSpec,
+}
+
+impl Pod {
+    /// Applies what kube-apiserver defaults on a Pod before admission sees it, so that a manifest
+    /// evaluates as the stored Pod would.
+    pub fn apply_api_server_defaults(&mut self) {
+        self.spec.apply_template_defaults();
+        // Pods only (not templates): with host networking every container port is a host port.
+        if self.spec.host_network {
+            for container in self
+                .spec
+                .init_containers
+                .iter_mut()
+                .chain(&mut self.spec.containers)
+            {
+                for port in &mut container.ports {
+                    if port.host_port == 0 {
+                        port.host_port = port.container_port;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The metadata evaluation reads: names for reports, annotations for AppArmor/seccomp checks.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct PodMeta {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default, rename = "generateName", deserialize_with = "nullable")]
+    pub generate_name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub namespace: String,
+    #[serde(default, deserialize_with = "nullable_string_map")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec {
+    #[serde(default, deserialize_with = "nullable")]
+    pub host_network: bool,
+    #[serde(default, rename = "hostPID", deserialize_with = "nullable")]
+    pub host_pid: bool,
+    #[serde(default, rename = "hostIPC", deserialize_with = "nullable")]
+    pub host_ipc: bool,
+    #[serde(default)]
+    pub host_users: Option<bool>,
+    #[serde(default)]
+    pub os: Option<PodOs>,
+    #[serde(default)]
+    pub security_context: Option<PodSecurityContext>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub volumes: Vec<Volume>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub init_containers: Vec<Container>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub containers: Vec<Container>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub ephemeral_containers: Vec<Container>,
+}
+
+impl PodSpec {
+    /// Every container in the order PSA visits them: init, regular, ephemeral.
+    pub fn all_containers(&self) -> impl Iterator<Item = &Container> {
+        self.init_containers
+            .iter()
+            .chain(&self.containers)
+            .chain(&self.ephemeral_containers)
+    }
+
+    /// Defaulting kube-apiserver applies to every pod spec, templates included: a volume with no
+    /// source becomes an `emptyDir`.
+    pub fn apply_template_defaults(&mut self) {
+        for volume in &mut self.volumes {
+            if volume.sources.is_empty() {
+                volume.sources = VolumeSources::EMPTY_DIR;
+            }
+        }
+    }
+
+    /// `spec.os.name == "windows"`.
+    pub fn is_windows(&self) -> bool {
+        self.os.as_ref().is_some_and(|os| os.name == "windows")
+    }
+
+    /// `spec.hostUsers == false`: the pod runs in a user namespace.
+    pub fn in_user_namespace(&self) -> bool {
+        self.host_users == Some(false)
+    }
+
+    /// Containers (of any kind) that set `securityContext.privileged: true`.
+    pub fn privileged_containers(&self) -> usize {
+        self.all_containers().filter(|c| c.is_privileged()).count()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct PodOs {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSecurityContext {
+    #[serde(default)]
+    pub run_as_non_root: Option<bool>,
+    #[serde(default)]
+    pub run_as_user: Option<i64>,
+    #[serde(default, rename = "seLinuxOptions")]
+    pub se_linux_options: Option<SeLinuxOptions>,
+    #[serde(default)]
+    pub seccomp_profile: Option<ProfileType>,
+    #[serde(default)]
+    pub app_armor_profile: Option<ProfileType>,
+    #[serde(default)]
+    pub windows_options: Option<WindowsOptions>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub sysctls: Vec<Sysctl>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub ports: Vec<ContainerPort>,
+    #[serde(default)]
+    pub security_context: Option<SecurityContext>,
+    #[serde(default)]
+    pub liveness_probe: Option<Handler>,
+    #[serde(default)]
+    pub readiness_probe: Option<Handler>,
+    #[serde(default)]
+    pub startup_probe: Option<Handler>,
+    #[serde(default)]
+    pub lifecycle: Option<Lifecycle>,
+}
+
+impl Container {
+    pub fn is_privileged(&self) -> bool {
+        self.security_context
+            .as_ref()
+            .is_some_and(|sc| sc.privileged == Some(true))
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerPort {
+    #[serde(default, deserialize_with = "nullable")]
+    pub container_port: i32,
+    #[serde(default, deserialize_with = "nullable")]
+    pub host_port: i32,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecurityContext {
+    #[serde(default)]
+    pub privileged: Option<bool>,
+    #[serde(default)]
+    pub allow_privilege_escalation: Option<bool>,
+    #[serde(default)]
+    pub capabilities: Option<Capabilities>,
+    #[serde(default)]
+    pub proc_mount: Option<String>,
+    #[serde(default)]
+    pub run_as_non_root: Option<bool>,
+    #[serde(default)]
+    pub run_as_user: Option<i64>,
+    #[serde(default, rename = "seLinuxOptions")]
+    pub se_linux_options: Option<SeLinuxOptions>,
+    #[serde(default)]
+    pub seccomp_profile: Option<ProfileType>,
+    #[serde(default)]
+    pub app_armor_profile: Option<ProfileType>,
+    #[serde(default)]
+    pub windows_options: Option<WindowsOptions>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Capabilities {
+    #[serde(default, deserialize_with = "nullable")]
+    pub add: Vec<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    pub drop: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct SeLinuxOptions {
+    #[serde(default, rename = "type", deserialize_with = "nullable")]
+    pub type_: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub user: String,
+    #[serde(default, deserialize_with = "nullable")]
+    pub role: String,
+}
+
+/// A `seccompProfile` or `appArmorProfile`: only its `type` matters here.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ProfileType {
+    #[serde(default, rename = "type", deserialize_with = "nullable")]
+    pub type_: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowsOptions {
+    #[serde(default)]
+    pub host_process: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Sysctl {
+    #[serde(default, deserialize_with = "nullable")]
+    pub name: String,
+}
+
+/// A probe or lifecycle handler: only the `host` of `httpGet` and `tcpSocket` matters.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Handler {
+    #[serde(default)]
+    pub http_get: Option<HostField>,
+    #[serde(default)]
+    pub tcp_socket: Option<HostField>,
+}
+
+impl Handler {
+    /// The non-empty hosts this handler targets.
+    pub fn hosts(&self) -> impl Iterator<Item = &str> {
+        [&self.http_get, &self.tcp_socket]
+            .into_iter()
+            .flatten()
+            .map(|h| h.host.as_str())
+            .filter(|h| !h.is_empty())
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lifecycle {
+    #[serde(default)]
+    pub post_start: Option<Handler>,
+    #[serde(default)]
+    pub pre_stop: Option<Handler>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct HostField {
+    #[serde(default, deserialize_with = "nullable")]
+    pub host: String,
+}
+
+/// Every inline volume source of the 1.37 API, in upstream's `restrictedVolumes` order.
+/// The first nine are the sources `restricted` allows.
+pub const VOLUME_SOURCES: [&str; 30] = [
+    "configMap",
+    "csi",
+    "downwardAPI",
+    "emptyDir",
+    "ephemeral",
+    "image",
+    "persistentVolumeClaim",
+    "projected",
+    "secret",
+    // Restricted, in the order upstream names the first one a volume uses.
+    "hostPath",
+    "gcePersistentDisk",
+    "awsElasticBlockStore",
+    "gitRepo",
+    "nfs",
+    "iscsi",
+    "glusterfs",
+    "rbd",
+    "flexVolume",
+    "cinder",
+    "cephfs",
+    "flocker",
+    "fc",
+    "azureFile",
+    "vsphereVolume",
+    "quobyte",
+    "azureDisk",
+    "photonPersistentDisk",
+    "portworxVolume",
+    "scaleIO",
+    "storageos",
+];
+
+const ALLOWED_SOURCE_COUNT: usize = 9;
+
+/// The set of sources a volume sets (non-null), one bit per [`VOLUME_SOURCES`] entry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeSources(u32);
+
+impl VolumeSources {
+    pub const EMPTY_DIR: VolumeSources = VolumeSources(1 << 3);
+    const ALLOWED_MASK: u32 = (1 << ALLOWED_SOURCE_COUNT) - 1;
+    const HOST_PATH: u32 = 1 << ALLOWED_SOURCE_COUNT;
+
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        VolumeSources(
+            names
+                .into_iter()
+                .filter_map(|n| VOLUME_SOURCES.iter().position(|s| *s == n))
+                .fold(0, |bits, i| bits | 1 << i),
+        )
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn has_host_path(self) -> bool {
+        self.0 & Self::HOST_PATH != 0
+    }
+
+    /// Whether `restricted` allows this volume (it sets at least one allowed source).
+    pub fn restricted_allows(self) -> bool {
+        self.0 & Self::ALLOWED_MASK != 0
+    }
+
+    /// The type `restricted` names for a volume it refuses: its first restricted source, or
+    /// `unknown` when it sets none.
+    pub fn restricted_type(self) -> &'static str {
+        let restricted = self.0 & !Self::ALLOWED_MASK;
+        if restricted == 0 {
+            "unknown"
+        } else {
+            VOLUME_SOURCES[restricted.trailing_zeros() as usize]
+        }
+    }
+}
+
+/// A pod volume: its name and which sources it sets; the sources' contents are skipped.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Volume {
+    pub name: String,
+    pub sources: VolumeSources,
+}
+
+impl<'de> Deserialize<'de> for Volume {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct VolumeVisitor;
+        impl<'de> Visitor<'de> for VolumeVisitor {
+            type Value = Volume;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a volume object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Volume, A::Error> {
+                let mut volume = Volume::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    if key == "name" {
+                        volume.name = map.next_value::<Option<String>>()?.unwrap_or_default();
+                    } else if let Some(i) = VOLUME_SOURCES.iter().position(|s| *s == key) {
+                        if map.next_value::<Option<IgnoredAny>>()?.is_some() {
+                            volume.sources.0 |= 1 << i;
+                        }
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(volume)
+            }
+        }
+        deserializer.deserialize_map(VolumeVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nulls_read_as_unset_and_unknown_fields_are_skipped() {
+        let pod: Pod = serde_json::from_str(
+            r#"{"metadata":{"name":"p","annotations":{"a":null},"labels":{"x":"y"}},
+                "spec":{"hostNetwork":null,"containers":[{"name":"c","image":"i","securityContext":null,"ports":null}],
+                        "volumes":[{"name":"v","hostPath":{"path":"/"},"extra":1},{"name":"w","nfs":null}],
+                        "initContainers":null,"nodeName":"n"}}"#,
+        )
+        .expect("valid pod");
+        assert_eq!(pod.metadata.annotations["a"], "");
+        assert!(!pod.spec.host_network);
+        assert_eq!(pod.spec.containers[0].name, "c");
+        assert!(pod.spec.volumes[0].sources.has_host_path());
+        assert!(pod.spec.volumes[1].sources.is_empty());
+    }
+
+    #[test]
+    fn defaulting_mirrors_the_api_server() {
+        let mut pod: Pod = serde_json::from_str(
+            r#"{"spec":{"hostNetwork":true,"volumes":[{"name":"v"}],
+                "containers":[{"name":"c","ports":[{"containerPort":80},{"containerPort":81,"hostPort":9}]}]}}"#,
+        )
+        .expect("valid pod");
+        let mut template = pod.spec.clone();
+        template.apply_template_defaults();
+        assert_eq!(
+            template.containers[0].ports[0].host_port, 0,
+            "templates keep their ports"
+        );
+        pod.apply_api_server_defaults();
+        assert_eq!(pod.spec.volumes[0].sources, VolumeSources::EMPTY_DIR);
+        assert_eq!(pod.spec.containers[0].ports[0].host_port, 80);
+        assert_eq!(pod.spec.containers[0].ports[1].host_port, 9);
+    }
+
+    #[test]
+    fn volume_types_follow_upstream_order() {
+        let v = VolumeSources::from_names(["nfs", "hostPath"]);
+        assert_eq!(v.restricted_type(), "hostPath");
+        assert!(!v.restricted_allows());
+        assert!(VolumeSources::from_names(["nfs", "secret"]).restricted_allows());
+        assert_eq!(VolumeSources::default().restricted_type(), "unknown");
+        assert_eq!(
+            VolumeSources::from_names(["storageos"]).restricted_type(),
+            "storageos"
+        );
+    }
+
+    #[test]
+    fn wrong_types_are_errors_with_a_path() {
+        let err =
+            serde_path_to_error::deserialize::<_, Pod>(&mut serde_json::Deserializer::from_str(
+                r#"{"spec":{"containers":[{"name":"c","securityContext":{"privileged":"yes"}}]}}"#,
+            ))
+            .expect_err("a string is not a bool");
+        assert_eq!(
+            err.path().to_string(),
+            "spec.containers[0].securityContext.privileged"
+        );
+    }
+}
