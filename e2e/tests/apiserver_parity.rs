@@ -31,7 +31,9 @@ const IN_FLIGHT: usize = 16;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Source {
     /// An upstream fixture, with the verdict upstream expects.
-    Fixture { expect_allowed: bool },
+    Fixture {
+        expect_allowed: bool,
+    },
     Generated,
 }
 
@@ -86,7 +88,9 @@ fn fixture_cases(root: &Path) -> Result<Vec<Case>> {
             let rel = path.strip_prefix(root)?.to_string_lossy().into_owned();
             let parts: Vec<&str> = rel.split('/').collect();
             let [level, version, verdict, _file] = parts[..] else {
-                bail!("unexpected fixture path {rel} (want <level>/<version>/<pass|fail>/<name>.yaml)");
+                bail!(
+                    "unexpected fixture path {rel} (want <level>/<version>/<pass|fail>/<name>.yaml)"
+                );
             };
             let expect_allowed = match verdict {
                 "pass" => true,
@@ -121,10 +125,8 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
 
     // One namespace per level/version pair, created before the dry-runs.
     let env = TestEnv::new("parity", &[]).await?;
-    let pairs: BTreeSet<(Level, String)> = cases
-        .iter()
-        .map(|c| (c.level, c.version.clone()))
-        .collect();
+    let pairs: BTreeSet<(Level, String)> =
+        cases.iter().map(|c| (c.level, c.version.clone())).collect();
     let mut namespaces = BTreeMap::new();
     for (level, version) in pairs {
         let name = unique_name(&format!("pss-{level}-{}", version.replace('.', "-")));
@@ -155,7 +157,7 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
         }
     }
     let total = compared[0] + compared[1];
-    println!(
+    let summary = format!(
         "parity: compared {total} dry-runs with the evaluator ({} fixtures, {} generated); {} matched, {} differed; {} rejected as invalid (422) before admission, not compared",
         compared[0],
         compared[1],
@@ -163,6 +165,18 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
         mismatches.len(),
         invalid.len()
     );
+    // The whole story goes to a file; the output shows the summary and the first few of each.
+    let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join("apiserver-parity-report.txt");
+    let mut text = format!("{summary}\n");
+    for (id, message) in &invalid {
+        text.push_str(&format!("INVALID {id}: {message}\n"));
+    }
+    for m in &mismatches {
+        text.push_str(m);
+        text.push('\n');
+    }
+    std::fs::write(&report, text).with_context(|| format!("writing {}", report.display()))?;
+    println!("{summary}\nfull report: {}", report.display());
     for (id, message) in invalid.iter().take(10) {
         println!("  invalid: {id}: {message}");
     }
@@ -171,8 +185,9 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
             println!("{m}");
         }
         bail!(
-            "{} of {total} verdicts differ between the evaluator and kube-apiserver (first 30 above)",
-            mismatches.len()
+            "{} of {total} verdicts differ between the evaluator and kube-apiserver (first 30 above, all in {})",
+            mismatches.len(),
+            report.display()
         );
     }
     ensure!(compared[0] > 0 && compared[1] > 0, "nothing was compared");
@@ -257,6 +272,11 @@ async fn apiserver_verdict(
 async fn compare(client: &Client, ns: &str, case: &Case) -> Result<Outcome> {
     let mut pod = case.pod.clone();
     pod["metadata"]["namespace"] = ns.into();
+    // Upstream fixture names such as `capabilities_baseline0` are not valid object names; the name
+    // only appears in the stripped `pods "<name>" is forbidden: ` prefix, never in PSA's message.
+    if let Some(name) = pod["metadata"]["name"].as_str() {
+        pod["metadata"]["name"] = name.replace('_', "-").into();
+    }
     let api = match apiserver_verdict(client, ns, &pod).await? {
         Ok(verdict) => verdict,
         Err(message) => {
@@ -449,7 +469,7 @@ fn container(rng: &mut Rng, name: &str, first: bool, shape: &PodShape) -> Value 
                 }
             }
             if adds.is_empty() {
-                adds.push(rng.pick(&pool));
+                adds.push(*rng.pick(&pool));
             }
             caps.insert("add".into(), json!(adds));
         }
@@ -457,7 +477,8 @@ fn container(rng: &mut Rng, name: &str, first: bool, shape: &PodShape) -> Value 
     }
     // Validation rejects allowPrivilegeEscalation=false with privileged or CAP_SYS_ADMIN.
     if rng.chance(40) {
-        let ape = rng.chance(65) && privileged != Some(true) && !adds.contains(&"SYS_ADMIN");
+        let escalation_required = privileged == Some(true) || adds.contains(&"SYS_ADMIN");
+        let ape = !rng.chance(65) || escalation_required;
         sc.insert("allowPrivilegeEscalation".into(), ape.into());
     }
     if rng.chance(8) && !shape.host_network && !shape.host_ipc_or_pid {
@@ -487,7 +508,7 @@ fn container(rng: &mut Rng, name: &str, first: bool, shape: &PodShape) -> Value 
 
 fn volume(rng: &mut Rng, i: usize) -> Value {
     let name = format!("vol{i}");
-    let source = rng.pick(&[
+    let sources = [
         json!({"emptyDir": {}}),
         json!({"configMap": {"name": "cfg"}}),
         json!({"secret": {"secretName": "sec"}}),
@@ -501,10 +522,22 @@ fn volume(rng: &mut Rng, i: usize) -> Value {
         json!({"nfs": {"server": "nfs.example.com", "path": "/exports"}}),
         json!({"iscsi": {"targetPortal": "10.0.0.9:3260", "iqn": "iqn.2001-04.com.example:storage", "lun": 0}}),
         json!({}), // no source: the API server defaults it to emptyDir before admission
-    ]);
-    let mut v = source.clone();
+    ];
+    let mut v = rng.pick(&sources).clone();
     v["name"] = name.into();
     v
+}
+
+/// The legacy annotation value equivalent to an AppArmor or seccomp profile field.
+fn legacy_profile_annotation(profile: &Value, runtime_default: &str) -> String {
+    match profile["type"].as_str() {
+        Some("Unconfined") => "unconfined".to_string(),
+        Some("Localhost") => format!(
+            "localhost/{}",
+            profile["localhostProfile"].as_str().unwrap_or_default()
+        ),
+        _ => runtime_default.to_string(),
+    }
 }
 
 fn generated_pod(i: usize, rng: &mut Rng) -> Value {
@@ -517,10 +550,7 @@ fn generated_pod(i: usize, rng: &mut Rng) -> Value {
         spec.insert("hostNetwork".into(), true.into());
     }
     if shape.host_ipc_or_pid {
-        spec.insert(
-            (*rng.pick(&["hostPID", "hostIPC"])).into(),
-            true.into(),
-        );
+        spec.insert((*rng.pick(&["hostPID", "hostIPC"])).into(), true.into());
     }
 
     let names: Vec<String> = (0..1 + rng.next() % 2).map(|n| format!("app{n}")).collect();
@@ -578,7 +608,9 @@ fn generated_pod(i: usize, rng: &mut Rng) -> Value {
         for name in pool {
             let net = name.starts_with("net.");
             let ipc = name.starts_with("kernel.shm") || name.starts_with("kernel.msg");
-            if rng.chance(20) && !(net && shape.host_network) && !(ipc && spec.contains_key("hostIPC"))
+            if rng.chance(20)
+                && !(net && shape.host_network)
+                && !(ipc && spec.contains_key("hostIPC"))
             {
                 sysctls.push(json!({"name": name, "value": value_for(name)}));
             }
@@ -591,23 +623,54 @@ fn generated_pod(i: usize, rng: &mut Rng) -> Value {
         spec.insert("securityContext".into(), Value::Object(pod_sc));
     }
     if rng.chance(30) {
-        let volumes: Vec<Value> = (0..1 + rng.next() % 3).map(|n| volume(rng, n as usize)).collect();
+        let volumes: Vec<Value> = (0..1 + rng.next() % 3)
+            .map(|n| volume(rng, n as usize))
+            .collect();
         spec.insert("volumes".into(), Value::Array(volumes));
     }
 
-    // Legacy annotations (AppArmor, seccomp) some versions still check.
+    // Legacy annotations (AppArmor, seccomp) some versions still check. Validation requires an
+    // annotation to agree with the field it shadows, so when that field is set the annotation
+    // mirrors it (and the API server keeps both); otherwise it is random and the API server copies
+    // an AppArmor annotation into the container's field before admission.
     let mut annotations = serde_json::Map::new();
     if rng.chance(10) {
         let target = rng.pick(&names).clone();
+        let container_profile = spec["containers"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == target.as_str()))
+            .map(|c| c["securityContext"]["appArmorProfile"].clone())
+            .filter(|p| !p.is_null());
+        let pod_profile = spec
+            .get("securityContext")
+            .map(|sc| sc["appArmorProfile"].clone())
+            .filter(|p| !p.is_null());
+        let value = match container_profile.or(pod_profile) {
+            Some(profile) => legacy_profile_annotation(&profile, "runtime/default"),
+            None => (*rng.pick(&[
+                "runtime/default",
+                "localhost/k8s-apparmor-example",
+                "unconfined",
+            ]))
+            .to_string(),
+        };
         annotations.insert(
             format!("container.apparmor.security.beta.kubernetes.io/{target}"),
-            (*rng.pick(&["runtime/default", "localhost/k8s-apparmor-example", "unconfined"])).into(),
+            value.into(),
         );
     }
     if rng.chance(5) {
+        let pod_field = spec
+            .get("securityContext")
+            .map(|sc| sc["seccompProfile"].clone())
+            .filter(|p| !p.is_null());
+        let value = match pod_field {
+            Some(profile) => legacy_profile_annotation(&profile, "runtime/default"),
+            None => (*rng.pick(&["runtime/default", "docker/default", "unconfined"])).to_string(),
+        };
         annotations.insert(
             "seccomp.security.alpha.kubernetes.io/pod".into(),
-            (*rng.pick(&["runtime/default", "docker/default", "unconfined"])).into(),
+            value.into(),
         );
     }
     let mut metadata = json!({"name": format!("gen-{i:04}")});

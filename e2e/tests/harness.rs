@@ -39,8 +39,6 @@ pub fn repo_file(relative: &str) -> Result<String> {
 pub struct Cluster {
     pub kubeconfig: PathBuf,
     pub kubectl: PathBuf,
-    /// `Some(state dir)` when this test binary started the control plane itself.
-    pub private_dir: Option<PathBuf>,
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
@@ -67,7 +65,6 @@ fn connect_or_start() -> Result<Cluster> {
         return Ok(Cluster {
             kubeconfig: kubeconfig.into(),
             kubectl: kubectl.into(),
-            private_dir: None,
         });
     }
 
@@ -115,7 +112,6 @@ fn connect_or_start() -> Result<Cluster> {
     Ok(Cluster {
         kubeconfig,
         kubectl: dir.join("bin/kubectl"),
-        private_dir: Some(dir),
     })
 }
 
@@ -211,22 +207,29 @@ pub async fn delete_namespace(client: &Client, name: &str) -> Result<()> {
     Ok(())
 }
 
-pub async fn kubectl(cluster: &Cluster, args: &[&str], stdin: &str) -> Result<Output> {
-    use tokio::io::AsyncWriteExt as _;
-    let mut child = tokio::process::Command::new(&cluster.kubectl)
-        .arg("--kubeconfig")
-        .arg(&cluster.kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("running {} {}", cluster.kubectl.display(), args.join(" ")))?;
-    let mut pipe = child.stdin.take().context("kubectl stdin")?;
-    pipe.write_all(stdin.as_bytes()).await?;
-    drop(pipe);
-    Ok(child.wait_with_output().await?)
+pub async fn kubectl(cluster: &'static Cluster, args: &[&str], stdin: &str) -> Result<Output> {
+    use std::io::Write as _;
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let stdin = stdin.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(&cluster.kubectl)
+            .arg("--kubeconfig")
+            .arg(&cluster.kubeconfig)
+            .args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("running {} {}", cluster.kubectl.display(), args.join(" ")))?;
+        // Manifests are far below a pipe buffer, so writing before reading cannot deadlock.
+        child
+            .stdin
+            .take()
+            .context("kubectl stdin")?
+            .write_all(stdin.as_bytes())?;
+        Ok(child.wait_with_output()?)
+    })
+    .await?
 }
 
 /// Polls `probe` until it returns `Some`, guarding against a hang: gives up with `what` after

@@ -3,5 +3,6 @@
 //! `cargo test --test e2e` starts a private control plane for the run; set
 //! `PSS_E2E_USE_KUBECONFIG=1` to use the cluster `KUBECONFIG` points at instead.
 
+mod apiserver_parity;
 mod harness;
 mod seed;

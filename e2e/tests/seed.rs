@@ -19,12 +19,14 @@ const SELECTOR: &str = "app.kubernetes.io/name=nginx";
 
 /// The `pod-security.kubernetes.io/*` labels of the seed namespace manifest.
 fn seed_namespace_labels() -> Result<Vec<(String, String)>> {
-    let ns: Namespace = serde_yaml_ng::from_str(&repo_file(&format!(
-        "{SEED_DIR}/namespace-app.yaml"
-    ))?)?;
+    let ns: Namespace =
+        serde_yaml_ng::from_str(&repo_file(&format!("{SEED_DIR}/namespace-app.yaml"))?)?;
     let labels = ns.metadata.labels.unwrap_or_default();
     ensure!(
-        labels.get("pod-security.kubernetes.io/enforce").map(String::as_str) == Some("baseline"),
+        labels
+            .get("pod-security.kubernetes.io/enforce")
+            .map(String::as_str)
+            == Some("baseline"),
         "examples/seed/namespace-app.yaml should enforce baseline, has {labels:?}"
     );
     Ok(labels.into_iter().collect())
@@ -65,10 +67,7 @@ async fn seed_privileged_deployment_is_warned_and_its_pods_rejected() -> Result<
         .await?;
     let stdout = String::from_utf8_lossy(&applied.stdout);
     let stderr = String::from_utf8_lossy(&applied.stderr);
-    ensure!(
-        applied.status.success(),
-        "kubectl apply failed: {stderr}"
-    );
+    ensure!(applied.status.success(), "kubectl apply failed: {stderr}");
     assert_eq!(stdout.trim(), "deployment.apps/nginx created");
     let expected_warning = repo_file(&format!("{SEED_DIR}/expected-warning.txt"))?;
     assert_eq!(
@@ -80,9 +79,15 @@ async fn seed_privileged_deployment_is_warned_and_its_pods_rejected() -> Result<
     let (rs_name, failure) = eventually("ReplicaSet condition ReplicaFailure", HANG_GUARD, || {
         let replica_sets = replica_sets.clone();
         async move {
-            for rs in replica_sets.list(&ListParams::default().labels(SELECTOR)).await? {
+            for rs in replica_sets
+                .list(&ListParams::default().labels(SELECTOR))
+                .await?
+            {
                 let conditions = rs.status.and_then(|s| s.conditions).unwrap_or_default();
-                if let Some(c) = conditions.into_iter().find(|c| c.type_ == "ReplicaFailure") {
+                if let Some(c) = conditions
+                    .into_iter()
+                    .find(|c| c.type_.as_deref() == Some("ReplicaFailure"))
+                {
                     return Ok(Some((rs.metadata.name.unwrap_or_default(), c)));
                 }
             }
@@ -90,7 +95,7 @@ async fn seed_privileged_deployment_is_warned_and_its_pods_rejected() -> Result<
         }
     })
     .await?;
-    assert_eq!(failure.status, "True");
+    assert_eq!(failure.status.as_deref(), Some("True"));
     assert_eq!(failure.reason.as_deref(), Some("FailedCreate"));
     let message = failure.message.unwrap_or_default();
     let denial = r#"violates PodSecurity "baseline:latest": privileged (container "nginx" must not set securityContext.privileged=true)"#;
@@ -113,7 +118,11 @@ async fn seed_privileged_deployment_is_warned_and_its_pods_rejected() -> Result<
     assert!(
         created.items.is_empty(),
         "no Pod may exist, found {:?}",
-        created.items.iter().map(|p| &p.metadata.name).collect::<Vec<_>>()
+        created
+            .items
+            .iter()
+            .map(|p| &p.metadata.name)
+            .collect::<Vec<_>>()
     );
 
     // 4. With privileged: false the new ReplicaSet's Pod passes baseline and is created (it stays
@@ -133,7 +142,14 @@ async fn seed_privileged_deployment_is_warned_and_its_pods_rejected() -> Result<
     );
     let pod = eventually("a Pod of the unprivileged Deployment", HANG_GUARD, || {
         let pods = pods.clone();
-        async move { Ok(pods.list(&ListParams::default()).await?.items.into_iter().next()) }
+        async move {
+            Ok(pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .next())
+        }
     })
     .await?;
     let container = pod
@@ -142,7 +158,10 @@ async fn seed_privileged_deployment_is_warned_and_its_pods_rejected() -> Result<
         .and_then(|s| s.containers.first())
         .context("created Pod has no container")?;
     assert_eq!(
-        container.security_context.as_ref().and_then(|sc| sc.privileged),
+        container
+            .security_context
+            .as_ref()
+            .and_then(|sc| sc.privileged),
         Some(false)
     );
     assert_eq!(
