@@ -1,0 +1,3 @@
+//! Subcommands of the `pss-operator` binary; each module owns its flags and its run function.
+
+pub mod check;
