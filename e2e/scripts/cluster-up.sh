@@ -56,7 +56,7 @@ on_exit() {
   local rc=$?
   [[ $rc -eq 0 ]] && return
   [[ -n "$failed_component" ]] && show_log_tail "$failed_component"
-  log "cluster-up failed; stopping what was started. Logs stay in $CLUSTER_DIR/logs (make cluster-down removes them)"
+  log "cluster-up failed; stopping what was started. Logs stay in $CLUSTER_DIR/logs (cluster-down.sh $CLUSTER_DIR removes them)"
   stop_components
 }
 trap on_exit EXIT
