@@ -19,11 +19,11 @@ cluster-down: ## Stop the local control plane and delete its data
 	@$(E2E_SCRIPTS)/cluster-down.sh
 
 e2e-test: e2e-binaries ## End-to-end tests against a private control plane started (and stopped) by the test run
-	$(CARGO) test --test e2e
+	$(CARGO) test --test e2e -- --show-output
 
 e2e-test-dev: cluster-up ## End-to-end tests against the `make cluster-up` control plane (kept running)
 	PSS_E2E_USE_KUBECONFIG=1 KUBECONFIG=$(E2E_CLUSTER_DIR)/kubeconfig \
-	  PSS_E2E_KUBECTL=$(E2E_CLUSTER_DIR)/bin/kubectl $(CARGO) test --test e2e
+	  PSS_E2E_KUBECTL=$(E2E_CLUSTER_DIR)/bin/kubectl $(CARGO) test --test e2e -- --show-output
 
 demo-cluster: ## Replay the seed article on the local control plane (started when KUBECONFIG is unset)
 	@$(E2E_SCRIPTS)/demo.sh

@@ -36,7 +36,7 @@ fi
 stop_components
 # The watchdog is a cluster-down.sh too; when this *is* the watchdog, don't kill ourselves.
 watchdog=$(component_pid watchdog)
-if [[ -n "$watchdog" && "$watchdog" != "$$" ]]; then stop_group watchdog "$watchdog"; fi
+if [[ -n "$watchdog" && "$watchdog" != "$$" ]]; then stop_groups "watchdog=$watchdog"; fi
 
 rm -rf -- "$CLUSTER_DIR"
 log "removed $CLUSTER_DIR"

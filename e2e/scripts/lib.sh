@@ -11,7 +11,8 @@ CLUSTER_DIR=$(realpath -m "${PSS_CLUSTER_DIR:-$E2E_DIR/.cluster}")
 # PSS_CLUSTER_DIR=$HOME can never be wiped.
 # shellcheck disable=SC2034 # used by the scripts that source this file
 CLUSTER_MARKER="$CLUSTER_DIR/.pss-cluster"
-COMPONENTS=(kube-controller-manager kube-apiserver etcd)
+# shellcheck disable=SC2034 # used by cluster-up.sh
+COMPONENTS=(etcd kube-apiserver kube-controller-manager)
 
 log() { printf '[%s] %s\n' "${LOG_PREFIX:-cluster}" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -29,26 +30,42 @@ component_pid() {
 }
 
 # Every component is started with setsid, so its pid is its process group: killing the group
-# also takes down anything it forked.
-stop_group() {
-  local name=$1 pid=$2 i
-  log "stopping $name (pid $pid)"
-  kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+# also takes down anything it forked. SIGTERM to all of them at once, SIGKILL for whatever still
+# runs after 10 s.
+stop_groups() { # NAME=PID...
+  local entry name pid i alive
+  for entry in "$@"; do
+    name=${entry%%=*} pid=${entry#*=}
+    log "stopping $name (pid $pid)"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+  done
   for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || return 0
+    alive=0
+    for entry in "$@"; do kill -0 "${entry#*=}" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
     sleep 0.1
   done
-  log "$name did not stop within 10s; sending SIGKILL"
-  kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+  for entry in "$@"; do
+    name=${entry%%=*} pid=${entry#*=}
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name did not stop within 10s; sending SIGKILL"
+      kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
 }
 
-# Stops every component this state folder records (controller-manager first, etcd last).
+# Stops every component this state folder records: the API clients first, etcd last
+# (kube-apiserver hangs in shutdown when etcd is already gone).
 stop_components() {
-  local name pid
-  for name in "${COMPONENTS[@]}"; do
-    pid=$(component_pid "$name")
-    [[ -n "$pid" ]] && stop_group "$name" "$pid"
-    rm -f "$CLUSTER_DIR/pids/$name.pid"
+  local stage name pid running
+  for stage in "kube-controller-manager kube-apiserver" etcd; do
+    running=()
+    for name in $stage; do
+      pid=$(component_pid "$name")
+      [[ -n "$pid" ]] && running+=("$name=$pid")
+      rm -f "$CLUSTER_DIR/pids/$name.pid"
+    done
+    ((${#running[@]} == 0)) || stop_groups "${running[@]}"
   done
 }
 

@@ -142,7 +142,13 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
         namespaces.insert((level, version), name);
     }
 
-    let outcomes = run_all(&env.client, cases, &namespaces).await?;
+    let outcomes = run_all(&env.client, cases, &namespaces).await;
+    // Dry-runs leave nothing behind worth inspecting: drop the namespaces whatever the outcome.
+    for ns in namespaces.values() {
+        crate::harness::delete_namespace(&env.client, ns).await?;
+    }
+    env.cleanup().await?;
+    let outcomes = outcomes?;
 
     let mut compared = [0usize; 2]; // [fixtures, generated]
     let mut mismatches = Vec::new();
@@ -191,10 +197,7 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
         );
     }
     ensure!(compared[0] > 0 && compared[1] > 0, "nothing was compared");
-    for ns in namespaces.values() {
-        crate::harness::delete_namespace(&env.client, ns).await?;
-    }
-    env.cleanup().await
+    Ok(())
 }
 
 async fn run_all(
