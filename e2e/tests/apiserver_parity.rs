@@ -1,11 +1,16 @@
 //! Our evaluator against the real PodSecurity admission plugin, byte for byte.
 //!
-//! Every upstream conformance fixture (tests/fixtures/pss/{baseline,restricted}/v1.N/{pass,fail}) and
-//! a few hundred generated pods mixing every checked field are dry-run created (`?dryRun=All`: full
-//! admission, nothing stored) in namespaces labelled `enforce=<level>`, `enforce-version=<version>`.
-//! The API server's verdict and denial message must equal `pss::evaluate`'s. Pods the API server
-//! rejects as invalid (422: validation runs before validating admission) never reach PodSecurity;
-//! they are counted and reported, not compared.
+//! 1. Pods: every upstream conformance fixture (tests/fixtures/pss/{baseline,restricted}/v1.N/{pass,fail})
+//!    and a few hundred generated pods mixing every checked field are dry-run created
+//!    (`?dryRun=All`: full admission, nothing stored) in namespaces labelled `enforce=<level>`,
+//!    `enforce-version=<version>`. The API server's verdict and denial message must equal
+//!    `pss::evaluate`'s on the pod after `apply_api_server_defaults`.
+//! 2. Templates: the generated pods as Deployment templates, dry-run created in namespaces labelled
+//!    `warn=<level>`; the `would violate PodSecurity ...` warning must equal the evaluator's verdict
+//!    on the Deployment as the manifest reader (`pss-operator check`) reads it.
+//!
+//! Objects the API server rejects as invalid (422: validation runs before validating admission)
+//! never reach PodSecurity; they are counted and reported, not compared.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -49,6 +54,8 @@ struct Case {
 enum Outcome {
     Compared {
         source: Source,
+        /// The API server denied (or, for templates, warned).
+        flagged: bool,
         mismatch: Option<String>,
     },
     /// 422 Invalid: rejected by validation before PodSecurity ran.
@@ -111,6 +118,32 @@ fn fixture_cases(root: &Path) -> Result<Vec<Case>> {
         .collect()
 }
 
+/// What is dry-run created, and which PodSecurity mode answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The Pod itself in an `enforce=<level>` namespace: the denial message.
+    PodEnforce,
+    /// A Deployment with the pod as its template in a `warn=<level>` namespace: the
+    /// `would violate PodSecurity ...` warning, checked against the evaluator's reading of the
+    /// Deployment manifest (template defaulting, as `pss-operator check` does).
+    DeploymentWarn,
+}
+
+impl Mode {
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Mode::PodEnforce => (
+                "pod-security.kubernetes.io/enforce",
+                "pod-security.kubernetes.io/enforce-version",
+            ),
+            Mode::DeploymentWarn => (
+                "pod-security.kubernetes.io/warn",
+                "pod-security.kubernetes.io/warn-version",
+            ),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Result<()> {
     let root = fixtures_dir();
@@ -122,27 +155,39 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
         root.display()
     );
     cases.extend(generated_cases(GENERATED_PODS));
+    run_parity("parity", Mode::PodEnforce, cases).await
+}
 
-    // One namespace per level/version pair, created before the dry-runs.
-    let env = TestEnv::new("parity", &[]).await?;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluator_matches_apiserver_warnings_on_deployment_templates() -> Result<()> {
+    run_parity(
+        "template-parity",
+        Mode::DeploymentWarn,
+        generated_cases(GENERATED_PODS),
+    )
+    .await
+}
+
+/// Dry-runs every case in one namespace per level/version pair (labelled for `mode`), compares
+/// with the evaluator, prints a summary and writes the full report to CARGO_TARGET_TMPDIR.
+async fn run_parity(test: &str, mode: Mode, cases: Vec<Case>) -> Result<()> {
+    let env = TestEnv::new(test, &[]).await?;
     let pairs: BTreeSet<(Level, String)> =
         cases.iter().map(|c| (c.level, c.version.clone())).collect();
+    let (level_label, version_label) = mode.labels();
     let mut namespaces = BTreeMap::new();
     for (level, version) in pairs {
         let name = unique_name(&format!("pss-{level}-{}", version.replace('.', "-")));
         create_namespace(
             &env.client,
             &name,
-            &[
-                ("pod-security.kubernetes.io/enforce", level.as_str()),
-                ("pod-security.kubernetes.io/enforce-version", &version),
-            ],
+            &[(level_label, level.as_str()), (version_label, &version)],
         )
         .await?;
         namespaces.insert((level, version), name);
     }
 
-    let outcomes = run_all(&env.client, cases, &namespaces).await;
+    let outcomes = run_all(&env.client, mode, cases, &namespaces).await;
     // Dry-runs leave nothing behind worth inspecting: drop the namespaces whatever the outcome.
     for ns in namespaces.values() {
         crate::harness::delete_namespace(&env.client, ns).await?;
@@ -151,28 +196,39 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
     let outcomes = outcomes?;
 
     let mut compared = [0usize; 2]; // [fixtures, generated]
+    let mut flagged_count = 0;
     let mut mismatches = Vec::new();
     let mut invalid = Vec::new();
     for outcome in outcomes {
         match outcome {
-            Outcome::Compared { source, mismatch } => {
+            Outcome::Compared {
+                source,
+                flagged,
+                mismatch,
+            } => {
                 compared[usize::from(source == Source::Generated)] += 1;
+                flagged_count += usize::from(flagged);
                 mismatches.extend(mismatch);
             }
             Outcome::Invalid { id, message } => invalid.push((id, message)),
         }
     }
     let total = compared[0] + compared[1];
+    let (what, flagged_what) = match mode {
+        Mode::PodEnforce => ("Pod dry-runs (enforce)", "denied"),
+        Mode::DeploymentWarn => ("Deployment dry-runs (warn)", "warned"),
+    };
     let summary = format!(
-        "parity: compared {total} dry-runs with the evaluator ({} fixtures, {} generated); {} matched, {} differed; {} rejected as invalid (422) before admission, not compared",
+        "{test}: compared {total} {what} with the evaluator ({} fixtures, {} generated; {flagged_count} {flagged_what}, {} allowed); {} matched, {} differed; {} rejected as invalid (422) before admission, not compared",
         compared[0],
         compared[1],
+        total - flagged_count,
         total - mismatches.len(),
         mismatches.len(),
         invalid.len()
     );
     // The whole story goes to a file; the output shows the summary and the first few of each.
-    let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join("apiserver-parity-report.txt");
+    let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{test}-report.txt"));
     let mut text = format!("{summary}\n");
     for (id, message) in &invalid {
         text.push_str(&format!("INVALID {id}: {message}\n"));
@@ -196,12 +252,13 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
             report.display()
         );
     }
-    ensure!(compared[0] > 0 && compared[1] > 0, "nothing was compared");
+    ensure!(total > 0, "nothing was compared");
     Ok(())
 }
 
 async fn run_all(
     client: &Client,
+    mode: Mode,
     cases: Vec<Case>,
     namespaces: &BTreeMap<(Level, String), String>,
 ) -> Result<Vec<Outcome>> {
@@ -224,11 +281,11 @@ async fn run_all(
                     return Ok::<_, anyhow::Error>(outcomes);
                 };
                 let ns = &namespaces[&(case.level, case.version.clone())];
-                outcomes.push(
-                    compare(&client, ns, case)
-                        .await
-                        .with_context(|| format!("case {}", case.id))?,
-                );
+                let outcome = match mode {
+                    Mode::PodEnforce => compare(&client, ns, case).await,
+                    Mode::DeploymentWarn => compare_template(&client, ns, case).await,
+                };
+                outcomes.push(outcome.with_context(|| format!("case {}", case.id))?);
             }
         });
     }
@@ -323,6 +380,117 @@ async fn compare(client: &Client, ns: &str, case: &Case) -> Result<Outcome> {
     });
     Ok(Outcome::Compared {
         source: case.source,
+        flagged: api.is_some(),
+        mismatch,
+    })
+}
+
+/// The pod as the template of a Deployment named after it.
+fn deployment_for(pod: &Value, ns: &str) -> Value {
+    let name = pod["metadata"]["name"].clone();
+    let mut template_meta = json!({"labels": {"app": name.clone()}});
+    if let Some(annotations) = pod["metadata"].get("annotations") {
+        template_meta["annotations"] = annotations.clone();
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name.clone(), "namespace": ns},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": template_meta, "spec": pod["spec"].clone()},
+        },
+    })
+}
+
+/// The text of one `Warning: 299 - "<text>"` header (RFC 7234 quoted-string).
+fn warning_text(header: &str) -> Option<String> {
+    let quoted = header.strip_prefix("299 - \"")?.strip_suffix('"')?;
+    let mut text = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        text.push(if c == '\\' { chars.next()? } else { c });
+    }
+    Some(text)
+}
+
+async fn compare_template(client: &Client, ns: &str, case: &Case) -> Result<Outcome> {
+    let deployment = deployment_for(&case.pod, ns);
+    let request = kube::core::Request::new(format!("/apis/apps/v1/namespaces/{ns}/deployments"))
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            },
+            serde_json::to_vec(&deployment)?,
+        )?;
+    let response = client
+        .send(request.map(kube::client::Body::from))
+        .await
+        .context("dry-run create of the Deployment")?;
+    let status = response.status();
+    let warnings: Vec<String> = response
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok().and_then(warning_text))
+        .filter(|w| w.starts_with("would violate PodSecurity "))
+        .collect();
+    let body = response.into_body().collect_bytes().await?;
+    if status.as_u16() == 422 {
+        let status: kube::core::Status = serde_json::from_slice(&body)?;
+        return Ok(Outcome::Invalid {
+            id: case.id.clone(),
+            message: status.message,
+        });
+    }
+    ensure!(
+        status.is_success(),
+        "dry-run create returned {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    ensure!(
+        warnings.len() <= 1,
+        "several PodSecurity warnings: {warnings:?}"
+    );
+    let api = warnings.into_iter().next();
+
+    // The evaluator reads the Deployment the way `pss-operator check` reads a manifest.
+    let items = pss_operator::manifest::read_source("generated", &serde_json::to_vec(&deployment)?);
+    let [pss_operator::manifest::Item::Workload(workload)] = &items[..] else {
+        bail!("the manifest reader did not return one workload: {items:?}");
+    };
+    let version: Version = case
+        .version
+        .parse()
+        .map_err(|e| anyhow!("version {}: {e}", case.version))?;
+    let eval = pss::evaluate(
+        &workload.pod.metadata,
+        &workload.pod.spec,
+        LevelVersion::new(case.level, version),
+    );
+    let ours = (!eval.allowed()).then(|| {
+        let denial = eval.denial_message();
+        match denial.strip_prefix("violates ") {
+            Some(rest) => format!("would violate {rest}"),
+            None => denial,
+        }
+    });
+    let mismatch = (ours != api).then(|| {
+        format!(
+            "MISMATCH {} (as a Deployment template) at {}:{}\n  deployment: {}\n  apiserver:  {}\n  evaluator:  {}",
+            case.id,
+            case.level,
+            case.version,
+            serde_json::to_string(&deployment).unwrap_or_default(),
+            api.as_deref().unwrap_or("(no PodSecurity warning)"),
+            ours.as_deref().unwrap_or("(no PodSecurity warning)"),
+        )
+    });
+    Ok(Outcome::Compared {
+        source: case.source,
+        flagged: api.is_some(),
         mismatch,
     })
 }
