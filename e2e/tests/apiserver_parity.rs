@@ -24,7 +24,9 @@ use serde_json::{Value, json};
 
 use pss_operator::pss::{self, Level, LevelVersion, Version};
 
-use crate::harness::{TestEnv, create_namespace, repo_root, unique_name};
+use crate::harness::{
+    TestEnv, create_namespace, repo_root, unique_name, wait_for_default_service_account,
+};
 
 /// Where the main branch keeps the upstream fixtures (k8s.io/pod-security-admission v0.37.2
 /// test/testdata). `PSS_E2E_FIXTURES_DIR` points elsewhere, e.g. at the Go module cache.
@@ -154,7 +156,17 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
         "expected all {UPSTREAM_FIXTURE_COUNT} upstream fixtures under {}, found {fixture_count}",
         root.display()
     );
-    cases.extend(generated_cases(GENERATED_PODS));
+    let generated = generated_cases(GENERATED_PODS);
+    // The generated pods, one JSON per line, for reading what the generator covers.
+    let listing = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generated-pods.jsonl");
+    let lines: Vec<String> = generated
+        .iter()
+        .filter(|c| c.level == Level::Baseline)
+        .map(|c| c.pod.to_string())
+        .collect();
+    std::fs::write(&listing, lines.join("\n") + "\n")
+        .with_context(|| format!("writing {}", listing.display()))?;
+    cases.extend(generated);
     run_parity("parity", Mode::PodEnforce, cases).await
 }
 
@@ -185,6 +197,9 @@ async fn run_parity(test: &str, mode: Mode, cases: Vec<Case>) -> Result<()> {
         )
         .await?;
         namespaces.insert((level, version), name);
+    }
+    for ns in namespaces.values() {
+        wait_for_default_service_account(&env.client, ns).await?;
     }
 
     let outcomes = run_all(&env.client, mode, cases, &namespaces).await;
@@ -699,6 +714,76 @@ fn volume(rng: &mut Rng, i: usize) -> Value {
     v
 }
 
+/// `spec.os` (restricted relaxes some checks for Windows pods) and Windows `hostProcess`. A Windows
+/// pod loses the fields validation forbids on Windows; `hostProcess` pods get `hostNetwork` and
+/// every container inherits it, as validation requires.
+fn windows_and_os(rng: &mut Rng, spec: &mut serde_json::Map<String, Value>) {
+    let os = match rng.next() % 10 {
+        0 => "windows",
+        1 => "linux",
+        _ => "",
+    };
+    let each_container = |spec: &mut serde_json::Map<String, Value>,
+                          f: &mut dyn FnMut(&mut Value)| {
+        for key in ["initContainers", "containers"] {
+            if let Some(Value::Array(cs)) = spec.get_mut(key) {
+                cs.iter_mut().for_each(&mut *f);
+            }
+        }
+    };
+    if os == "windows" {
+        for key in ["hostUsers", "hostPID", "hostIPC"] {
+            spec.remove(key);
+        }
+        if let Some(Value::Object(sc)) = spec.get_mut("securityContext") {
+            for key in [
+                "seLinuxOptions",
+                "seccompProfile",
+                "appArmorProfile",
+                "sysctls",
+                "runAsUser",
+            ] {
+                sc.remove(key);
+            }
+        }
+        each_container(spec, &mut |c| {
+            if let Some(Value::Object(sc)) = c.get_mut("securityContext") {
+                for key in [
+                    "appArmorProfile",
+                    "seLinuxOptions",
+                    "seccompProfile",
+                    "capabilities",
+                    "privileged",
+                    "allowPrivilegeEscalation",
+                    "procMount",
+                    "runAsUser",
+                ] {
+                    sc.remove(key);
+                }
+            }
+        });
+    }
+    if !os.is_empty() {
+        spec.insert("os".into(), json!({"name": os}));
+    }
+    if os == "linux" {
+        return; // windowsOptions are forbidden on Linux pods
+    }
+    if spec.contains_key("hostNetwork") && rng.chance(50) {
+        let pod_sc = spec.entry("securityContext").or_insert_with(|| json!({}));
+        pod_sc["windowsOptions"] = json!({"hostProcess": true});
+        let explicit = rng.chance(40);
+        each_container(spec, &mut |c| {
+            if explicit {
+                c["securityContext"]["windowsOptions"] = json!({"hostProcess": true});
+            }
+        });
+    } else if rng.chance(10) {
+        let pod_sc = spec.entry("securityContext").or_insert_with(|| json!({}));
+        pod_sc["windowsOptions"] = json!({"hostProcess": false});
+    }
+}
+
 /// The legacy annotation value equivalent to an AppArmor or seccomp profile field.
 fn legacy_profile_annotation(profile: &Value, runtime_default: &str) -> String {
     match profile["type"].as_str() {
@@ -799,6 +884,8 @@ fn generated_pod(i: usize, rng: &mut Rng) -> Value {
             .collect();
         spec.insert("volumes".into(), Value::Array(volumes));
     }
+
+    windows_and_os(rng, &mut spec);
 
     // Legacy annotations (AppArmor, seccomp) some versions still check. Validation requires an
     // annotation to agree with the field it shadows, so when that field is set the annotation
