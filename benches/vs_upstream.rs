@@ -29,7 +29,10 @@ fn fixtures() -> Vec<Value> {
     let mut files = Vec::new();
     let mut stack = vec![root().join("tests/fixtures/pss")];
     while let Some(dir) = stack.pop() {
-        for path in std::fs::read_dir(&dir).expect("fixture dir").map(|e| e.expect("entry").path()) {
+        for path in std::fs::read_dir(&dir)
+            .expect("fixture dir")
+            .map(|e| e.expect("entry").path())
+        {
             if path.is_dir() {
                 stack.push(path);
             } else if path.extension().is_some_and(|e| e == "yaml") {
@@ -40,7 +43,9 @@ fn fixtures() -> Vec<Value> {
     files.sort();
     files
         .iter()
-        .map(|p| serde_yaml_ng::from_str(&std::fs::read_to_string(p).expect("read")).expect("fixture"))
+        .map(|p| {
+            serde_yaml_ng::from_str(&std::fs::read_to_string(p).expect("read")).expect("fixture")
+        })
         .collect()
 }
 
@@ -66,7 +71,11 @@ fn run_upstream(dir: &Path, corpus: &Path) -> (Vec<Value>, Vec<Value>) {
         .arg(format!("{}s", MIN_TIME.as_secs()))
         .output()
         .expect("upstream harness runs");
-    assert!(out.status.success(), "upstream harness failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "upstream harness failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<Value> = out
         .stdout
         .split(|b| *b == b'\n')
@@ -100,7 +109,8 @@ fn main() {
     let fixture_count = corpus.len();
     corpus.extend(podgen::generated_pods(GENERATED, 0x5eed));
     let corpus_path = dir.join("corpus.jsonl");
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&corpus_path).expect("corpus file"));
+    let mut file =
+        std::io::BufWriter::new(std::fs::File::create(&corpus_path).expect("corpus file"));
     for pod in &corpus {
         serde_json::to_writer(&mut file, pod).expect("write corpus");
         file.write_all(b"\n").expect("write corpus");
@@ -121,26 +131,54 @@ fn main() {
     let mut mismatches = Vec::new();
     for v in &verdicts {
         let i = v["pod"].as_u64().expect("pod index") as usize;
-        let lv: LevelVersion = v["level"].as_str().expect("level").parse().expect("level:version");
+        let lv: LevelVersion = v["level"]
+            .as_str()
+            .expect("level")
+            .parse()
+            .expect("level:version");
         let ours = pss::evaluate(&pods[i].metadata, &pods[i].spec, lv);
         let theirs = v["message"].as_str().unwrap_or_default();
-        if ours.allowed() != v["allowed"].as_bool().unwrap_or(false) || ours.denial_message() != theirs {
-            mismatches.push(format!("pod {i} at {lv}:\n  upstream: {theirs}\n  ours:     {}", ours.denial_message()));
+        if ours.allowed() != v["allowed"].as_bool().unwrap_or(false)
+            || ours.denial_message() != theirs
+        {
+            mismatches.push(format!(
+                "pod {i} at {lv}:\n  upstream: {theirs}\n  ours:     {}",
+                ours.denial_message()
+            ));
         }
     }
 
-    println!("corpus: {} pods ({fixture_count} conformance fixtures + {GENERATED} generated)", pods.len());
-    println!("verdicts and messages compared: {}, identical: {}", verdicts.len(), verdicts.len() - mismatches.len());
+    println!(
+        "corpus: {} pods ({fixture_count} conformance fixtures + {GENERATED} generated)",
+        pods.len()
+    );
+    println!(
+        "verdicts and messages compared: {}, identical: {}",
+        verdicts.len(),
+        verdicts.len() - mismatches.len()
+    );
     println!("| level | upstream Go (pods/s, 1 core) | ours (pods/s, 1 core) | ratio |");
     println!("|---|---|---|---|");
     for summary in &summaries {
         let level = summary["level"].as_str().expect("level");
         let upstream = summary["pods_per_second"].as_f64().expect("rate");
         let ours = time_ours(&pods, level.parse().expect("level:version"));
-        println!("| {level} | {upstream:.0} | {ours:.0} | {:.1}x |", ours / upstream);
+        println!(
+            "| {level} | {upstream:.0} | {ours:.0} | {:.1}x |",
+            ours / upstream
+        );
     }
     if !mismatches.is_empty() {
-        eprintln!("{} mismatches, first ones:\n{}", mismatches.len(), mismatches.iter().take(5).cloned().collect::<Vec<_>>().join("\n"));
+        eprintln!(
+            "{} mismatches, first ones:\n{}",
+            mismatches.len(),
+            mismatches
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         std::process::exit(1);
     }
 }

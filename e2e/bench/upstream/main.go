@@ -121,6 +121,7 @@ func readCorpus(path string) ([]corev1.Pod, error) {
 			return nil, fmt.Errorf("corpus line %d: %w", len(pods)+1, err)
 		}
 		applyAPIServerDefaults(&pod)
+		applyAppArmorVersionSkew(&pod)
 		pods = append(pods, pod)
 	}
 	return pods, scanner.Err()
@@ -145,6 +146,53 @@ func applyAPIServerDefaults(pod *corev1.Pod) {
 				}
 			}
 		}
+	}
+}
+
+// applyAppArmorVersionSkew mirrors kube-apiserver's pod strategy (PrepareForCreate), which runs
+// before admission: a container's deprecated AppArmor annotation becomes its appArmorProfile
+// field when it has none, the value is valid, and it differs from the pod-level profile.
+func applyAppArmorVersionSkew(pod *corev1.Pod) {
+	if pod.Spec.OS != nil && pod.Spec.OS.Name == corev1.Windows {
+		return
+	}
+	var podProfile *corev1.AppArmorProfile
+	if pod.Spec.SecurityContext != nil {
+		podProfile = pod.Spec.SecurityContext.AppArmorProfile
+	}
+	visit := func(name string, sc **corev1.SecurityContext) {
+		annotation, ok := pod.Annotations[corev1.DeprecatedAppArmorBetaContainerAnnotationKeyPrefix+name]
+		if !ok || (*sc != nil && (*sc).AppArmorProfile != nil) {
+			return
+		}
+		var field *corev1.AppArmorProfile
+		switch {
+		case annotation == corev1.DeprecatedAppArmorBetaProfileNameUnconfined:
+			field = &corev1.AppArmorProfile{Type: corev1.AppArmorProfileTypeUnconfined}
+		case annotation == corev1.DeprecatedAppArmorBetaProfileRuntimeDefault:
+			field = &corev1.AppArmorProfile{Type: corev1.AppArmorProfileTypeRuntimeDefault}
+		case strings.HasPrefix(annotation, corev1.DeprecatedAppArmorBetaProfileNamePrefix):
+			p := strings.TrimPrefix(annotation, corev1.DeprecatedAppArmorBetaProfileNamePrefix)
+			if p != "" && strings.TrimSpace(p) == p && len(p) <= 4095 {
+				field = &corev1.AppArmorProfile{Type: corev1.AppArmorProfileTypeLocalhost, LocalhostProfile: &p}
+			}
+		}
+		if field == nil || reflect.DeepEqual(field, podProfile) {
+			return
+		}
+		if *sc == nil {
+			*sc = &corev1.SecurityContext{}
+		}
+		(*sc).AppArmorProfile = field
+	}
+	for i := range pod.Spec.InitContainers {
+		visit(pod.Spec.InitContainers[i].Name, &pod.Spec.InitContainers[i].SecurityContext)
+	}
+	for i := range pod.Spec.Containers {
+		visit(pod.Spec.Containers[i].Name, &pod.Spec.Containers[i].SecurityContext)
+	}
+	for i := range pod.Spec.EphemeralContainers {
+		visit(pod.Spec.EphemeralContainers[i].Name, &pod.Spec.EphemeralContainers[i].SecurityContext)
 	}
 }
 
