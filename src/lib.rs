@@ -4,4 +4,6 @@
 //! - [`manifest`]: reading Kubernetes manifests (YAML/JSON) into pod templates.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+pub mod operator;
 pub mod pss;

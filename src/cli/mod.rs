@@ -1,0 +1,4 @@
+//! Subcommands of the `pss-operator` binary; each module owns its flags and its run function.
+
+pub mod crd;
+pub mod run;
