@@ -61,7 +61,7 @@ struct State {
     /// that differs while the desired one did not change is drift.
     last_applied: HashMap<String, Labels>,
     /// Drift corrections per profile, seeded from the stored status.
-    drift: HashMap<String, u64>,
+    drift: HashMap<String, i64>,
     apply_errors: BTreeMap<String, String>,
     /// What was last announced by Event, to announce changes only.
     announced_pending: HashMap<String, Vec<String>>,
@@ -70,7 +70,7 @@ struct State {
 
 pub struct Context {
     client: Client,
-    recorder: Recorder,
+    reporter: Reporter,
     metrics: Arc<Metrics>,
     config: Config,
     profiles: Store<PodSecurityProfile>,
@@ -112,7 +112,7 @@ pub async fn run(
         instance: Some(config.identity.clone()),
     };
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        reporter,
         client: client.clone(),
         metrics,
         config,
@@ -533,7 +533,7 @@ async fn after_write(ctx: &Context, w: Write, uid: Option<&String>) {
                 state.last_applied.insert(ns.clone(), desired);
                 if drift {
                     for p in &profiles {
-                        *state.drift.entry(p.clone()).or_default() += changes.len() as u64;
+                        *state.drift.entry(p.clone()).or_default() += changes.len() as i64;
                     }
                 }
             }
@@ -661,7 +661,11 @@ async fn publish(
         action: "Reconcile".into(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+    // A fresh recorder per event: a shared one folds events with the same reason into one series
+    // and keeps the first note, which would hide which label/value a later drift was about.
+    // These events are only emitted on changes, so there is nothing to fold.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&event, reference).await {
         warn!(error = %e, reason, "publishing event");
     }
 }

@@ -86,11 +86,22 @@ pub struct PodSecurityProfileSpec {
 pub struct LevelSpec {
     /// `privileged`, `baseline` or `restricted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "level_schema")]
     pub level: Option<LevelName>,
     /// `latest` (the default) or `v1.N`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(latest|v1\.(0|[1-9][0-9]*))$"))]
     pub version: Option<String>,
+}
+
+/// The level enum without `null`: optional is expressed by leaving the field out, and the API
+/// server's message then lists only the three real levels.
+fn level_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "enum": ["privileged", "baseline", "restricted"],
+        "description": "`privileged`, `baseline` or `restricted`."
+    })
 }
 
 impl LevelSpec {
@@ -161,19 +172,19 @@ pub struct PodSecurityProfileStatus {
     pub conditions: Vec<Condition>,
     /// Namespaces the selector matches (operator-wide exclusions left out).
     #[serde(default)]
-    pub matched_namespaces: u32,
+    pub matched_namespaces: i32,
     /// Matched namespaces this profile governs whose labels are as declared.
     #[serde(default)]
-    pub enforced_namespaces: u32,
+    pub enforced_namespaces: i32,
     /// Namespaces whose `enforce` level waits for violating Pods to go (`rollout: WhenCompliant`).
     #[serde(default)]
-    pub pending_namespaces: u32,
+    pub pending_namespaces: i32,
     /// Namespaces where another profile of equal priority also applies.
     #[serde(default)]
-    pub conflicted_namespaces: u32,
+    pub conflicted_namespaces: i32,
     /// Labels put back after someone changed or removed them.
     #[serde(default)]
-    pub drift_corrections: u64,
+    pub drift_corrections: i64,
     /// Pending namespaces and the Pods that block them (first 20 namespaces, 10 Pods each).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<PendingNamespace>,
@@ -192,7 +203,7 @@ pub struct PendingNamespace {
     /// The level `enforce` will be raised to.
     pub target: String,
     /// Total Pods that violate the target.
-    pub blocking_pods: u32,
+    pub blocking_pods: i32,
     /// Names of the first blocking Pods, sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<String>,
@@ -205,22 +216,22 @@ pub struct ModeStatus {
     /// The level this profile declares for the mode (namespaces may be stricter).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub level: Option<String>,
-    pub violating_pods: u32,
+    pub violating_pods: i32,
     /// Violating Pods per check id (`privileged`, `runAsNonRoot`, ...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub by_check: BTreeMap<String, u32>,
+    pub by_check: BTreeMap<String, i32>,
     /// Namespaces with violating Pods, most first (at most 100).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub namespaces: Vec<NamespaceViolations>,
     /// Namespaces with violating Pods left out of `namespaces`.
     #[serde(default, skip_serializing_if = "is_zero")]
-    pub omitted_namespaces: u32,
+    pub omitted_namespaces: i32,
     /// Up to 20 violating Pods with the exact admission message; privileged containers first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<SampleViolation>,
 }
 
-fn is_zero(n: &u32) -> bool {
+fn is_zero(n: &i32) -> bool {
     *n == 0
 }
 
@@ -228,7 +239,7 @@ fn is_zero(n: &u32) -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct NamespaceViolations {
     pub namespace: String,
-    pub violating_pods: u32,
+    pub violating_pods: i32,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Eq, Default)]

@@ -43,7 +43,7 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Resu
     Ok(c)
 }
 
-fn int(n: u32) -> i64 {
+fn int(n: i32) -> i64 {
     i64::from(n)
 }
 

@@ -30,7 +30,7 @@ pub struct Observed<'a, P> {
     pub labels: &'a BTreeMap<String, Labels>,
     pub index: &'a PodIndex<P>,
     /// Drift corrections per profile since it was created.
-    pub drift: &'a HashMap<String, u64>,
+    pub drift: &'a HashMap<String, i64>,
     /// Namespaces whose labels could not be applied, and why.
     pub apply_errors: &'a BTreeMap<String, String>,
 }
@@ -331,8 +331,8 @@ fn fit(status: &mut PodSecurityProfileStatus) {
     }
 }
 
-fn count(n: usize) -> u32 {
-    u32::try_from(n).unwrap_or(u32::MAX)
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 fn truncate(s: &str, max: usize) -> String {
@@ -368,15 +368,15 @@ pub struct MetricValues {
     pub namespace_level: Vec<[String; 5]>,
     /// (namespace, profile, mode) → violating Pods; every governed namespace and mode, and other
     /// namespaces when not zero (profile `""`).
-    pub violating_pods: Vec<([String; 3], u32)>,
+    pub violating_pods: Vec<([String; 3], i32)>,
     /// (namespace, profile, mode, check) → violating Pods, when not zero.
-    pub pod_violations: Vec<([String; 4], u32)>,
+    pub pod_violations: Vec<([String; 4], i32)>,
     /// Every namespace, excluded ones too.
-    pub privileged_containers: Vec<(String, u32)>,
+    pub privileged_containers: Vec<(String, i32)>,
     pub unprotected: Vec<String>,
     pub conflicted: Vec<String>,
     /// (namespace, profile) → blocking Pods.
-    pub rollout_pending: Vec<([String; 2], u32)>,
+    pub rollout_pending: Vec<([String; 2], i32)>,
 }
 
 pub fn metric_values<P: Evaluate>(obs: &Observed<'_, P>) -> MetricValues {
@@ -414,7 +414,7 @@ pub fn metric_values<P: Evaluate>(obs: &Observed<'_, P>) -> MetricValues {
                     version,
                 ]);
             }
-            let mut by_check: BTreeMap<&str, u32> = BTreeMap::new();
+            let mut by_check: BTreeMap<&str, i32> = BTreeMap::new();
             let mut violating = 0;
             for v in obs.index.violators(ns, mode) {
                 violating += 1;
@@ -474,7 +474,7 @@ mod tests {
         profiles: Vec<PodSecurityProfile>,
         namespaces: Vec<NamespaceView>,
         index: PodIndex<FakePod>,
-        drift: HashMap<String, u64>,
+        drift: HashMap<String, i64>,
         errors: BTreeMap<String, String>,
     }
 
