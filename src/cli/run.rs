@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::{Args, ValueEnum};
 use kube::Client;
@@ -133,12 +133,10 @@ async fn operate(args: RunArgs) -> Result<()> {
     };
 
     let server = server::serve(args.metrics_addr, metrics.clone(), ready.clone());
-    let work = async {
-        if !args.leader_elect {
-            return controller::run(client, config, metrics, ready).await;
-        }
+    let mut lease = None;
+    if args.leader_elect {
         // A standby replica is ready: it serves and waits (rollouts must not hang on it).
-        ready.store(true, std::sync::atomic::Ordering::Relaxed);
+        ready.store(true, Ordering::Relaxed);
         let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
             .with_namespace(
                 args.operator_namespace
@@ -152,15 +150,20 @@ async fn operate(args: RunArgs) -> Result<()> {
             .build()
             .await
             .map_err(Error::Lease)?;
-        let (mut leader, lease_task) = manager.watch().await;
+        lease = Some(manager.watch().await);
+    }
+    let work = async {
+        let Some((leader, _)) = lease.as_mut() else {
+            return controller::run(client, config, metrics, ready.clone()).await;
+        };
         info!(lease = %args.lease_name, "waiting for the leader lease");
         while !*leader.borrow_and_update() {
             if leader.changed().await.is_err() {
-                return Err(lease_task_error(lease_task).await);
+                return Err(Error::LeadershipLost);
             }
         }
         info!("became leader");
-        ready.store(false, std::sync::atomic::Ordering::Relaxed);
+        ready.store(false, Ordering::Relaxed);
         let lost = async {
             loop {
                 if leader.changed().await.is_err() || !*leader.borrow_and_update() {
@@ -173,21 +176,23 @@ async fn operate(args: RunArgs) -> Result<()> {
             _ = lost => Err(Error::LeadershipLost),
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         r = server => r,
         r = work => r,
         _ = shutdown_signal() => {
             warn!("shutting down");
             Ok(())
         }
+    };
+    if let Some((leader, task)) = lease {
+        // Closing the channel makes the lease task release the Lease, so a standby takes over
+        // at once instead of after the lease expires.
+        drop(leader);
+        match tokio::time::timeout(std::time::Duration::from_secs(3), task).await {
+            Ok(Ok(Ok(_))) => info!("leader lease released"),
+            Ok(Ok(Err(e))) => warn!(error = %e, "releasing the leader lease"),
+            _ => warn!("the leader lease was not released in time; it expires on its own"),
+        }
     }
-}
-
-async fn lease_task_error(
-    task: tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
-) -> Error {
-    match task.await {
-        Ok(Err(e)) => Error::Lease(e),
-        _ => Error::LeadershipLost,
-    }
+    result
 }
