@@ -16,6 +16,8 @@ pub const GROUP: &str = "pss-operator.io";
 pub const FINALIZER: &str = "pss-operator.io/remove-labels";
 
 /// Declares the Pod Security Admission levels that every selected namespace must carry.
+// clippy reads the repeated `type_ = ...` of distinct printer columns as duplicated attributes.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
 #[kube(
     group = "pss-operator.io",
