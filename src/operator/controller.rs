@@ -66,6 +66,10 @@ struct State {
     /// What was last announced by Event, to announce changes only.
     announced_pending: HashMap<String, Vec<String>>,
     announced_conflicts: HashMap<String, Vec<String>>,
+    /// The resourceVersion our last label write returned, per namespace, until the namespace
+    /// store has caught up with it: until then the store is older than our write, and its labels
+    /// must not be mistaken for drift.
+    applied_rv: HashMap<String, u64>,
     /// (generation, error) last written to unreadable profiles, to write each once.
     unreadable_written: HashMap<String, (Option<i64>, String)>,
 }
@@ -339,6 +343,10 @@ async fn pass(ctx: &Arc<Context>) -> usize {
             labels: n.labels().clone(),
         })
         .collect();
+    let observed_rv: HashMap<String, u64> = ns_objects
+        .iter()
+        .filter_map(|n| Some((n.name_any(), resource_version(n.resource_version())?)))
+        .collect();
     let uids: HashMap<String, String> = ns_objects
         .iter()
         .filter_map(|n| Some((n.name_any(), n.uid()?)))
@@ -384,34 +392,47 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         state.index.retain_policies(|ns| plans.contains_key(ns));
         state.last_applied.retain(|ns, _| plans.contains_key(ns));
         state.apply_errors.retain(|ns, _| plans.contains_key(ns));
+        // Forget our write once the store shows it (or something newer).
+        state
+            .applied_rv
+            .retain(|ns, ours| observed_rv.get(ns).is_some_and(|seen| seen < ours));
+        let stale: HashSet<String> = state.applied_rv.keys().cloned().collect();
         let writes = label_writes(
             &mut state,
             &plans,
             &observed,
             &profiles,
             &ctx.config.exclusions,
+            &stale,
         );
         (plans, writes)
     };
 
     announce(ctx, &plans, &uids).await;
 
-    let results: Vec<(Write, std::result::Result<(), Error>)> = futures::stream::iter(writes)
-        .map(|w| async move {
-            let r = write_labels(&ctx.client, &w).await;
-            (w, r)
-        })
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
-        .collect()
-        .await;
+    let results: Vec<(Write, std::result::Result<Option<u64>, Error>)> =
+        futures::stream::iter(writes)
+            .map(|w| async move {
+                let r = write_labels(&ctx.client, &w).await;
+                (w, r)
+            })
+            .buffer_unordered(MAX_CONCURRENT_WRITES)
+            .collect()
+            .await;
     let mut released_failed: HashSet<String> = HashSet::new();
     for (w, r) in results {
         let ns = match &w {
             Write::Apply { ns, .. } | Write::Release { ns } => ns.clone(),
         };
         match r {
-            Ok(()) => {
-                ctx.state().apply_errors.remove(&ns);
+            Ok(rv) => {
+                {
+                    let mut state = ctx.state();
+                    state.apply_errors.remove(&ns);
+                    if let Some(rv) = rv {
+                        state.applied_rv.insert(ns.clone(), rv);
+                    }
+                }
                 after_write(ctx, w, uids.get(&ns)).await;
             }
             Err(e) => {
@@ -526,10 +547,14 @@ fn label_writes(
     observed: &BTreeMap<String, Labels>,
     profiles: &[Arc<PodSecurityProfile>],
     exclusions: &Exclusions,
+    stale: &HashSet<String>,
 ) -> Vec<Write> {
     let mut writes = Vec::new();
     let empty = Labels::new();
-    for plan in plans.values().filter(|p| p.write) {
+    for plan in plans
+        .values()
+        .filter(|p| p.write && !stale.contains(&p.name))
+    {
         let found = observed.get(&plan.name).unwrap_or(&empty);
         let changes = label_changes(found, &plan.desired);
         let last = state.last_applied.get(&plan.name);
@@ -562,6 +587,7 @@ fn label_writes(
         for plan in plans.values() {
             let labels = observed.get(&plan.name).unwrap_or(&empty);
             if plan.governed_by.is_empty()
+                && !stale.contains(&plan.name)
                 && !exclusions.contains(&plan.name)
                 && selector.matches(labels)
                 && !writes
@@ -577,7 +603,8 @@ fn label_writes(
     writes
 }
 
-async fn write_labels(client: &Client, w: &Write) -> Result<()> {
+/// Returns the namespace's new resourceVersion.
+async fn write_labels(client: &Client, w: &Write) -> Result<Option<u64>> {
     let (ns, labels) = match w {
         Write::Apply { ns, desired, .. } => (ns, desired.clone()),
         // Applying no labels under our manager removes the ones only we own.
@@ -588,14 +615,20 @@ async fn write_labels(client: &Client, w: &Write) -> Result<()> {
         "kind": "Namespace",
         "metadata": { "name": ns, "labels": labels },
     });
-    Api::<Namespace>::all(client.clone())
+    let written = Api::<Namespace>::all(client.clone())
         .patch(
             ns,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await?;
-    Ok(())
+    Ok(resource_version(written.resource_version()))
+}
+
+/// Resource versions are opaque to clients in general, but kube-apiserver's are etcd revisions:
+/// numbers that only grow. Anything else is treated as unknown (never stale).
+fn resource_version(rv: Option<String>) -> Option<u64> {
+    rv?.parse().ok()
 }
 
 async fn after_write(ctx: &Context, w: Write, uid: Option<&String>) {
@@ -880,23 +913,51 @@ mod tests {
             .map(|(n, l)| (n.to_string(), l.clone()))
             .collect();
         let excl = Exclusions::new(Exclusions::DEFAULT);
-        let writes = label_writes(&mut state, &plans, &observed, &profiles, &excl);
+        let writes = label_writes(
+            &mut state,
+            &plans,
+            &observed,
+            &profiles,
+            &excl,
+            &HashSet::new(),
+        );
         assert_eq!(applies(&writes), [("app", false)]);
         // The apply succeeded: remembered.
         state
             .last_applied
             .insert("app".into(), plans["app"].desired.clone());
 
+        // The namespace store has not caught up with our write yet: its old labels are not drift.
+        let stale: HashSet<String> = ["app".to_owned()].into();
+        assert!(label_writes(&mut state, &plans, &observed, &profiles, &excl, &stale).is_empty());
+
         // Converged: nothing to write.
         let converged: BTreeMap<String, Labels> =
             [("app".to_owned(), plans["app"].desired.clone())].into();
-        assert!(label_writes(&mut state, &plans, &converged, &profiles, &excl).is_empty());
+        assert!(
+            label_writes(
+                &mut state,
+                &plans,
+                &converged,
+                &profiles,
+                &excl,
+                &HashSet::new()
+            )
+            .is_empty()
+        );
 
         // Someone removes the enforce label: drift.
         let mut edited = plans["app"].desired.clone();
         edited.remove(psa::ENFORCE);
         let drifted: BTreeMap<String, Labels> = [("app".to_owned(), edited)].into();
-        let writes = label_writes(&mut state, &plans, &drifted, &profiles, &excl);
+        let writes = label_writes(
+            &mut state,
+            &plans,
+            &drifted,
+            &profiles,
+            &excl,
+            &HashSet::new(),
+        );
         assert_eq!(applies(&writes), [("app", true)]);
         let Write::Apply { changes, .. } = &writes[0] else {
             unreachable!("an apply")
@@ -904,6 +965,13 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].label, psa::ENFORCE);
         assert_eq!(changes[0].found, None);
+    }
+
+    #[test]
+    fn resource_versions_compare_as_numbers_or_not_at_all() {
+        assert_eq!(resource_version(Some("1234".into())), Some(1234));
+        assert_eq!(resource_version(Some("opaque-v1".into())), None);
+        assert_eq!(resource_version(None), None);
     }
 
     #[test]
@@ -923,6 +991,7 @@ mod tests {
             &observed,
             &profiles,
             &Exclusions::new(Exclusions::DEFAULT),
+            &HashSet::new(),
         );
         let released: Vec<&str> = writes
             .iter()
@@ -943,6 +1012,7 @@ mod tests {
             &observed,
             &with_other,
             &Exclusions::new(Exclusions::DEFAULT),
+            &HashSet::new(),
         );
         assert_eq!(applies(&writes), [("app", false)]);
         assert!(!writes.iter().any(|w| matches!(w, Write::Release { .. })));
