@@ -39,7 +39,7 @@ use super::status::{Observed, metric_values, profile_status, unreadable_status};
 
 /// The one field manager for labels and status.
 pub const MANAGER: &str = "pss-operator";
-const DEBOUNCE: Duration = Duration::from_millis(50);
+const DEBOUNCE: Duration = Duration::from_millis(100);
 const RESYNC: Duration = Duration::from_secs(60);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 const MAX_CONCURRENT_WRITES: usize = 8;
@@ -150,6 +150,8 @@ pub async fn run(
     .reflect(namespaces_writer);
     let pod_events = watcher(
         Api::<DeserializeGuard<WatchedPod>>::all(client.clone()),
+        // Paginated LIST (not `streaming_lists()`): WatchList is refused by API servers older
+        // than 1.34 or with the gate off, and the seed's cluster was 1.31.
         watcher::Config::default(),
     )
     .default_backoff();
