@@ -412,42 +412,44 @@ async fn pass(ctx: &Arc<Context>) -> usize {
 
     announce(ctx, &plans, &uids).await;
 
-    let results: Vec<(Write, std::result::Result<Option<u64>, Error>)> =
-        futures::stream::iter(writes)
-            .map(|w| async move {
-                let r = write_labels(&ctx.client, &w).await;
-                (w, r)
-            })
-            .buffer_unordered(MAX_CONCURRENT_WRITES)
-            .collect()
-            .await;
-    let mut released_failed: HashSet<String> = HashSet::new();
+    let results: Vec<(Write, std::result::Result<Written, Error>)> = futures::stream::iter(writes)
+        .map(|w| async move {
+            let r = write_labels(&ctx.client, &w).await;
+            (w, r)
+        })
+        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .collect()
+        .await;
+    let mut released: HashSet<String> = HashSet::new();
     for (w, r) in results {
         let ns = match &w {
             Write::Apply { ns, .. } | Write::Release { ns } => ns.clone(),
         };
         match r {
-            Ok(rv) => {
+            Ok(written) => {
                 {
                     let mut state = ctx.state();
                     state.apply_errors.remove(&ns);
-                    if let Some(rv) = rv {
+                    if let Some(rv) = written.resource_version {
                         state.applied_rv.insert(ns.clone(), rv);
                     }
                 }
-                after_write(ctx, w, uids.get(&ns)).await;
+                if matches!(w, Write::Release { .. }) {
+                    released.insert(ns.clone());
+                }
+                let before = observed.get(&ns);
+                after_write(ctx, w, uids.get(&ns), before, &written.labels).await;
             }
             Err(e) => {
                 failures += 1;
                 warn!(namespace = %ns, error = %e, "writing labels");
                 ctx.metrics.error("namespace", &e);
-                ctx.state().apply_errors.insert(ns.clone(), e.to_string());
-                released_failed.insert(ns);
+                ctx.state().apply_errors.insert(ns, e.to_string());
             }
         }
     }
 
-    failures += finalizers(ctx, &profiles, &namespaces, &released_failed).await;
+    failures += finalizers(ctx, &profiles, &plans, &observed, &released).await;
 
     // Status and metrics.
     let _timer = ctx.metrics.timer("podsecurityprofile");
@@ -578,35 +580,57 @@ fn label_writes(
     }
     // Profiles being deleted with `deletionPolicy: Remove`: take our labels off the namespaces
     // they selected that no other profile governs now.
-    for p in profiles.iter().filter(|p| {
-        p.metadata.deletion_timestamp.is_some()
-            && p.spec.deletion_policy == DeletionPolicy::Remove
-            && p.finalizers().iter().any(|f| f == FINALIZER)
-    }) {
-        let Ok(selector) = Selector::try_from(p.spec.namespace_selector.clone()) else {
-            continue;
-        };
-        for plan in plans.values() {
-            let labels = observed.get(&plan.name).unwrap_or(&empty);
-            if plan.governed_by.is_empty()
-                && !stale.contains(&plan.name)
-                && !exclusions.contains(&plan.name)
-                && selector.matches(labels)
+    for p in profiles.iter().filter(|p| releasing(p)) {
+        for ns in release_targets(p, plans, observed, exclusions) {
+            if !stale.contains(ns)
                 && !writes
                     .iter()
-                    .any(|w| matches!(w, Write::Release { ns } if *ns == plan.name))
+                    .any(|w| matches!(w, Write::Release { ns: n } if n == ns))
             {
-                writes.push(Write::Release {
-                    ns: plan.name.clone(),
-                });
+                writes.push(Write::Release { ns: ns.to_owned() });
             }
         }
     }
     writes
 }
 
-/// Returns the namespace's new resourceVersion.
-async fn write_labels(client: &Client, w: &Write) -> Result<Option<u64>> {
+/// A profile being deleted that must take its labels off first.
+fn releasing(p: &PodSecurityProfile) -> bool {
+    p.metadata.deletion_timestamp.is_some()
+        && p.spec.deletion_policy == DeletionPolicy::Remove
+        && p.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// The namespaces a deleted `Remove` profile selects that no profile governs any more.
+fn release_targets<'a>(
+    p: &PodSecurityProfile,
+    plans: &'a BTreeMap<String, NamespacePlan>,
+    observed: &BTreeMap<String, Labels>,
+    exclusions: &Exclusions,
+) -> Vec<&'a str> {
+    let Ok(selector) = Selector::try_from(p.spec.namespace_selector.clone()) else {
+        return Vec::new();
+    };
+    plans
+        .values()
+        .filter(|plan| {
+            plan.governed_by.is_empty()
+                && !exclusions.contains(&plan.name)
+                && observed
+                    .get(&plan.name)
+                    .is_some_and(|labels| selector.matches(labels))
+        })
+        .map(|plan| plan.name.as_str())
+        .collect()
+}
+
+/// What a label write left on the namespace.
+struct Written {
+    resource_version: Option<u64>,
+    labels: Labels,
+}
+
+async fn write_labels(client: &Client, w: &Write) -> Result<Written> {
     let (ns, labels) = match w {
         Write::Apply { ns, desired, .. } => (ns, desired.clone()),
         // Applying no labels under our manager removes the ones only we own.
@@ -624,7 +648,10 @@ async fn write_labels(client: &Client, w: &Write) -> Result<Option<u64>> {
             &Patch::Apply(&patch),
         )
         .await?;
-    Ok(resource_version(written.resource_version()))
+    Ok(Written {
+        resource_version: resource_version(written.resource_version()),
+        labels: written.labels().clone(),
+    })
 }
 
 /// Resource versions are opaque to clients in general, but kube-apiserver's are etcd revisions:
@@ -633,7 +660,13 @@ fn resource_version(rv: Option<String>) -> Option<u64> {
     rv?.parse().ok()
 }
 
-async fn after_write(ctx: &Context, w: Write, uid: Option<&String>) {
+async fn after_write(
+    ctx: &Context,
+    w: Write,
+    uid: Option<&String>,
+    before: Option<&Labels>,
+    after: &Labels,
+) {
     match w {
         Write::Apply {
             ns,
@@ -691,13 +724,31 @@ async fn after_write(ctx: &Context, w: Write, uid: Option<&String>) {
         }
         Write::Release { ns } => {
             ctx.state().last_applied.remove(&ns);
-            info!(namespace = %ns, "labels removed (deletionPolicy Remove)");
+            let psa = |l: &Labels| -> Labels {
+                l.iter()
+                    .filter(|(k, _)| k.starts_with(crate::pss::level::labels::PREFIX))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            };
+            let removed: Vec<String> = before
+                .map(psa)
+                .unwrap_or_default()
+                .into_keys()
+                .filter(|k| !after.contains_key(k))
+                .collect();
+            if removed.is_empty() {
+                return;
+            }
+            info!(namespace = %ns, labels = %removed.join(","), "labels removed (deletionPolicy Remove)");
             publish(
                 ctx,
                 &namespace_ref(&ns, uid),
                 EventType::Normal,
                 "LabelsRemoved",
-                "the profile was deleted with deletionPolicy Remove: Pod Security labels owned by pss-operator removed".into(),
+                format!(
+                    "the profile was deleted with deletionPolicy Remove: removed {}",
+                    removed.join(", ")
+                ),
             )
             .await;
         }
@@ -790,8 +841,9 @@ async fn publish(
 async fn finalizers(
     ctx: &Context,
     profiles: &[Arc<PodSecurityProfile>],
-    namespaces: &[NamespaceView],
-    release_failed: &HashSet<String>,
+    plans: &BTreeMap<String, NamespacePlan>,
+    observed: &BTreeMap<String, Labels>,
+    released: &HashSet<String>,
 ) -> usize {
     let api: Api<PodSecurityProfile> = Api::all(ctx.client.clone());
     let mut failures = 0;
@@ -802,16 +854,14 @@ async fn finalizers(
         if has == wants {
             continue;
         }
-        if deleting && p.spec.deletion_policy == DeletionPolicy::Remove {
-            // Hold on while any selected namespace failed to release.
-            let selector = Selector::try_from(p.spec.namespace_selector.clone()).ok();
-            let blocked = namespaces.iter().any(|n| {
-                release_failed.contains(&n.name)
-                    && selector.as_ref().is_some_and(|s| s.matches(&n.labels))
-            });
-            if blocked {
-                continue;
-            }
+        // Hold on until every namespace to release was released in this pass (a failed or
+        // skipped release is retried by the next pass).
+        if releasing(p)
+            && release_targets(p, plans, observed, &ctx.config.exclusions)
+                .iter()
+                .any(|ns| !released.contains(*ns))
+        {
+            continue;
         }
         let mut list: Vec<String> = p
             .finalizers()
