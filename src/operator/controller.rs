@@ -8,7 +8,7 @@
 //! it. The pass recomputes everything from the stores (pure and cheap: microseconds per
 //! namespace) and only writes what differs, so it stays idempotent; wake-ups are coalesced.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -144,7 +144,10 @@ pub async fn run(
     )
     .default_backoff()
     .modify(|n: &mut PartialObjectMeta<Namespace>| {
-        n.managed_fields_mut().clear();
+        // Keep only our own entry: it says which labels we own (see `owned_labels`).
+        n.managed_fields_mut().retain(|f| {
+            f.manager.as_deref() == Some(MANAGER) && f.operation.as_deref() == Some("Apply")
+        });
         n.annotations_mut().clear();
     })
     .reflect(namespaces_writer);
@@ -349,6 +352,10 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         .iter()
         .filter_map(|n| Some((n.name_any(), resource_version(n.resource_version())?)))
         .collect();
+    let owned: HashMap<String, BTreeSet<String>> = ns_objects
+        .iter()
+        .map(|n| (n.name_any(), owned_labels(&n.metadata.managed_fields)))
+        .collect();
     let uids: HashMap<String, String> = ns_objects
         .iter()
         .filter_map(|n| Some((n.name_any(), n.uid()?)))
@@ -406,6 +413,7 @@ async fn pass(ctx: &Arc<Context>) -> usize {
             &profiles,
             &ctx.config.exclusions,
             &stale,
+            &owned,
         );
         (plans, writes)
     };
@@ -449,7 +457,7 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         }
     }
 
-    failures += finalizers(ctx, &profiles, &plans, &observed, &released).await;
+    failures += finalizers(ctx, &profiles, &plans, &observed, &owned, &released).await;
 
     // Status and metrics.
     let _timer = ctx.metrics.timer("podsecurityprofile");
@@ -552,6 +560,7 @@ fn label_writes(
     profiles: &[Arc<PodSecurityProfile>],
     exclusions: &Exclusions,
     stale: &HashSet<String>,
+    owned: &HashMap<String, BTreeSet<String>>,
 ) -> Vec<Write> {
     let mut writes = Vec::new();
     let empty = Labels::new();
@@ -562,7 +571,14 @@ fn label_writes(
         let found = observed.get(&plan.name).unwrap_or(&empty);
         let changes = label_changes(found, &plan.desired);
         let last = state.last_applied.get(&plan.name);
-        let dropped = last.is_some_and(|l| l.keys().any(|k| !plan.desired.contains_key(k)));
+        // Labels we own but no longer want (a mode dropped from the profile): an apply without
+        // them removes them. Known from managedFields, so it survives restarts.
+        let dropped = owned
+            .get(&plan.name)
+            .into_iter()
+            .flatten()
+            .chain(last.into_iter().flat_map(|l| l.keys()))
+            .any(|k| !plan.desired.contains_key(k));
         if changes.is_empty() && !dropped {
             state
                 .last_applied
@@ -581,7 +597,7 @@ fn label_writes(
     // Profiles being deleted with `deletionPolicy: Remove`: take our labels off the namespaces
     // they selected that no other profile governs now.
     for p in profiles.iter().filter(|p| releasing(p)) {
-        for ns in release_targets(p, plans, observed, exclusions) {
+        for ns in release_targets(p, plans, observed, exclusions, owned) {
             if !stale.contains(ns)
                 && !writes
                     .iter()
@@ -594,6 +610,30 @@ fn label_writes(
     writes
 }
 
+/// The label keys our field manager owns by server-side apply, from a namespace's managedFields.
+fn owned_labels(
+    entries: &Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>>,
+) -> BTreeSet<String> {
+    entries
+        .iter()
+        .flatten()
+        .filter(|f| {
+            f.manager.as_deref() == Some(MANAGER) && f.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(|f| {
+            f.fields_v1
+                .as_ref()?
+                .0
+                .get("f:metadata")?
+                .get("f:labels")?
+                .as_object()
+        })
+        .flat_map(|labels| labels.keys())
+        .filter_map(|k| k.strip_prefix("f:"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A profile being deleted that must take its labels off first.
 fn releasing(p: &PodSecurityProfile) -> bool {
     p.metadata.deletion_timestamp.is_some()
@@ -601,12 +641,14 @@ fn releasing(p: &PodSecurityProfile) -> bool {
         && p.finalizers().iter().any(|f| f == FINALIZER)
 }
 
-/// The namespaces a deleted `Remove` profile selects that no profile governs any more.
+/// The namespaces a deleted `Remove` profile selects that no profile governs any more and where
+/// we still own labels.
 fn release_targets<'a>(
     p: &PodSecurityProfile,
     plans: &'a BTreeMap<String, NamespacePlan>,
     observed: &BTreeMap<String, Labels>,
     exclusions: &Exclusions,
+    owned: &HashMap<String, BTreeSet<String>>,
 ) -> Vec<&'a str> {
     let Ok(selector) = Selector::try_from(p.spec.namespace_selector.clone()) else {
         return Vec::new();
@@ -616,6 +658,7 @@ fn release_targets<'a>(
         .filter(|plan| {
             plan.governed_by.is_empty()
                 && !exclusions.contains(&plan.name)
+                && owned.get(&plan.name).is_some_and(|o| !o.is_empty())
                 && observed
                     .get(&plan.name)
                     .is_some_and(|labels| selector.matches(labels))
@@ -843,6 +886,7 @@ async fn finalizers(
     profiles: &[Arc<PodSecurityProfile>],
     plans: &BTreeMap<String, NamespacePlan>,
     observed: &BTreeMap<String, Labels>,
+    owned: &HashMap<String, BTreeSet<String>>,
     released: &HashSet<String>,
 ) -> usize {
     let api: Api<PodSecurityProfile> = Api::all(ctx.client.clone());
@@ -857,7 +901,7 @@ async fn finalizers(
         // Hold on until every namespace to release was released in this pass (a failed or
         // skipped release is retried by the next pass).
         if releasing(p)
-            && release_targets(p, plans, observed, &ctx.config.exclusions)
+            && release_targets(p, plans, observed, &ctx.config.exclusions, owned)
                 .iter()
                 .any(|ns| !released.contains(*ns))
         {
@@ -972,6 +1016,7 @@ mod tests {
             &profiles,
             &excl,
             &HashSet::new(),
+            &HashMap::new(),
         );
         assert_eq!(applies(&writes), [("app", false)]);
         // The apply succeeded: remembered.
@@ -981,7 +1026,18 @@ mod tests {
 
         // The namespace store has not caught up with our write yet: its old labels are not drift.
         let stale: HashSet<String> = ["app".to_owned()].into();
-        assert!(label_writes(&mut state, &plans, &observed, &profiles, &excl, &stale).is_empty());
+        assert!(
+            label_writes(
+                &mut state,
+                &plans,
+                &observed,
+                &profiles,
+                &excl,
+                &stale,
+                &HashMap::new()
+            )
+            .is_empty()
+        );
 
         // Converged: nothing to write.
         let converged: BTreeMap<String, Labels> =
@@ -993,7 +1049,8 @@ mod tests {
                 &converged,
                 &profiles,
                 &excl,
-                &HashSet::new()
+                &HashSet::new(),
+                &HashMap::new()
             )
             .is_empty()
         );
@@ -1009,6 +1066,7 @@ mod tests {
             &profiles,
             &excl,
             &HashSet::new(),
+            &HashMap::new(),
         );
         assert_eq!(applies(&writes), [("app", true)]);
         let Write::Apply { changes, .. } = &writes[0] else {
@@ -1017,6 +1075,61 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].label, psa::ENFORCE);
         assert_eq!(changes[0].found, None);
+    }
+
+    #[test]
+    fn owned_labels_come_from_our_apply_entry_only() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        let entry = |manager: &str, operation: &str, label: &str| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            fields_v1: Some(FieldsV1(
+                json!({"f:metadata": {"f:labels": {format!("f:{label}"): {}}}}),
+            )),
+            ..Default::default()
+        };
+        let entries = Some(vec![
+            entry(MANAGER, "Apply", psa::WARN),
+            entry("kubectl-label", "Update", psa::ENFORCE),
+            entry(MANAGER, "Update", psa::AUDIT),
+        ]);
+        assert_eq!(
+            owned_labels(&entries),
+            BTreeSet::from([psa::WARN.to_owned()])
+        );
+        assert!(owned_labels(&None).is_empty());
+    }
+
+    #[test]
+    fn labels_we_own_but_no_longer_want_are_released_even_after_a_restart() {
+        let profiles = vec![profile("p", DeletionPolicy::Retain, false)];
+        let plans = plans_for(&profiles, &[("app", Labels::new())]);
+        let mut labels = plans["app"].desired.clone();
+        labels.insert(psa::WARN.into(), "restricted".into());
+        let observed: BTreeMap<String, Labels> = [("app".to_owned(), labels)].into();
+        let excl = Exclusions::new(Exclusions::DEFAULT);
+        let none = HashSet::new();
+        // Someone else's warn label: left alone.
+        let mut state = State::default();
+        assert!(
+            label_writes(
+                &mut state,
+                &plans,
+                &observed,
+                &profiles,
+                &excl,
+                &none,
+                &HashMap::new()
+            )
+            .is_empty()
+        );
+        // Ours (per managedFields), with no memory of earlier writes: applied away.
+        let owned = HashMap::from([("app".to_owned(), BTreeSet::from([psa::WARN.to_owned()]))]);
+        let mut state = State::default();
+        let writes = label_writes(
+            &mut state, &plans, &observed, &profiles, &excl, &none, &owned,
+        );
+        assert_eq!(applies(&writes), [("app", false)]);
     }
 
     #[test]
@@ -1037,6 +1150,11 @@ mod tests {
         let observed: BTreeMap<String, Labels> =
             ns.iter().map(|(n, l)| (n.to_string(), l.clone())).collect();
         let mut state = State::default();
+        let ours = || BTreeSet::from([psa::ENFORCE.to_owned()]);
+        let owned = HashMap::from([
+            ("app".to_owned(), ours()),
+            ("kube-system".to_owned(), ours()),
+        ]);
         let writes = label_writes(
             &mut state,
             &plans,
@@ -1044,6 +1162,7 @@ mod tests {
             &profiles,
             &Exclusions::new(Exclusions::DEFAULT),
             &HashSet::new(),
+            &owned,
         );
         let released: Vec<&str> = writes
             .iter()
@@ -1053,6 +1172,17 @@ mod tests {
             })
             .collect();
         assert_eq!(released, ["app"], "excluded namespaces are never touched");
+        // Where we own nothing there is nothing to release.
+        let writes = label_writes(
+            &mut state,
+            &plans,
+            &observed,
+            &profiles,
+            &Exclusions::new(Exclusions::DEFAULT),
+            &HashSet::new(),
+            &HashMap::new(),
+        );
+        assert!(writes.is_empty());
 
         // If another live profile governs the namespace, its labels follow that one instead.
         let mut with_other = profiles.clone();
@@ -1065,6 +1195,7 @@ mod tests {
             &with_other,
             &Exclusions::new(Exclusions::DEFAULT),
             &HashSet::new(),
+            &owned,
         );
         assert_eq!(applies(&writes), [("app", false)]);
         assert!(!writes.iter().any(|w| matches!(w, Write::Release { .. })));
