@@ -19,8 +19,9 @@ pub const MAX_SAMPLES: usize = 20;
 pub const MAX_PENDING: usize = 20;
 pub const MAX_PENDING_PODS: usize = 10;
 pub const MAX_MESSAGE_BYTES: usize = 1024;
-/// The serialized status is trimmed below this (the hard promise is 64 KiB).
-pub const MAX_STATUS_BYTES: usize = 60 * 1024;
+/// The compact JSON status is trimmed below this: the promise is 64 KiB, and the rest leaves room
+/// for pretty-printed output, the spec and metadata.
+pub const MAX_STATUS_BYTES: usize = 48 * 1024;
 const MAX_NAMES_IN_MESSAGE: usize = 10;
 
 /// Everything a status or metric is built from, observed in one pass.
