@@ -60,6 +60,10 @@ struct State {
     /// The labels last applied (or found already as desired) per namespace: an observed value
     /// that differs while the desired one did not change is drift.
     last_applied: HashMap<String, Labels>,
+    /// What the governing profiles declared when the labels were last as desired: an observed
+    /// change while the declaration stays the same is drift (a stricter value kept under
+    /// `allowStricter` and later lowered below the floor is drift too).
+    last_declared: HashMap<String, Labels>,
     /// Drift corrections per profile, seeded from the stored status.
     drift: HashMap<String, i64>,
     apply_errors: BTreeMap<String, String>,
@@ -306,6 +310,9 @@ enum Write {
     Apply {
         ns: String,
         desired: Labels,
+        /// `None` while a `WhenCompliant` rollout holds `enforce`: the labels do not carry the
+        /// declaration yet, so raising `enforce` later is not drift.
+        declared: Option<Labels>,
         changes: Vec<LabelChange>,
         drift: bool,
         profiles: Vec<String>,
@@ -400,6 +407,7 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         }
         state.index.retain_policies(|ns| plans.contains_key(ns));
         state.last_applied.retain(|ns, _| plans.contains_key(ns));
+        state.last_declared.retain(|ns, _| plans.contains_key(ns));
         state.apply_errors.retain(|ns, _| plans.contains_key(ns));
         // Forget our write once the store shows it (or something newer).
         state
@@ -536,6 +544,17 @@ async fn pass(ctx: &Arc<Context>) -> usize {
     failures
 }
 
+/// Remembers what the governing profiles declare once the labels carry it in full.
+fn remember_declared(state: &mut State, plan: &NamespacePlan) {
+    if plan.pending.is_none() {
+        state
+            .last_declared
+            .insert(plan.name.clone(), plan.declared.clone());
+    } else {
+        state.last_declared.remove(&plan.name);
+    }
+}
+
 /// Logs and counts a status write; returns 1 if it failed.
 fn status_written<T>(ctx: &Context, name: &str, result: kube::Result<T>) -> usize {
     match result {
@@ -583,12 +602,15 @@ fn label_writes(
             state
                 .last_applied
                 .insert(plan.name.clone(), plan.desired.clone());
+            remember_declared(state, plan);
             continue;
         }
-        let drift = last == Some(&plan.desired) && !changes.is_empty();
+        let drift =
+            state.last_declared.get(&plan.name) == Some(&plan.declared) && !changes.is_empty();
         writes.push(Write::Apply {
             ns: plan.name.clone(),
             desired: plan.desired.clone(),
+            declared: plan.pending.is_none().then(|| plan.declared.clone()),
             changes,
             drift,
             profiles: plan.governed_by.clone(),
@@ -714,6 +736,7 @@ async fn after_write(
         Write::Apply {
             ns,
             desired,
+            declared,
             changes,
             drift,
             profiles,
@@ -722,6 +745,10 @@ async fn after_write(
             {
                 let mut state = ctx.state();
                 state.last_applied.insert(ns.clone(), desired);
+                match declared {
+                    Some(d) => state.last_declared.insert(ns.clone(), d),
+                    None => state.last_declared.remove(&ns),
+                };
                 if drift {
                     for p in &profiles {
                         *state.drift.entry(p.clone()).or_default() += changes.len() as i64;
@@ -1023,6 +1050,9 @@ mod tests {
         state
             .last_applied
             .insert("app".into(), plans["app"].desired.clone());
+        state
+            .last_declared
+            .insert("app".into(), plans["app"].declared.clone());
 
         // The namespace store has not caught up with our write yet: its old labels are not drift.
         let stale: HashSet<String> = ["app".to_owned()].into();
@@ -1075,6 +1105,87 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].label, psa::ENFORCE);
         assert_eq!(changes[0].found, None);
+    }
+
+    #[test]
+    fn a_kept_stricter_value_lowered_below_the_floor_is_drift() {
+        let mut p = (*profile("p", DeletionPolicy::Retain, false)).clone();
+        p.spec.allow_stricter = true;
+        let profiles = vec![Arc::new(p)];
+        let excl = Exclusions::new(Exclusions::DEFAULT);
+        let none = HashSet::new();
+        let owned = HashMap::new();
+        let mut state = State::default();
+        let ns = |enforce: &str| {
+            let labels: Labels = [
+                (psa::ENFORCE.to_owned(), enforce.to_owned()),
+                (psa::ENFORCE_VERSION.to_owned(), "latest".to_owned()),
+            ]
+            .into();
+            [("app", labels)]
+        };
+        let observed = |n: &[(&str, Labels)]| -> BTreeMap<String, Labels> {
+            n.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        };
+        // Someone raised it to restricted: kept, nothing to write, remembered.
+        let stricter = ns("restricted");
+        let plans = plans_for(&profiles, &stricter);
+        let w = label_writes(
+            &mut state,
+            &plans,
+            &observed(&stricter),
+            &profiles,
+            &excl,
+            &none,
+            &owned,
+        );
+        assert!(w.is_empty());
+        // Then lowered to privileged: below the floor, and the profile did not change: drift.
+        let lowered = ns("privileged");
+        let plans = plans_for(&profiles, &lowered);
+        let w = label_writes(
+            &mut state,
+            &plans,
+            &observed(&lowered),
+            &profiles,
+            &excl,
+            &none,
+            &owned,
+        );
+        assert_eq!(applies(&w), [("app", true)]);
+    }
+
+    #[test]
+    fn raising_enforce_when_a_rollout_completes_is_not_drift() {
+        let mut p = (*profile("p", DeletionPolicy::Retain, false)).clone();
+        p.spec.rollout = crate::operator::crd::Rollout::WhenCompliant;
+        let view = ProfileView::from_profile(&p).expect("valid");
+        let ns = [NamespaceView {
+            name: "app".into(),
+            labels: Labels::new(),
+        }];
+        let excl = Exclusions::new(Exclusions::DEFAULT);
+        let blocked = plan(std::slice::from_ref(&view), &ns, &excl, &|_, _| {
+            vec!["old".into()]
+        });
+        let mut state = State::default();
+        // Pending, with audit/warn already at the target: nothing to write.
+        let observed: BTreeMap<String, Labels> =
+            [("app".to_owned(), blocked["app"].desired.clone())].into();
+        let profiles = vec![Arc::new(p)];
+        let (none, owned) = (HashSet::new(), HashMap::new());
+        assert!(
+            label_writes(
+                &mut state, &blocked, &observed, &profiles, &excl, &none, &owned
+            )
+            .is_empty()
+        );
+        // The blocking Pod goes: enforce is raised, as an application, not a repair.
+        let free = plan(std::slice::from_ref(&view), &ns, &excl, &|_, _| Vec::new());
+        let w = label_writes(
+            &mut state, &free, &observed, &profiles, &excl, &none, &owned,
+        );
+        assert_eq!(applies(&w), [("app", false)]);
     }
 
     #[test]
