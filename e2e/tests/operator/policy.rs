@@ -266,7 +266,7 @@ async fn when_compliant_holds_enforce_until_the_offending_pod_is_gone() -> Resul
         assert_eq!(pending.namespace, ns);
         assert_eq!(pending.target, "restricted:latest");
         assert_eq!(pending.blocking_pods, 1);
-        assert_eq!(pending.pods, [pod.clone()]);
+        assert_eq!(pending.pods, [pod.as_str()]);
         assert!(!is_true(&p, "Ready"));
         assert_eq!(reason(&p, "Ready"), "RolloutPending");
         t.wait_metrics("pss_rollout_pending = 1", |m| {
