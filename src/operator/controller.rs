@@ -57,8 +57,8 @@ struct State {
     pods_synced: bool,
     profiles_synced: bool,
     namespaces_synced: bool,
-    /// The labels last applied (or found already as desired) per namespace: an observed value
-    /// that differs while the desired one did not change is drift.
+    /// The labels last applied (or found already as desired) per namespace: keys in here that
+    /// are no longer desired are removed by the next apply.
     last_applied: HashMap<String, Labels>,
     /// What the governing profiles declared when the labels were last as desired: an observed
     /// change while the declaration stays the same is drift (a stricter value kept under
@@ -109,8 +109,9 @@ pub async fn run(
     ready: Arc<AtomicBool>,
 ) -> Result<()> {
     let profiles_api: Api<PodSecurityProfile> = Api::all(client.clone());
+    // Metadata only: a profile that no longer deserializes must not stop the start.
     profiles_api
-        .list(&ListParams::default().limit(1))
+        .list_metadata(&ListParams::default().limit(1))
         .await
         .map_err(|e| match e {
             kube::Error::Api(ref s) if s.code == 404 => Error::CrdNotInstalled(e),
@@ -239,21 +240,25 @@ async fn feed_pods(
                     continue;
                 };
                 let running = pod.is_running();
-                if let Some((ns, name, slim)) = pod.into_slim() {
+                let changed = pod.into_slim().is_some_and(|(ns, name, slim)| {
                     let mut state = ctx.state();
                     if running {
-                        state.index.apply(&ns, &name, slim);
+                        state.index.apply(&ns, &name, slim)
                     } else {
-                        state.index.delete(&ns, &name);
+                        state.index.delete(&ns, &name)
                     }
+                });
+                // Most Pod events are status updates: no pass unless a verdict moved.
+                if changed {
+                    ctx.wake.notify_one();
                 }
-                ctx.wake.notify_one();
             }
             Ok(watcher::Event::Delete(pod)) => {
-                if let (Some(ns), Some(name)) = (pod.namespace(), pod.meta().name.clone()) {
-                    ctx.state().index.delete(&ns, &name);
+                if let (Some(ns), Some(name)) = (pod.namespace(), pod.meta().name.clone())
+                    && ctx.state().index.delete(&ns, &name)
+                {
+                    ctx.wake.notify_one();
                 }
-                ctx.wake.notify_one();
             }
             Err(e) => warn!(error = %e, "watching pods"),
         }

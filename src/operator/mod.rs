@@ -13,6 +13,8 @@ pub mod error;
 pub mod index;
 pub mod metrics;
 pub mod pods;
+#[cfg(test)]
+mod properties;
 pub mod server;
 pub mod status;
 
