@@ -51,7 +51,7 @@ elif [[ -d "$CLUSTER_DIR" && -n "$(ls -A "$CLUSTER_DIR" 2>/dev/null)" ]]; then
 fi
 
 started=$(date +%s)
-mkdir -p "$CLUSTER_DIR"/{pids,logs,pki,etcd}
+mkdir -p "$CLUSTER_DIR"/{pids,logs,pki,etcd,restart}
 chmod 700 "$CLUSTER_DIR/etcd" "$CLUSTER_DIR/pki"
 touch "$CLUSTER_MARKER"
 
@@ -147,9 +147,20 @@ write_kubeconfig "$KUBECONFIG_FILE.tmp" admin admin
 
 # ---- processes -----------------------------------------------------------------------------------
 # start NAME BINARY ARGS...: own session (pid == process group), output to logs/NAME.log.
+# It also writes restart/NAME.sh, the exact same command line (quoted with %q), so a fault test can
+# stop a component (kill its process group) and start it again as it was: same flags, same ports,
+# same data; the log is appended to and the pid file updated. The script prints the new pid.
 start() {
   local name=$1 exe=$2
   shift 2
+  {
+    printf '#!/usr/bin/env bash\n# Restarts %s as cluster-up.sh started it.\nset -euo pipefail\n' "$name"
+    printf 'setsid'
+    printf ' %q' "$exe" "$@"
+    printf ' </dev/null >>%q 2>&1 &\n' "$CLUSTER_DIR/logs/$name.log"
+    printf 'echo $! >%q\necho $!\n' "$CLUSTER_DIR/pids/$name.pid"
+  } >"$CLUSTER_DIR/restart/$name.sh"
+  chmod +x "$CLUSTER_DIR/restart/$name.sh"
   setsid "$exe" "$@" </dev/null >"$CLUSTER_DIR/logs/$name.log" 2>&1 &
   echo $! >"$CLUSTER_DIR/pids/$name.pid"
   log "started $name (pid $!, log $CLUSTER_DIR/logs/$name.log)"
