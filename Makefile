@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 BIN := target/debug/pss-operator
 
-.PHONY: help build test lint fmt-check clippy test-unit test-e2e demo bench bench-upstream fixtures check-seed
+.PHONY: help build test lint fmt-check clippy test-unit test-e2e demo bench bench-upstream fixtures check-seed fuzz deny
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -26,7 +26,14 @@ test-unit: ## Unit, conformance (4,537 upstream fixtures), CLI and property test
 	$(CARGO) test --lib --bins --test conformance --test check_cli --test properties
 	$(CARGO) test --doc
 
-test-e2e: e2e-test ## End-to-end tests on a real kube-apiserver + etcd + kube-controller-manager
+test-e2e: e2e-test faults-test ## End-to-end tests on a real kube-apiserver + etcd + kube-controller-manager (then faults, load, hostile input)
+
+PSS_FUZZ_CASES ?= 50000
+fuzz: ## Bounded fuzzing of the evaluator and manifest reader (PSS_FUZZ_CASES inputs per generator, default 50000)
+	PSS_FUZZ_CASES=$(PSS_FUZZ_CASES) $(CARGO) test --test fuzz -- --nocapture --test-threads=1
+
+deny: ## cargo deny: licenses, bans, sources (and advisories when a local advisory database exists)
+	$(CARGO) deny check licenses bans sources
 
 check-seed: build ## Evaluate the seed article's manifests offline
 	-$(BIN) check --level baseline examples/seed/

@@ -7,7 +7,7 @@ E2E_SCRIPTS := $(E2E_DIR)/scripts
 E2E_CLUSTER_DIR := $(abspath $(or $(PSS_CLUSTER_DIR),$(E2E_DIR)/.cluster))
 CARGO ?= cargo
 
-.PHONY: e2e-binaries cluster-up cluster-down e2e-test e2e-test-dev demo-cluster demo-operator
+.PHONY: e2e-binaries cluster-up cluster-down e2e-test faults-test e2e-test-dev demo-cluster demo-operator
 
 e2e-binaries: ## Build (once, cached by version) or locate etcd, kube-apiserver, kube-controller-manager, kubectl
 	@$(E2E_SCRIPTS)/build-binaries.sh >/dev/null
@@ -20,6 +20,9 @@ cluster-down: ## Stop the local control plane and delete its data
 
 e2e-test: e2e-binaries ## End-to-end tests against a private control plane started (and stopped) by the test run
 	$(CARGO) test --test e2e -- --show-output
+
+faults-test: e2e-binaries ## Faults (apiserver/etcd down, SIGKILL, failover), load and hostile input on their own private control plane
+	$(CARGO) test --test faults -- --show-output
 
 e2e-test-dev: cluster-up ## End-to-end tests against the `make cluster-up` control plane (kept running)
 	PSS_E2E_USE_KUBECONFIG=1 KUBECONFIG=$(E2E_CLUSTER_DIR)/kubeconfig \

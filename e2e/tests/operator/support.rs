@@ -70,7 +70,7 @@ pub fn operator() -> &'static Operator {
 }
 
 /// Runs kubectl (admin kubeconfig) synchronously; fails with its stderr unless it succeeds.
-fn kubectl_sync(cluster: &Cluster, args: &[&str]) -> Result<String> {
+pub fn kubectl_sync(cluster: &Cluster, args: &[&str]) -> Result<String> {
     let out = Command::new(&cluster.kubectl)
         .arg("--kubeconfig")
         .arg(&cluster.kubeconfig)
@@ -88,13 +88,13 @@ fn kubectl_sync(cluster: &Cluster, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
     Ok(listener.local_addr()?.port())
 }
 
 /// A kubeconfig for `token` against the cluster of the admin kubeconfig (server and CA kept).
-fn token_kubeconfig(cluster: &Cluster, token: &str) -> Result<String> {
+pub fn token_kubeconfig(cluster: &Cluster, token: &str) -> Result<String> {
     let flat = kubectl_sync(
         cluster,
         &["config", "view", "--raw", "--minify", "--flatten"],

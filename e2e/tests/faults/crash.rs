@@ -1,0 +1,372 @@
+//! Operator processes killed: SIGKILL in the middle of labelling 500 namespaces; the leader of two
+//! replicas killed (and another paused past its lease); SIGTERM releasing the Lease.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use pss_operator::operator::crd::PodSecurityProfile;
+use pss_operator::pss::Level;
+
+use crate::check::{self, Declared};
+use crate::harness::{eventually, unique_name};
+use crate::procs::{Env, OperatorProc, env, line_time, now_secs, write_lines};
+use crate::serial;
+use crate::support::{ENFORCE, TEST_LABEL};
+
+/// Events with `reason` in namespaces of this test, per namespace.
+async fn events_by_namespace(
+    client: &kube::Client,
+    tag: &str,
+    reason: &str,
+) -> Result<BTreeMap<String, Vec<String>>> {
+    let events: Api<Event> = Api::all(client.clone());
+    let list = events
+        .list(&ListParams::default().fields(&format!("reason={reason}")))
+        .await?;
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for e in list.items {
+        let ns = e.namespace().unwrap_or_default();
+        if ns.starts_with(tag) {
+            out.entry(ns)
+                .or_default()
+                .push(e.message.unwrap_or_default());
+        }
+    }
+    Ok(out)
+}
+
+async fn labelled(client: &kube::Client, tag: &str) -> Result<usize> {
+    Ok(Api::<Namespace>::all(client.clone())
+        .list_metadata(
+            &ListParams::default().labels(&format!("{TEST_LABEL}={tag},{ENFORCE}=baseline")),
+        )
+        .await?
+        .items
+        .len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_while_labelling_500_namespaces_loses_nothing() -> Result<()> {
+    let _one_at_a_time = serial().await;
+    let env = env().await?;
+    let client = env.admin().await?;
+    let tag = unique_name("sigkill");
+    let declared = [Declared::new(
+        &format!("{tag}-a"),
+        "a",
+        [Some(Level::Baseline), None, Some(Level::Restricted)],
+    )];
+    let started = Instant::now();
+    check::namespaces(&client, &tag, "ns", 500, |_| "a".into(), false).await?;
+    eprintln!(
+        "faults: 500 namespaces created in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut first = OperatorProc::start(env, &format!("{tag}-first"), Some(&tag))?;
+    first.wait_ready().await?;
+    declared[0].create(&client, &tag).await?;
+    // Kill it as soon as the first labels land: in the middle of the 500 writes.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let at_kill = loop {
+        let n = labelled(&client, &tag).await?;
+        if n > 0 {
+            first.kill()?;
+            break n;
+        }
+        first.check_alive()?;
+        ensure!(Instant::now() < deadline, "no namespace labelled in 120s");
+    };
+    let after_kill = labelled(&client, &tag).await?;
+    eprintln!(
+        "faults: SIGKILL with {at_kill} of 500 namespaces seen labelled ({after_kill} once it was dead)"
+    );
+    ensure!(
+        after_kill < 500,
+        "the kill came too late to be mid-labelling ({after_kill} of 500 labelled)"
+    );
+
+    // A new replica (a new Pod name, as a Deployment would start) takes over once the dead
+    // one's Lease expires, and finishes the job.
+    let mut second = OperatorProc::start(env, &format!("{tag}-second"), Some(&tag))?;
+    second.wait_ready().await?;
+    let summary = check::converged(&client, &second, &tag, &declared, Duration::from_secs(180))
+        .await
+        .with_context(|| format!("second replica log tail:\n{}", second.log_tail(30)))?;
+    ensure!(summary.namespaces == 500, "{summary:?}");
+
+    // Nothing labelled twice with different values: one LabelsApplied event at most per
+    // namespace (none where the kill fell between the write and its event), all with the same
+    // note, and no label ever "repaired" (which would mean a second, different value).
+    let applied = events_by_namespace(&client, &tag, "LabelsApplied").await?;
+    let notes: std::collections::BTreeSet<String> = applied
+        .values()
+        .flatten()
+        .map(|n| n.replace(&declared[0].profile, "<profile>"))
+        .collect();
+    for (ns, list) in &applied {
+        ensure!(
+            list.len() == 1,
+            "{ns} labelled {} times: {list:?}",
+            list.len()
+        );
+    }
+    ensure!(
+        notes.len() == 1,
+        "different label values applied: {notes:?}"
+    );
+    let repaired = events_by_namespace(&client, &tag, "LabelDriftRepaired").await?;
+    ensure!(
+        repaired.is_empty(),
+        "labels repaired after the restart: {repaired:?}"
+    );
+    let p = Api::<PodSecurityProfile>::all(client.clone())
+        .get(&declared[0].profile)
+        .await?;
+    let status = p.status.unwrap_or_default();
+    ensure!(
+        status.drift_corrections == 0,
+        "its own earlier writes are not drift"
+    );
+    eprintln!(
+        "faults: after the restart: 500/500 labelled, {} LabelsApplied events ({} namespaces have none: killed between write and event), one field manager, status {}/{} enforced, 0 drift",
+        applied.values().map(Vec::len).sum::<usize>(),
+        500 - applied.len(),
+        status.enforced_namespaces,
+        status.matched_namespaces
+    );
+    second.check_alive()?;
+    check::cleanup(&client, &tag, &[&declared[0].profile]).await;
+    Ok(())
+}
+
+/// The current holder and the renew time (seconds since the epoch) of Lease `name`.
+async fn holder(env: &Env, name: &str) -> Result<(Option<String>, Option<f64>, i32)> {
+    let spec = env
+        .lease(name)
+        .await?
+        .and_then(|l| l.spec)
+        .unwrap_or_default();
+    Ok((
+        spec.holder_identity.filter(|h| !h.is_empty()),
+        spec.renew_time
+            .map(|t| t.0.as_millisecond() as f64 / 1000.0),
+        spec.lease_duration_seconds.unwrap_or_default(),
+    ))
+}
+
+async fn wait_holder(env: &Env, lease: &str, want: Option<&str>, limit: Duration) -> Result<f64> {
+    eventually(
+        &format!("lease {lease} held by {want:?}"),
+        limit,
+        || async {
+            let (h, _, _) = holder(env, lease).await?;
+            Ok((h.as_deref() == want).then(now_secs))
+        },
+    )
+    .await
+}
+
+/// The writes (from its log) of a replica, with their times.
+fn writes_of(op: &OperatorProc) -> Vec<(f64, String)> {
+    write_lines(&op.log_text())
+        .into_iter()
+        .filter_map(|l| Some((line_time(l)?, l.to_owned())))
+        .collect()
+}
+
+fn became_leader(op: &OperatorProc) -> Vec<f64> {
+    op.log_text()
+        .lines()
+        .filter(|l| l.contains("became leader"))
+        .filter_map(line_time)
+        .collect()
+}
+
+async fn lower_enforce(client: &kube::Client, ns: &str) -> Result<()> {
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"labels": {ENFORCE: "privileged"}}})),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn wait_restored(client: &kube::Client, ns: &str) -> Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    eventually(
+        &format!("{ns} enforce restored"),
+        Duration::from_secs(90),
+        || async {
+            let n = api.get(ns).await?;
+            Ok((n.labels().get(ENFORCE).map(String::as_str) == Some("baseline")).then_some(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_standby_takes_over_when_the_leader_dies_and_there_is_never_two_writers() -> Result<()>
+{
+    let _one_at_a_time = serial().await;
+    let env = env().await?;
+    let client = env.admin().await?;
+    let tag = unique_name("failover");
+    let declared = [Declared::new(
+        &format!("{tag}-a"),
+        "a",
+        [Some(Level::Baseline), Some(Level::Restricted), None],
+    )];
+    let names = check::namespaces(&client, &tag, "ns", 6, |_| "a".into(), true).await?;
+    let pods = names
+        .iter()
+        .flat_map(|ns| (0..3).map(move |k| (ns.clone(), format!("p{k}"), k)))
+        .collect();
+    check::create_pods(&client, pods, 8).await?;
+
+    let mut one = OperatorProc::start(env, &format!("{tag}-one"), Some(&tag))?;
+    let mut two = OperatorProc::start(env, &format!("{tag}-two"), Some(&tag))?;
+    one.wait_ready().await?;
+    two.wait_ready().await?;
+    let first_holder = eventually("a leader", Duration::from_secs(60), || async {
+        Ok(holder(env, &tag).await?.0)
+    })
+    .await?;
+    let (mut leader, standby) = if first_holder == one.identity {
+        (one, two)
+    } else {
+        (two, one)
+    };
+    declared[0].create(&client, &tag).await?;
+    check::converged(&client, &leader, &tag, &declared, Duration::from_secs(120)).await?;
+    ensure!(
+        writes_of(&standby).is_empty(),
+        "the standby wrote while the other replica led:\n{:?}",
+        writes_of(&standby)
+    );
+
+    // 1. The leader dies (SIGKILL: no chance to release the Lease).
+    let (_, renewed, duration) = holder(env, &tag).await?;
+    let killed_at = now_secs();
+    leader.kill()?;
+    let took_over =
+        wait_holder(env, &tag, Some(&standby.identity), Duration::from_secs(120)).await?;
+    let renewed = renewed.context("the lease has a renew time")?;
+    let expiry = renewed + f64::from(duration);
+    eprintln!(
+        "faults: leader killed; {} took over {:.1}s after the kill, {:.1}s after the dead leader's lease expired (lease duration {duration}s, last renewed {:.1}s before the kill)",
+        standby.identity,
+        took_over - killed_at,
+        took_over - expiry,
+        killed_at - renewed
+    );
+    // Within the lease duration of the kill, and as soon as the lease expired (2s of slack for
+    // the lease manager's random back-off of up to 1s and this poll).
+    ensure!(
+        took_over - killed_at <= f64::from(duration) + 2.0,
+        "takeover {:.1}s after the kill, lease duration {duration}s",
+        took_over - killed_at
+    );
+    ensure!(
+        writes_of(&leader)
+            .iter()
+            .all(|(t, _)| *t <= killed_at + 0.5),
+        "the dead leader wrote after its death?"
+    );
+    let new_leader_since = eventually("the new leader's log", Duration::from_secs(30), || async {
+        Ok(became_leader(&standby).first().copied())
+    })
+    .await?;
+    let early: Vec<(f64, String)> = writes_of(&standby)
+        .into_iter()
+        .filter(|(t, _)| *t < new_leader_since)
+        .collect();
+    ensure!(
+        early.is_empty(),
+        "the standby wrote before it led: {early:?}"
+    );
+    // Once the new leader has made its first pass (it reports ready again), a lowered enforce
+    // label is put back as drift by it.
+    let mut standby = standby;
+    standby.wait_ready().await?;
+    lower_enforce(&client, &names[0]).await?;
+    wait_restored(&client, &names[0]).await?;
+    ensure!(
+        standby.log_text().contains("drift repaired"),
+        "repaired by the new leader"
+    );
+
+    // 2. A paused leader (a long GC pause, a frozen VM): a third replica takes over after the
+    // lease expires; when the paused one wakes up it must not write.
+    let mut third = OperatorProc::start(env, &format!("{tag}-three"), Some(&tag))?;
+    third.wait_ready().await?;
+    let paused = standby;
+    paused.signal("STOP")?;
+    let stopped_at = now_secs();
+    wait_holder(env, &tag, Some(&third.identity), Duration::from_secs(120)).await?;
+    lower_enforce(&client, &names[1]).await?;
+    wait_restored(&client, &names[1]).await?;
+    let resumed_at = now_secs();
+    paused.signal("CONT")?;
+    // Whatever the woken replica does next, the leader keeps repairing, and the woken one stays
+    // out: it steps down (exits to be restarted, as after any lost lease) without writing.
+    lower_enforce(&client, &names[2]).await?;
+    wait_restored(&client, &names[2]).await?;
+    let mut paused = paused;
+    let status = paused.wait_exit(Duration::from_secs(60)).await;
+    let late: Vec<(f64, String)> = writes_of(&paused)
+        .into_iter()
+        .filter(|(t, _)| *t >= stopped_at)
+        .collect();
+    eprintln!(
+        "faults: paused leader resumed after {:.1}s; exit: {status:?}; its writes after the pause: {}",
+        resumed_at - stopped_at,
+        late.len()
+    );
+    ensure!(
+        late.is_empty(),
+        "the paused leader wrote after losing its lease (two writers):\n{}",
+        late.iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    status?;
+    check::converged(&client, &third, &tag, &declared, Duration::from_secs(120)).await?;
+    third.check_alive()?;
+    check::cleanup(&client, &tag, &[&declared[0].profile]).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_gracefully_and_releases_the_lease() -> Result<()> {
+    let _one_at_a_time = serial().await;
+    let env = env().await?;
+    let tag = unique_name("sigterm");
+    let mut op = OperatorProc::start(env, &format!("{tag}-op"), Some(&tag))?;
+    op.wait_ready().await?;
+    wait_holder(env, &tag, Some(&op.identity), Duration::from_secs(60)).await?;
+    op.signal("TERM")?;
+    let exit = op.wait_exit(Duration::from_secs(15)).await?;
+    ensure!(exit.success(), "exit status {exit}");
+    let (h, _, _) = holder(env, &tag).await?;
+    if let Some(h) = h {
+        bail!("the lease is still held by {h} after a graceful shutdown");
+    }
+    let log = op.log_text();
+    ensure!(
+        log.contains("shutting down") && log.contains("leader lease released"),
+        "log:\n{}",
+        op.log_tail(20)
+    );
+    eprintln!("faults: SIGTERM: exit {exit}, lease holder cleared");
+    Ok(())
+}
