@@ -175,6 +175,68 @@ fn header(value: &Value) -> Header {
     }
 }
 
+/// Flow collections (`[`, `{`) nested deeper than this are refused before parsing. libyaml's
+/// scanner revisits every open flow level for each token, so parsing time grows with the square of
+/// the depth: a 100 KB document of `{"a":` nested 20,000 deep took 28 s (debug build), a few MB
+/// would take hours. serde_yaml_ng refuses more than 128 levels anyway, after parsing.
+const MAX_FLOW_DEPTH: usize = 1_000;
+
+/// Whether `text` opens more than `limit` flow collections at once. A linear scan that follows
+/// YAML's lexical rules closely enough that brackets inside quoted scalars and comments are not
+/// counted; where it cannot tell (block scalars, plain scalars), it may only count too many.
+fn flow_depth_exceeds(text: &str, limit: usize) -> bool {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    // A quote or `#` is an indicator only at the start of a token.
+    let token_start = |i: usize| {
+        i == 0
+            || matches!(
+                bytes[i - 1],
+                b' ' | b'\t' | b'\n' | b'\r' | b'[' | b'{' | b',' | b':'
+            )
+    };
+    while i < bytes.len() {
+        match bytes[i] {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'#' if i == 0 || matches!(bytes[i - 1], b' ' | b'\t' | b'\n' | b'\r') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' if token_start(i) => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'\'' if token_start(i) => {
+                i += 1;
+                // `''` is an escaped quote inside a single-quoted scalar.
+                while i < bytes.len() {
+                    if bytes[i] == b'\'' {
+                        if bytes.get(i + 1) == Some(&b'\'') {
+                            i += 2;
+                            continue;
+                        }
+                        break;
+                    }
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Reads every document of one source. Never panics, whatever the bytes.
 pub fn read_source(source: &str, bytes: &[u8]) -> Vec<Item> {
     let error = |index, line, message: String| {
@@ -192,6 +254,16 @@ pub fn read_source(source: &str, bytes: &[u8]) -> Vec<Item> {
     };
     let mut items = Vec::new();
     for (index, doc) in split::documents(text).enumerate() {
+        if flow_depth_exceeds(doc.text, MAX_FLOW_DEPTH) {
+            items.push(error(
+                Some(index),
+                Some(doc.first_line),
+                format!(
+                    "not valid YAML or JSON: brackets nested deeper than {MAX_FLOW_DEPTH} levels"
+                ),
+            ));
+            continue;
+        }
         let value: Value = match serde_yaml_ng::from_str(doc.text) {
             Ok(value) => value,
             Err(e) => {
@@ -460,5 +532,47 @@ mod tests {
         assert_eq!(w[0].pod.spec.containers[0].ports[0].host_port, 80);
         assert_eq!(w[1].pod.spec.containers[0].ports[0].host_port, 0);
         assert!(!w[1].pod.spec.volumes[0].sources.is_empty());
+    }
+
+    #[test]
+    fn brackets_nested_absurdly_deep_are_refused_before_parsing() {
+        // 200,000 levels: without the pre-check libyaml would take hours (quadratic).
+        let deep = format!("{}1{}", "{\"a\":".repeat(200_000), "}".repeat(200_000));
+        let items = read(&deep);
+        assert!(
+            matches!(&items[..], [Item::Error(e)] if e.message.contains("nested deeper than 1000")),
+            "{items:?}"
+        );
+        let deep = format!(
+            "kind: Pod\nspec: {}{}",
+            "[".repeat(5_000),
+            "]".repeat(5_000)
+        );
+        assert!(matches!(&read(&deep)[..], [Item::Error(_)]));
+    }
+
+    #[test]
+    fn brackets_in_quotes_comments_and_plain_scalars_are_not_nesting() {
+        let many = "[".repeat(2_000);
+        for text in [
+            format!("a: \"{many}\"\n"),
+            format!("a: '{many}'\n"),
+            format!("a: 'it''s {many}'\n"),
+            format!("a: 1 # {many}\n"),
+            format!("a: \"\\\" {many}\"\n"),
+        ] {
+            assert!(!flow_depth_exceeds(&text, MAX_FLOW_DEPTH), "{text:.40}");
+        }
+        // Closing brackets hidden in strings or comments cannot hide real nesting.
+        let sneaky = format!("{}\"]]]]\" # ]]]]\n{}", "[".repeat(600), "[".repeat(600));
+        assert!(flow_depth_exceeds(&sneaky, MAX_FLOW_DEPTH));
+        // An apostrophe inside a plain scalar opens no quote.
+        let plain = format!("a: [it's, {}]", "[".repeat(1_001));
+        assert!(flow_depth_exceeds(&plain, MAX_FLOW_DEPTH));
+        // Ordinary manifests pass.
+        assert!(!flow_depth_exceeds(
+            "{\"spec\": {\"containers\": [{\"name\": \"c\"}]}}",
+            MAX_FLOW_DEPTH
+        ));
     }
 }
