@@ -22,14 +22,14 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --all-targets -- -D warnings
 
-test-unit: ## Unit, conformance (4,537 upstream fixtures), CLI and property tests — no cluster needed
-	$(CARGO) test --lib --bins --test conformance --test check_cli --test properties
+test-unit: ## Unit, conformance (4,537 upstream fixtures), CLI, property and short fuzz tests — no cluster needed
+	$(CARGO) test --lib --bins --test conformance --test check_cli --test properties --test fuzz
 	$(CARGO) test --doc
 
 test-e2e: e2e-test faults-test ## End-to-end tests on a real kube-apiserver + etcd + kube-controller-manager (then faults, load, hostile input)
 
-PSS_FUZZ_CASES ?= 50000
-fuzz: ## Bounded fuzzing of the evaluator and manifest reader (PSS_FUZZ_CASES inputs per generator, default 50000)
+PSS_FUZZ_CASES ?= 20000
+fuzz: ## Bounded fuzzing of the evaluator and manifest reader (PSS_FUZZ_CASES inputs per generator, default 20000: ~160,000 inputs)
 	PSS_FUZZ_CASES=$(PSS_FUZZ_CASES) $(CARGO) test --test fuzz -- --nocapture --test-threads=1
 
 deny: ## cargo deny: licenses, bans, sources (and advisories when a local advisory database exists)

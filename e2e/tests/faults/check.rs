@@ -89,6 +89,9 @@ pub struct Summary {
     pub violating: BTreeMap<(String, String), i32>,
 }
 
+/// Per mode: violating Pods and their count per check.
+type ModeTotals = BTreeMap<&'static str, (i32, BTreeMap<String, i32>)>;
+
 #[derive(Default)]
 struct Expected {
     /// per mode: violating count and per check
@@ -151,10 +154,7 @@ pub async fn compare(
             .push(p);
     }
     let metrics = op.metrics().await?;
-    let mut per_profile: BTreeMap<
-        &str,
-        (i32, BTreeMap<&'static str, (i32, BTreeMap<String, i32>)>),
-    > = BTreeMap::new();
+    let mut per_profile: BTreeMap<&str, (i32, ModeTotals)> = BTreeMap::new();
 
     for ns in &namespaces {
         let name = ns.name_any();

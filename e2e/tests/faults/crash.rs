@@ -268,10 +268,10 @@ async fn the_standby_takes_over_when_the_leader_dies_and_there_is_never_two_writ
         took_over - expiry,
         killed_at - renewed
     );
-    // Within the lease duration of the kill, and as soon as the lease expired (2s of slack for
-    // the lease manager's random back-off of up to 1s and this poll).
+    // Within the lease duration of the kill (the lease renewed at most 15 s before), plus 5 s of
+    // slack for the lease manager's random back-off of up to 1 s, this poll and a loaded machine.
     ensure!(
-        took_over - killed_at <= f64::from(duration) + 2.0,
+        took_over - killed_at <= f64::from(duration) + 5.0,
         "takeover {:.1}s after the kill, lease duration {duration}s",
         took_over - killed_at
     );

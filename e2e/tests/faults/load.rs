@@ -40,7 +40,7 @@ async fn a_burst_of_5000_pods_and_1000_label_changes_ends_exact() -> Result<()> 
             [Some(Level::Baseline), None, Some(Level::Restricted)],
         ),
     ];
-    let tier = |i: usize| if i % 2 == 0 { "a" } else { "b" }.to_owned();
+    let tier = |i: usize| if i.is_multiple_of(2) { "a" } else { "b" }.to_owned();
     let names = check::namespaces(&client, &tag, "ns", NAMESPACES, tier, true).await?;
     let mut op = OperatorProc::start(env, &format!("{tag}-op"), Some(&tag))?;
     op.wait_ready().await?;
