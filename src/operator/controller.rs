@@ -1248,6 +1248,100 @@ mod tests {
         assert_eq!(applies(&writes), [("app", false)]);
     }
 
+    /// Serves one request to `check`, answering with `response`.
+    async fn serve_one(
+        mut handle: tower_test::mock::Handle<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >,
+        check: impl FnOnce(&http::Request<()>, serde_json::Value),
+        response: serde_json::Value,
+    ) {
+        let (request, send) = handle.next_request().await.expect("one request");
+        let (parts, body) = request.into_parts();
+        let body = body.collect_bytes().await.expect("request body");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json body");
+        check(&http::Request::from_parts(parts, ()), json);
+        let bytes = serde_json::to_vec(&response).expect("json");
+        send.send_response(
+            http::Response::builder()
+                .body(kube::client::Body::from(bytes))
+                .expect("response"),
+        );
+    }
+
+    #[tokio::test]
+    async fn labels_are_server_side_applied_by_one_field_manager_and_nothing_else() {
+        let (service, handle) = tower_test::mock::pair();
+        let client = Client::new(service, "default");
+        let desired: Labels = [
+            (psa::ENFORCE.to_owned(), "baseline".to_owned()),
+            (psa::ENFORCE_VERSION.to_owned(), "latest".to_owned()),
+        ]
+        .into();
+        let write = Write::Apply {
+            ns: "app".into(),
+            desired: desired.clone(),
+            declared: Some(desired.clone()),
+            changes: Vec::new(),
+            drift: false,
+            profiles: vec!["p".into()],
+        };
+        let server = serve_one(
+            handle,
+            |req, body| {
+                assert_eq!(req.method(), http::Method::PATCH);
+                assert_eq!(req.uri().path(), "/api/v1/namespaces/app");
+                let query = req.uri().query().unwrap_or_default();
+                assert!(query.contains("fieldManager=pss-operator"), "{query}");
+                assert!(query.contains("force=true"), "{query}");
+                assert_eq!(
+                    req.headers()
+                        .get(http::header::CONTENT_TYPE)
+                        .map(|v| v.as_bytes()),
+                    Some(&b"application/apply-patch+yaml"[..])
+                );
+                // Only the PSA labels: no other label, annotation, spec or status.
+                assert_eq!(
+                    body,
+                    json!({
+                        "apiVersion": "v1",
+                        "kind": "Namespace",
+                        "metadata": {"name": "app", "labels": {
+                            psa::ENFORCE: "baseline",
+                            psa::ENFORCE_VERSION: "latest",
+                        }},
+                    })
+                );
+            },
+            json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "app", "resourceVersion": "42",
+                             "labels": {"team": "x", psa::ENFORCE: "baseline"}},
+            }),
+        );
+        let (written, ()) = tokio::join!(write_labels(&client, &write), server);
+        let written = written.expect("applied");
+        assert_eq!(written.resource_version, Some(42));
+        assert_eq!(written.labels.get("team").map(String::as_str), Some("x"));
+    }
+
+    #[tokio::test]
+    async fn a_release_applies_no_labels_so_only_ours_go() {
+        let (service, handle) = tower_test::mock::pair();
+        let client = Client::new(service, "default");
+        let server = serve_one(
+            handle,
+            |_, body| {
+                assert_eq!(body["metadata"]["labels"], json!({}));
+            },
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}),
+        );
+        let write = Write::Release { ns: "app".into() };
+        let (written, ()) = tokio::join!(write_labels(&client, &write), server);
+        assert_eq!(written.expect("released").resource_version, None);
+    }
+
     #[test]
     fn resource_versions_compare_as_numbers_or_not_at_all() {
         assert_eq!(resource_version(Some("1234".into())), Some(1234));
