@@ -27,7 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::crd::{DeletionPolicy, FINALIZER, PodSecurityProfile};
+use super::crd::{DeletionPolicy, FINALIZER, PodSecurityProfile, PodSecurityProfileStatus};
 use super::desired::{
     Exclusions, LabelChange, Labels, NamespacePlan, NamespaceView, ProfileView, label_changes, plan,
 };
@@ -522,15 +522,7 @@ async fn pass(ctx: &Arc<Context>) -> usize {
     });
     let api: Api<PodSecurityProfile> = Api::all(ctx.client.clone());
     for (name, status) in statuses {
-        let patch = json!({
-            "apiVersion": "pss-operator.io/v1alpha1",
-            "kind": "PodSecurityProfile",
-            "status": status,
-        });
-        let params = PatchParams::apply(MANAGER).force();
-        let result = api
-            .patch_status(&name, &params, &Patch::Apply(&patch))
-            .await;
+        let result = apply_status(&api, &name, &status).await;
         failures += status_written(ctx, &name, result);
     }
     // Server-side apply needs the stored object to match the schema, which an unreadable one
@@ -558,6 +550,21 @@ fn remember_declared(state: &mut State, plan: &NamespacePlan) {
     } else {
         state.last_declared.remove(&plan.name);
     }
+}
+
+/// Server-side applies the status subresource (only `status`, our field manager).
+async fn apply_status(
+    api: &Api<PodSecurityProfile>,
+    name: &str,
+    status: &PodSecurityProfileStatus,
+) -> kube::Result<PodSecurityProfile> {
+    let patch = json!({
+        "apiVersion": "pss-operator.io/v1alpha1",
+        "kind": "PodSecurityProfile",
+        "status": status,
+    });
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch_status(name, &params, &Patch::Apply(&patch)).await
 }
 
 /// Logs and counts a status write; returns 1 if it failed.
@@ -1340,6 +1347,38 @@ mod tests {
         let write = Write::Release { ns: "app".into() };
         let (written, ()) = tokio::join!(write_labels(&client, &write), server);
         assert_eq!(written.expect("released").resource_version, None);
+    }
+
+    #[tokio::test]
+    async fn status_is_server_side_applied_to_the_status_subresource() {
+        let (service, handle) = tower_test::mock::pair();
+        let client = Client::new(service, "default");
+        let status = PodSecurityProfileStatus {
+            matched_namespaces: 2,
+            ..Default::default()
+        };
+        let server = serve_one(
+            handle,
+            |req, body| {
+                assert_eq!(req.method(), http::Method::PATCH);
+                assert_eq!(
+                    req.uri().path(),
+                    "/apis/pss-operator.io/v1alpha1/podsecurityprofiles/apps/status"
+                );
+                let query = req.uri().query().unwrap_or_default();
+                assert!(
+                    query.contains("fieldManager=pss-operator") && query.contains("force=true")
+                );
+                assert_eq!(body["kind"], "PodSecurityProfile");
+                assert_eq!(body["status"]["matchedNamespaces"], 2);
+                assert!(body.get("spec").is_none() && body.get("metadata").is_none());
+            },
+            json!({"apiVersion": "pss-operator.io/v1alpha1", "kind": "PodSecurityProfile",
+                   "metadata": {"name": "apps"}, "spec": {"enforce": {"level": "baseline"}}}),
+        );
+        let api: Api<PodSecurityProfile> = Api::all(client);
+        let (written, ()) = tokio::join!(apply_status(&api, "apps", &status), server);
+        assert_eq!(written.expect("written").name_any(), "apps");
     }
 
     #[test]
