@@ -148,7 +148,10 @@ async fn operate(args: RunArgs) -> Result<()> {
             .with_identity(&identity)
             .with_duration(15)
             .with_grace(5)
-            .with_field_manager("pss-operator-leader-election")
+            // One field manager per replica: the library takes a free Lease by server-side
+            // apply and relies on a conflict between distinct managers; a shared manager let two
+            // replicas starting together both win.
+            .with_field_manager(format!("pss-operator-leader-election-{identity}"))
             .build()
             .await
             .map_err(Error::Lease)?;
