@@ -6,4 +6,5 @@
 
 pub mod cli;
 pub mod manifest;
+pub mod operator;
 pub mod pss;

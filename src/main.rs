@@ -22,6 +22,10 @@ enum Command {
     ///
     /// Exit code: 0 all allowed, 1 something violates, 2 usage or input error.
     Check(cli::check::CheckArgs),
+    /// Print the PodSecurityProfile CRD (YAML) generated from the Rust types.
+    Crd,
+    /// Run the operator against the cluster of the current kubeconfig or the in-cluster account.
+    Run(cli::run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,5 +46,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Crd => cli::crd::run(),
+        Command::Run(args) => cli::run::run(args),
     }
 }

@@ -1,0 +1,870 @@
+//! The I/O edge: watches feed the stores and the Pod index; a level-based pass plans every
+//! namespace, applies labels (server-side apply, one field manager, only the PSA labels), repairs
+//! drift, writes changed statuses and publishes metrics.
+//!
+//! Why one global pass rather than a per-object `Controller`: who governs a namespace depends on
+//! every profile (priorities, ties), and a profile's status depends on every namespace and Pod it
+//! governs, so per-object reconcilers would each need the whole picture anyway and would race on
+//! it. The pass recomputes everything from the stores (pure and cheap: microseconds per
+//! namespace) and only writes what differs, so it stays idempotent; wake-ups are coalesced.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
+use kube::core::{Selector, SelectorExt};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use super::crd::{DeletionPolicy, FINALIZER, PodSecurityProfile};
+use super::desired::{
+    Exclusions, LabelChange, Labels, NamespacePlan, NamespaceView, ProfileView, label_changes, plan,
+};
+use super::error::{Error, Result};
+use super::index::PodIndex;
+use super::metrics::Metrics;
+use super::pods::{SlimPod, WatchedPod};
+use super::status::{Observed, metric_values, profile_status};
+
+/// The one field manager for labels and status.
+pub const MANAGER: &str = "pss-operator";
+const DEBOUNCE: Duration = Duration::from_millis(50);
+const RESYNC: Duration = Duration::from_secs(60);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+const MAX_CONCURRENT_WRITES: usize = 8;
+
+pub struct Config {
+    pub exclusions: Exclusions,
+    /// Reported in Events (`reportingInstance`).
+    pub identity: String,
+}
+
+/// Mutable state shared by the watch tasks and the pass.
+#[derive(Default)]
+struct State {
+    index: PodIndex<SlimPod>,
+    pods_synced: bool,
+    profiles_synced: bool,
+    namespaces_synced: bool,
+    /// The labels last applied (or found already as desired) per namespace: an observed value
+    /// that differs while the desired one did not change is drift.
+    last_applied: HashMap<String, Labels>,
+    /// Drift corrections per profile, seeded from the stored status.
+    drift: HashMap<String, i64>,
+    apply_errors: BTreeMap<String, String>,
+    /// What was last announced by Event, to announce changes only.
+    announced_pending: HashMap<String, Vec<String>>,
+    announced_conflicts: HashMap<String, Vec<String>>,
+}
+
+pub struct Context {
+    client: Client,
+    reporter: Reporter,
+    metrics: Arc<Metrics>,
+    config: Config,
+    profiles: Store<PodSecurityProfile>,
+    namespaces: Store<PartialObjectMeta<Namespace>>,
+    state: Mutex<State>,
+    wake: tokio::sync::Notify,
+    ready: Arc<AtomicBool>,
+}
+
+impl Context {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the index half-updated in a way that
+        // matters: the next relist resets it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs until a watch ends for good (it does not: watches retry with backoff) or the future is
+/// dropped. `ready` turns true after the first complete pass.
+pub async fn run(
+    client: Client,
+    config: Config,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+) -> Result<()> {
+    let profiles_api: Api<PodSecurityProfile> = Api::all(client.clone());
+    profiles_api
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(|e| match e {
+            kube::Error::Api(ref s) if s.code == 404 => Error::CrdNotInstalled(e),
+            e => Error::Kube(e),
+        })?;
+
+    let (profiles, profiles_writer) = reflector::store();
+    let (namespaces, namespaces_writer) = reflector::store();
+    let reporter = Reporter {
+        controller: MANAGER.into(),
+        instance: Some(config.identity.clone()),
+    };
+    let ctx = Arc::new(Context {
+        reporter,
+        client: client.clone(),
+        metrics,
+        config,
+        profiles,
+        namespaces,
+        state: Mutex::new(State::default()),
+        wake: tokio::sync::Notify::new(),
+        ready,
+    });
+
+    let profile_events = watcher(profiles_api, watcher::Config::default())
+        .default_backoff()
+        .modify(|p: &mut PodSecurityProfile| p.managed_fields_mut().clear())
+        .reflect(profiles_writer);
+    let namespace_events = watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|n: &mut PartialObjectMeta<Namespace>| {
+        n.managed_fields_mut().clear();
+        n.annotations_mut().clear();
+    })
+    .reflect(namespaces_writer);
+    let pod_events = watcher(
+        Api::<WatchedPod>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+
+    let c = ctx.clone();
+    let profiles_task = profile_events.for_each(move |ev| {
+        note_sync(&c, &ev, |s| s.profiles_synced = true, "podsecurityprofiles");
+        async {}
+    });
+    let c = ctx.clone();
+    let namespaces_task = namespace_events.for_each(move |ev| {
+        note_sync(&c, &ev, |s| s.namespaces_synced = true, "namespaces");
+        async {}
+    });
+    let c = ctx.clone();
+    let pods_task = feed_pods(c, pod_events);
+    tokio::select! {
+        _ = profiles_task => warn!("profile watch ended"),
+        _ = namespaces_task => warn!("namespace watch ended"),
+        _ = pods_task => warn!("pod watch ended"),
+        _ = pass_loop(ctx.clone()) => {},
+    }
+    Ok(())
+}
+
+fn note_sync<K>(
+    ctx: &Context,
+    ev: &Result<watcher::Event<K>, watcher::Error>,
+    synced: impl FnOnce(&mut State),
+    what: &str,
+) {
+    match ev {
+        Ok(watcher::Event::InitDone) => synced(&mut ctx.state()),
+        Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => return,
+        Ok(_) => {}
+        Err(e) => {
+            warn!(error = %e, "watching {what}");
+            return;
+        }
+    }
+    ctx.wake.notify_one();
+}
+
+async fn feed_pods(
+    ctx: Arc<Context>,
+    events: impl futures::Stream<Item = Result<watcher::Event<WatchedPod>, watcher::Error>>,
+) {
+    let mut initial: Vec<(String, String, SlimPod)> = Vec::new();
+    let mut events = std::pin::pin!(events);
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => initial.clear(),
+            Ok(watcher::Event::InitApply(pod)) => {
+                if pod.is_running()
+                    && let Some(slim) = pod.into_slim()
+                {
+                    initial.push(slim);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                let mut state = ctx.state();
+                state.index.reset(std::mem::take(&mut initial));
+                state.pods_synced = true;
+                drop(state);
+                ctx.wake.notify_one();
+            }
+            Ok(watcher::Event::Apply(pod)) => {
+                let running = pod.is_running();
+                if let Some((ns, name, slim)) = pod.into_slim() {
+                    let mut state = ctx.state();
+                    if running {
+                        state.index.apply(&ns, &name, slim);
+                    } else {
+                        state.index.delete(&ns, &name);
+                    }
+                }
+                ctx.wake.notify_one();
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                if let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) {
+                    ctx.state().index.delete(&ns, &name);
+                }
+                ctx.wake.notify_one();
+            }
+            Err(e) => warn!(error = %e, "watching pods"),
+        }
+    }
+}
+
+async fn pass_loop(ctx: Arc<Context>) {
+    let mut retry = Duration::from_secs(1);
+    loop {
+        let _ = tokio::time::timeout(RESYNC, ctx.wake.notified()).await;
+        // Coalesce bursts (a Deployment scaling, a relist) into one pass.
+        tokio::time::sleep(DEBOUNCE).await;
+        {
+            let s = ctx.state();
+            if !(s.pods_synced && s.profiles_synced && s.namespaces_synced) {
+                debug!("waiting for the initial lists");
+                continue;
+            }
+        }
+        let failures = pass(&ctx).await;
+        ctx.ready.store(true, Ordering::Relaxed);
+        if failures > 0 {
+            warn!(failures, retry_in = ?retry, "some writes failed; retrying");
+            let c = ctx.clone();
+            let delay = retry;
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                c.wake.notify_one();
+            });
+            retry = (retry * 2).min(MAX_RETRY);
+        } else {
+            retry = Duration::from_secs(1);
+        }
+    }
+}
+
+enum Write {
+    Apply {
+        ns: String,
+        desired: Labels,
+        changes: Vec<LabelChange>,
+        drift: bool,
+        profiles: Vec<String>,
+    },
+    Release {
+        ns: String,
+    },
+}
+
+fn namespace_ref(ns: &str, uid: Option<&String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Namespace".into()),
+        name: Some(ns.into()),
+        // The Event lands in the namespace itself, next to what it is about.
+        namespace: Some(ns.into()),
+        uid: uid.cloned(),
+        ..Default::default()
+    }
+}
+
+/// One level-based pass. Returns how many writes failed.
+async fn pass(ctx: &Arc<Context>) -> usize {
+    let mut failures = 0;
+    let mut profiles: Vec<Arc<PodSecurityProfile>> = ctx.profiles.state();
+    profiles.sort_by_key(|p| p.name_any());
+    let mut ns_objects = ctx.namespaces.state();
+    ns_objects.sort_by_key(|n| n.name_any());
+    let namespaces: Vec<NamespaceView> = ns_objects
+        .iter()
+        .map(|n| NamespaceView {
+            name: n.name_any(),
+            labels: n.labels().clone(),
+        })
+        .collect();
+    let uids: HashMap<String, String> = ns_objects
+        .iter()
+        .filter_map(|n| Some((n.name_any(), n.uid()?)))
+        .collect();
+    let observed: BTreeMap<String, Labels> = namespaces
+        .iter()
+        .map(|n| (n.name.clone(), n.labels.clone()))
+        .collect();
+
+    let mut views: HashMap<String, std::result::Result<ProfileView, String>> = HashMap::new();
+    for p in profiles
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+    {
+        let view = ProfileView::from_profile(p);
+        if let Err(e) = &view {
+            warn!(profile = %p.name_any(), error = %e, "invalid profile: marked Degraded, skipped");
+        }
+        views.insert(p.name_any(), view);
+    }
+    let valid: Vec<ProfileView> = views
+        .values()
+        .filter_map(|v| v.as_ref().ok())
+        .cloned()
+        .collect();
+
+    let (plans, writes) = {
+        let _timer = ctx.metrics.timer("namespace");
+        let mut state = ctx.state();
+        for p in &profiles {
+            let seeded = p.status.as_ref().map_or(0, |s| s.drift_corrections);
+            state.drift.entry(p.name_any()).or_insert(seeded);
+        }
+        let plans = {
+            let index = &state.index;
+            plan(&valid, &namespaces, &ctx.config.exclusions, &|ns, lv| {
+                index.blocking(ns, lv)
+            })
+        };
+        for p in plans.values() {
+            state.index.set_policy(&p.name, p.policy);
+        }
+        state.index.retain_policies(|ns| plans.contains_key(ns));
+        state.last_applied.retain(|ns, _| plans.contains_key(ns));
+        state.apply_errors.retain(|ns, _| plans.contains_key(ns));
+        let writes = label_writes(
+            &mut state,
+            &plans,
+            &observed,
+            &profiles,
+            &ctx.config.exclusions,
+        );
+        (plans, writes)
+    };
+
+    announce(ctx, &plans, &uids).await;
+
+    let results: Vec<(Write, std::result::Result<(), Error>)> = futures::stream::iter(writes)
+        .map(|w| async move {
+            let r = write_labels(&ctx.client, &w).await;
+            (w, r)
+        })
+        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .collect()
+        .await;
+    let mut released_failed: HashSet<String> = HashSet::new();
+    for (w, r) in results {
+        let ns = match &w {
+            Write::Apply { ns, .. } | Write::Release { ns } => ns.clone(),
+        };
+        match r {
+            Ok(()) => {
+                ctx.state().apply_errors.remove(&ns);
+                after_write(ctx, w, uids.get(&ns)).await;
+            }
+            Err(e) => {
+                failures += 1;
+                warn!(namespace = %ns, error = %e, "writing labels");
+                ctx.metrics.error("namespace", &e);
+                ctx.state().apply_errors.insert(ns.clone(), e.to_string());
+                released_failed.insert(ns);
+            }
+        }
+    }
+
+    failures += finalizers(ctx, &profiles, &namespaces, &released_failed).await;
+
+    // Status and metrics.
+    let _timer = ctx.metrics.timer("podsecurityprofile");
+    let now = Time(
+        Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()),
+    );
+    let (statuses, values) = {
+        let state = ctx.state();
+        let obs = Observed {
+            plans: &plans,
+            labels: &observed,
+            index: &state.index,
+            drift: &state.drift,
+            apply_errors: &state.apply_errors,
+        };
+        let statuses: Vec<_> = profiles
+            .iter()
+            .filter_map(|p| {
+                let view = views.get(&p.name_any())?;
+                let status = profile_status(p, view.as_ref().map_err(String::as_str), &obs, &now);
+                (p.status.as_ref() != Some(&status)).then(|| (p.name_any(), status))
+            })
+            .collect();
+        (statuses, metric_values(&obs))
+    };
+    let profile_names: HashSet<String> = profiles.iter().map(|p| p.name_any()).collect();
+    ctx.metrics.publish(&values, |ns, profile| {
+        plans.contains_key(ns) && profile_names.contains(profile)
+    });
+    let api: Api<PodSecurityProfile> = Api::all(ctx.client.clone());
+    for (name, status) in statuses {
+        let patch = json!({
+            "apiVersion": "pss-operator.io/v1alpha1",
+            "kind": "PodSecurityProfile",
+            "status": status,
+        });
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&patch),
+            )
+            .await
+        {
+            Ok(_) => debug!(profile = %name, "status written"),
+            Err(e) => {
+                let e = Error::Kube(e);
+                failures += 1;
+                warn!(profile = %name, error = %e, "writing status");
+                ctx.metrics.error("podsecurityprofile", &e);
+            }
+        }
+    }
+    failures
+}
+
+/// Decides the label writes of this pass from the plans and what is observed.
+fn label_writes(
+    state: &mut State,
+    plans: &BTreeMap<String, NamespacePlan>,
+    observed: &BTreeMap<String, Labels>,
+    profiles: &[Arc<PodSecurityProfile>],
+    exclusions: &Exclusions,
+) -> Vec<Write> {
+    let mut writes = Vec::new();
+    let empty = Labels::new();
+    for plan in plans.values().filter(|p| p.write) {
+        let found = observed.get(&plan.name).unwrap_or(&empty);
+        let changes = label_changes(found, &plan.desired);
+        let last = state.last_applied.get(&plan.name);
+        let dropped = last.is_some_and(|l| l.keys().any(|k| !plan.desired.contains_key(k)));
+        if changes.is_empty() && !dropped {
+            state
+                .last_applied
+                .insert(plan.name.clone(), plan.desired.clone());
+            continue;
+        }
+        let drift = last == Some(&plan.desired) && !changes.is_empty();
+        writes.push(Write::Apply {
+            ns: plan.name.clone(),
+            desired: plan.desired.clone(),
+            changes,
+            drift,
+            profiles: plan.governed_by.clone(),
+        });
+    }
+    // Profiles being deleted with `deletionPolicy: Remove`: take our labels off the namespaces
+    // they selected that no other profile governs now.
+    for p in profiles.iter().filter(|p| {
+        p.metadata.deletion_timestamp.is_some()
+            && p.spec.deletion_policy == DeletionPolicy::Remove
+            && p.finalizers().iter().any(|f| f == FINALIZER)
+    }) {
+        let Ok(selector) = Selector::try_from(p.spec.namespace_selector.clone()) else {
+            continue;
+        };
+        for plan in plans.values() {
+            let labels = observed.get(&plan.name).unwrap_or(&empty);
+            if plan.governed_by.is_empty()
+                && !exclusions.contains(&plan.name)
+                && selector.matches(labels)
+                && !writes
+                    .iter()
+                    .any(|w| matches!(w, Write::Release { ns } if *ns == plan.name))
+            {
+                writes.push(Write::Release {
+                    ns: plan.name.clone(),
+                });
+            }
+        }
+    }
+    writes
+}
+
+async fn write_labels(client: &Client, w: &Write) -> Result<()> {
+    let (ns, labels) = match w {
+        Write::Apply { ns, desired, .. } => (ns, desired.clone()),
+        // Applying no labels under our manager removes the ones only we own.
+        Write::Release { ns } => (ns, Labels::new()),
+    };
+    let patch = json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": { "name": ns, "labels": labels },
+    });
+    Api::<Namespace>::all(client.clone())
+        .patch(
+            ns,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    Ok(())
+}
+
+async fn after_write(ctx: &Context, w: Write, uid: Option<&String>) {
+    match w {
+        Write::Apply {
+            ns,
+            desired,
+            changes,
+            drift,
+            profiles,
+        } => {
+            let primary = profiles.first().cloned().unwrap_or_default();
+            {
+                let mut state = ctx.state();
+                state.last_applied.insert(ns.clone(), desired);
+                if drift {
+                    for p in &profiles {
+                        *state.drift.entry(p.clone()).or_default() += changes.len() as i64;
+                    }
+                }
+            }
+            let reference = namespace_ref(&ns, uid);
+            if drift {
+                for c in &changes {
+                    ctx.metrics.drift(&ns, &primary, &c.label);
+                    let found = c
+                        .found
+                        .as_deref()
+                        .map_or("<removed>".to_owned(), |v| format!("{v:?}"));
+                    info!(namespace = %ns, profile = %primary, label = %c.label, found = %found, restored = %c.want, "drift repaired");
+                    publish(
+                        ctx,
+                        &reference,
+                        EventType::Warning,
+                        "LabelDriftRepaired",
+                        format!(
+                            "label {} was {found}, restored to {:?} (profile {primary})",
+                            c.label, c.want
+                        ),
+                    )
+                    .await;
+                }
+            } else if !changes.is_empty() {
+                let text: Vec<String> = changes
+                    .iter()
+                    .map(|c| format!("{}={}", c.label, c.want))
+                    .collect();
+                info!(namespace = %ns, profile = %primary, labels = %text.join(","), "labels applied");
+                publish(
+                    ctx,
+                    &reference,
+                    EventType::Normal,
+                    "LabelsApplied",
+                    format!("profile {primary} applied {}", text.join(", ")),
+                )
+                .await;
+            }
+        }
+        Write::Release { ns } => {
+            ctx.state().last_applied.remove(&ns);
+            info!(namespace = %ns, "labels removed (deletionPolicy Remove)");
+            publish(
+                ctx,
+                &namespace_ref(&ns, uid),
+                EventType::Normal,
+                "LabelsRemoved",
+                "the profile was deleted with deletionPolicy Remove: Pod Security labels owned by pss-operator removed".into(),
+            )
+            .await;
+        }
+    }
+}
+
+/// Events for rollouts that start waiting and for new conflicts; each announced once.
+async fn announce(
+    ctx: &Context,
+    plans: &BTreeMap<String, NamespacePlan>,
+    uids: &HashMap<String, String>,
+) {
+    let mut events = Vec::new();
+    {
+        let mut state = ctx.state();
+        for plan in plans.values() {
+            match &plan.pending {
+                Some(p) if state.announced_pending.get(&plan.name) != Some(&p.blocking) => {
+                    state
+                        .announced_pending
+                        .insert(plan.name.clone(), p.blocking.clone());
+                    let shown: Vec<&str> = p.blocking.iter().take(10).map(String::as_str).collect();
+                    events.push((
+                        plan.name.clone(),
+                        EventType::Normal,
+                        "RolloutPending",
+                        format!(
+                            "enforce={} waits for {} running Pods that violate it: {}",
+                            p.target,
+                            p.blocking.len(),
+                            shown.join(", ")
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => {
+                    state.announced_pending.remove(&plan.name);
+                }
+            }
+            if plan.conflicted() {
+                if state.announced_conflicts.get(&plan.name) != Some(&plan.governed_by) {
+                    state
+                        .announced_conflicts
+                        .insert(plan.name.clone(), plan.governed_by.clone());
+                    events.push((
+                        plan.name.clone(),
+                        EventType::Warning,
+                        "ProfileConflict",
+                        format!(
+                            "profiles {} select this namespace with the same priority; the most restrictive level per mode applies",
+                            plan.governed_by.join(", ")
+                        ),
+                    ));
+                }
+            } else {
+                state.announced_conflicts.remove(&plan.name);
+            }
+        }
+    }
+    for (ns, type_, reason, note) in events {
+        publish(ctx, &namespace_ref(&ns, uids.get(&ns)), type_, reason, note).await;
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // A fresh recorder per event: a shared one folds events with the same reason into one series
+    // and keeps the first note, which would hide which label/value a later drift was about.
+    // These events are only emitted on changes, so there is nothing to fold.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&event, reference).await {
+        warn!(error = %e, reason, "publishing event");
+    }
+}
+
+/// Keeps our finalizer exactly on profiles with `deletionPolicy: Remove`, and lets deleted ones
+/// go once their labels are off. Returns the number of failed writes.
+async fn finalizers(
+    ctx: &Context,
+    profiles: &[Arc<PodSecurityProfile>],
+    namespaces: &[NamespaceView],
+    release_failed: &HashSet<String>,
+) -> usize {
+    let api: Api<PodSecurityProfile> = Api::all(ctx.client.clone());
+    let mut failures = 0;
+    for p in profiles {
+        let has = p.finalizers().iter().any(|f| f == FINALIZER);
+        let deleting = p.metadata.deletion_timestamp.is_some();
+        let wants = !deleting && p.spec.deletion_policy == DeletionPolicy::Remove;
+        if has == wants {
+            continue;
+        }
+        if deleting && p.spec.deletion_policy == DeletionPolicy::Remove {
+            // Hold on while any selected namespace failed to release.
+            let selector = Selector::try_from(p.spec.namespace_selector.clone()).ok();
+            let blocked = namespaces.iter().any(|n| {
+                release_failed.contains(&n.name)
+                    && selector.as_ref().is_some_and(|s| s.matches(&n.labels))
+            });
+            if blocked {
+                continue;
+            }
+        }
+        let mut list: Vec<String> = p
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        if wants {
+            list.push(FINALIZER.into());
+        }
+        let patch = json!({
+            "metadata": { "finalizers": list, "resourceVersion": p.resource_version() }
+        });
+        match api
+            .patch(
+                &p.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => info!(profile = %p.name_any(), added = wants, "finalizer updated"),
+            Err(e) => {
+                let e = Error::Kube(e);
+                failures += 1;
+                warn!(profile = %p.name_any(), error = %e, "updating finalizer");
+                ctx.metrics.error("podsecurityprofile", &e);
+            }
+        }
+    }
+    failures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::crd::{LevelName, LevelSpec, PodSecurityProfileSpec};
+    use crate::pss::level::labels as psa;
+
+    fn profile(name: &str, policy: DeletionPolicy, deleting: bool) -> Arc<PodSecurityProfile> {
+        let mut p = PodSecurityProfile::new(
+            name,
+            PodSecurityProfileSpec {
+                enforce: Some(LevelSpec {
+                    level: Some(LevelName::Baseline),
+                    version: None,
+                }),
+                deletion_policy: policy,
+                ..Default::default()
+            },
+        );
+        if deleting {
+            p.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+            p.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        }
+        Arc::new(p)
+    }
+
+    fn plans_for(
+        profiles: &[Arc<PodSecurityProfile>],
+        ns: &[(&str, Labels)],
+    ) -> BTreeMap<String, NamespacePlan> {
+        let views: Vec<ProfileView> = profiles
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .filter_map(|p| ProfileView::from_profile(p).ok())
+            .collect();
+        let namespaces: Vec<NamespaceView> = ns
+            .iter()
+            .map(|(n, l)| NamespaceView {
+                name: n.to_string(),
+                labels: l.clone(),
+            })
+            .collect();
+        plan(
+            &views,
+            &namespaces,
+            &Exclusions::new(Exclusions::DEFAULT),
+            &|_, _| Vec::new(),
+        )
+    }
+
+    fn applies(writes: &[Write]) -> Vec<(&str, bool)> {
+        writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Apply { ns, drift, .. } => Some((ns.as_str(), *drift)),
+                Write::Release { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_application_is_not_drift_a_later_change_is() {
+        let profiles = vec![profile("p", DeletionPolicy::Retain, false)];
+        let mut state = State::default();
+        let bare = [("app", Labels::new())];
+        let plans = plans_for(&profiles, &bare);
+        let observed: BTreeMap<String, Labels> = bare
+            .iter()
+            .map(|(n, l)| (n.to_string(), l.clone()))
+            .collect();
+        let excl = Exclusions::new(Exclusions::DEFAULT);
+        let writes = label_writes(&mut state, &plans, &observed, &profiles, &excl);
+        assert_eq!(applies(&writes), [("app", false)]);
+        // The apply succeeded: remembered.
+        state
+            .last_applied
+            .insert("app".into(), plans["app"].desired.clone());
+
+        // Converged: nothing to write.
+        let converged: BTreeMap<String, Labels> =
+            [("app".to_owned(), plans["app"].desired.clone())].into();
+        assert!(label_writes(&mut state, &plans, &converged, &profiles, &excl).is_empty());
+
+        // Someone removes the enforce label: drift.
+        let mut edited = plans["app"].desired.clone();
+        edited.remove(psa::ENFORCE);
+        let drifted: BTreeMap<String, Labels> = [("app".to_owned(), edited)].into();
+        let writes = label_writes(&mut state, &plans, &drifted, &profiles, &excl);
+        assert_eq!(applies(&writes), [("app", true)]);
+        let Write::Apply { changes, .. } = &writes[0] else {
+            unreachable!("an apply")
+        };
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].label, psa::ENFORCE);
+        assert_eq!(changes[0].found, None);
+    }
+
+    #[test]
+    fn deleted_remove_profiles_release_namespaces_nobody_else_governs() {
+        let profiles = vec![
+            profile("gone", DeletionPolicy::Remove, true),
+            profile("kept-retain", DeletionPolicy::Retain, true),
+        ];
+        let ns = [("app", Labels::new()), ("kube-system", Labels::new())];
+        let plans = plans_for(&profiles, &ns);
+        let observed: BTreeMap<String, Labels> =
+            ns.iter().map(|(n, l)| (n.to_string(), l.clone())).collect();
+        let mut state = State::default();
+        let writes = label_writes(
+            &mut state,
+            &plans,
+            &observed,
+            &profiles,
+            &Exclusions::new(Exclusions::DEFAULT),
+        );
+        let released: Vec<&str> = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Release { ns } => Some(ns.as_str()),
+                Write::Apply { .. } => None,
+            })
+            .collect();
+        assert_eq!(released, ["app"], "excluded namespaces are never touched");
+
+        // If another live profile governs the namespace, its labels follow that one instead.
+        let mut with_other = profiles.clone();
+        with_other.push(profile("other", DeletionPolicy::Retain, false));
+        let plans = plans_for(&with_other, &ns);
+        let writes = label_writes(
+            &mut state,
+            &plans,
+            &observed,
+            &with_other,
+            &Exclusions::new(Exclusions::DEFAULT),
+        );
+        assert_eq!(applies(&writes), [("app", false)]);
+        assert!(!writes.iter().any(|w| matches!(w, Write::Release { .. })));
+    }
+}

@@ -1,0 +1,92 @@
+//! The one error type of the operator.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API error: {0}")]
+    Kube(#[source] kube::Error),
+
+    #[error(
+        "the PodSecurityProfile CRD is not installed: run `make install` (or `kubectl apply -f crds/`)"
+    )]
+    CrdNotInstalled(#[source] kube::Error),
+
+    #[error("leader election failed: {0}")]
+    Lease(#[source] kube_lease_manager::LeaseManagerError),
+
+    #[error("lost the leader lease; exiting so that exactly one replica writes")]
+    LeadershipLost,
+
+    #[error("serializing {what}: {source}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
+
+    #[error("serving {addr}: {source}")]
+    Serve {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A short, bounded label for `pss_reconcile_errors_total{error}`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(status)) if status.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(status)) if status.code == 403 => "forbidden",
+            Error::Kube(kube::Error::Api(status)) if status.code == 404 => "not_found",
+            Error::Kube(kube::Error::Api(_)) => "api",
+            Error::Kube(_) => "client",
+            Error::CrdNotInstalled(_) => "crd_not_installed",
+            Error::Lease(_) => "lease",
+            Error::LeadershipLost => "leadership_lost",
+            Error::Serialize { .. } => "serialize",
+            Error::Metrics(_) => "metrics",
+            Error::Serve { .. } => "serve",
+        }
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Error::Kube(e)
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api_error(code: u16) -> Error {
+        let status = kube::core::Status::failure("boom", "Reason").with_code(code);
+        Error::Kube(kube::Error::Api(Box::new(status)))
+    }
+
+    #[test]
+    fn metric_labels_are_bounded_and_specific() {
+        assert_eq!(api_error(409).metric_label(), "conflict");
+        assert_eq!(api_error(403).metric_label(), "forbidden");
+        assert_eq!(api_error(500).metric_label(), "api");
+        assert_eq!(Error::LeadershipLost.metric_label(), "leadership_lost");
+    }
+
+    #[test]
+    fn a_missing_crd_says_what_to_do() {
+        let inner = kube::Error::Api(Box::new(
+            kube::core::Status::failure("not found", "NotFound").with_code(404),
+        ));
+        assert!(
+            Error::CrdNotInstalled(inner)
+                .to_string()
+                .contains("make install")
+        );
+    }
+}

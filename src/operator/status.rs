@@ -1,0 +1,778 @@
+//! Profile status and metric values, built from the plan and the Pod index. Pure, bounded and
+//! deterministic: sorted everywhere, capped everywhere, and timestamps carried over from the
+//! previous status unless a condition really changed, so the same cluster gives the same status.
+
+use std::collections::{BTreeMap, HashMap};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use super::crd::{
+    ModeStatus, NamespaceViolations, PendingNamespace, PodSecurityProfile,
+    PodSecurityProfileStatus, ProfileMode, SampleViolation,
+};
+use super::desired::{Labels, NamespacePlan, ProfileView};
+use super::index::{Evaluate, PodIndex};
+use crate::pss::{Mode, Version};
+
+pub const MAX_NAMESPACES: usize = 100;
+pub const MAX_SAMPLES: usize = 20;
+pub const MAX_PENDING: usize = 20;
+pub const MAX_PENDING_PODS: usize = 10;
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+/// The serialized status is trimmed below this (the hard promise is 64 KiB).
+pub const MAX_STATUS_BYTES: usize = 60 * 1024;
+const MAX_NAMES_IN_MESSAGE: usize = 10;
+
+/// Everything a status or metric is built from, observed in one pass.
+pub struct Observed<'a, P> {
+    pub plans: &'a BTreeMap<String, NamespacePlan>,
+    /// Namespace labels as observed.
+    pub labels: &'a BTreeMap<String, Labels>,
+    pub index: &'a PodIndex<P>,
+    /// Drift corrections per profile since it was created.
+    pub drift: &'a HashMap<String, i64>,
+    /// Namespaces whose labels could not be applied, and why.
+    pub apply_errors: &'a BTreeMap<String, String>,
+}
+
+impl<P: Evaluate> Observed<'_, P> {
+    fn governed_by<'b>(&'b self, profile: &'b str) -> impl Iterator<Item = &'b NamespacePlan> {
+        self.plans
+            .values()
+            .filter(move |p| p.governed_by.iter().any(|g| g == profile))
+    }
+
+    fn converged(&self, plan: &NamespacePlan) -> bool {
+        self.labels
+            .get(&plan.name)
+            .is_some_and(|l| plan.converged(l))
+    }
+}
+
+/// The status of one profile; `view` is the validated profile or why it is invalid.
+pub fn profile_status<P: Evaluate>(
+    profile: &PodSecurityProfile,
+    view: Result<&ProfileView, &str>,
+    obs: &Observed<'_, P>,
+    now: &Time,
+) -> PodSecurityProfileStatus {
+    let name = profile.metadata.name.as_deref().unwrap_or_default();
+    let generation = profile.metadata.generation;
+    let previous = profile
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let condition = |type_: &str, ok: bool, reason: &str, message: String| {
+        let status = if ok { "True" } else { "False" };
+        let since = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+        Condition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            reason: reason.to_owned(),
+            message,
+            observed_generation: generation,
+            last_transition_time: since,
+        }
+    };
+    let drift_corrections = obs.drift.get(name).copied().unwrap_or(0);
+
+    let view = match view {
+        Ok(view) => view,
+        Err(why) => {
+            return PodSecurityProfileStatus {
+                observed_generation: generation,
+                conditions: vec![
+                    condition("Ready", false, "InvalidSpec", why.to_owned()),
+                    condition("Conflicted", false, "InvalidSpec", "not evaluated".into()),
+                    condition(
+                        "Degraded",
+                        true,
+                        "InvalidSpec",
+                        format!("{why}; fix the spec, other profiles are unaffected"),
+                    ),
+                ],
+                drift_corrections,
+                ..Default::default()
+            };
+        }
+    };
+
+    let matched = obs
+        .plans
+        .values()
+        .filter(|p| p.matched_by.iter().any(|m| m == name))
+        .count();
+    let governed: Vec<&NamespacePlan> = obs.governed_by(name).collect();
+    let writes = view.mode == ProfileMode::Enforce;
+    let pending: Vec<&NamespacePlan> = governed
+        .iter()
+        .copied()
+        .filter(|p| p.pending.is_some())
+        .collect();
+    let conflicted: Vec<&NamespacePlan> = governed
+        .iter()
+        .copied()
+        .filter(|p| p.conflicted())
+        .collect();
+    let enforced = governed
+        .iter()
+        .filter(|p| writes && p.pending.is_none() && obs.converged(p))
+        .count();
+    let failed: Vec<(&str, &str)> = governed
+        .iter()
+        .filter_map(|p| {
+            obs.apply_errors
+                .get(&p.name)
+                .map(|e| (p.name.as_str(), e.as_str()))
+        })
+        .collect();
+
+    let ready = if !writes {
+        condition(
+            "Ready",
+            true,
+            "AuditOnly",
+            format!(
+                "mode Audit: {} namespaces would be labelled, none is written",
+                governed.len()
+            ),
+        )
+    } else if !failed.is_empty() {
+        condition(
+            "Ready",
+            false,
+            "ApplyFailed",
+            format!(
+                "labels could not be applied to {}",
+                name_list(failed.iter().map(|(n, _)| *n))
+            ),
+        )
+    } else if !pending.is_empty() {
+        condition(
+            "Ready",
+            false,
+            "RolloutPending",
+            format!(
+                "enforce waits for violating Pods to go in {}",
+                name_list(pending.iter().map(|p| p.name.as_str()))
+            ),
+        )
+    } else if enforced < governed.len() {
+        condition(
+            "Ready",
+            false,
+            "Progressing",
+            format!(
+                "{enforced} of {} namespaces labelled as declared",
+                governed.len()
+            ),
+        )
+    } else {
+        condition(
+            "Ready",
+            true,
+            "Reconciled",
+            format!("{enforced} namespaces labelled as declared"),
+        )
+    };
+    let conflict = if conflicted.is_empty() {
+        condition(
+            "Conflicted",
+            false,
+            "NoConflict",
+            "no other profile of equal priority selects these namespaces".into(),
+        )
+    } else {
+        let mut others: Vec<&str> = conflicted
+            .iter()
+            .flat_map(|p| p.governed_by.iter().map(String::as_str))
+            .filter(|g| *g != name)
+            .collect();
+        others.sort_unstable();
+        others.dedup();
+        condition(
+            "Conflicted",
+            true,
+            "EqualPriority",
+            format!(
+                "profiles {} have the same priority {} on namespaces {}; the most restrictive level per mode applies",
+                name_list(others.into_iter()),
+                view.priority,
+                name_list(conflicted.iter().map(|p| p.name.as_str()))
+            ),
+        )
+    };
+    let degraded = match failed.first() {
+        Some((ns, why)) => condition(
+            "Degraded",
+            true,
+            "ApplyFailed",
+            truncate(&format!("namespace {ns}: {why}"), MAX_MESSAGE_BYTES),
+        ),
+        None => condition("Degraded", false, "AsExpected", "".into()),
+    };
+
+    let mut status = PodSecurityProfileStatus {
+        observed_generation: generation,
+        conditions: vec![ready, conflict, degraded],
+        matched_namespaces: count(matched),
+        enforced_namespaces: count(enforced),
+        pending_namespaces: count(pending.len()),
+        conflicted_namespaces: count(conflicted.len()),
+        drift_corrections,
+        pending: pending
+            .iter()
+            .take(MAX_PENDING)
+            .filter_map(|p| {
+                let pending = p.pending.as_ref()?;
+                Some(PendingNamespace {
+                    namespace: p.name.clone(),
+                    target: pending.target.to_string(),
+                    blocking_pods: count(pending.blocking.len()),
+                    pods: pending
+                        .blocking
+                        .iter()
+                        .take(MAX_PENDING_PODS)
+                        .cloned()
+                        .collect(),
+                })
+            })
+            .collect(),
+        enforce: Some(mode_status(view, Mode::Enforce, &governed, obs.index)),
+        audit: Some(mode_status(view, Mode::Audit, &governed, obs.index)),
+        warn: Some(mode_status(view, Mode::Warn, &governed, obs.index)),
+    };
+    fit(&mut status);
+    status
+}
+
+fn mode_status<P: Evaluate>(
+    view: &ProfileView,
+    mode: Mode,
+    governed: &[&NamespacePlan],
+    index: &PodIndex<P>,
+) -> ModeStatus {
+    let mut status = ModeStatus {
+        level: view.level(mode).map(|lv| lv.to_string()),
+        ..Default::default()
+    };
+    let mut namespaces = Vec::new();
+    // (no privileged container, namespace, pod, checks): privileged containers first.
+    let mut samples: Vec<(bool, &str, &str, &[String])> = Vec::new();
+    for plan in governed {
+        let mut in_ns = 0;
+        for v in index.violators(&plan.name, mode) {
+            in_ns += 1;
+            for check in v.checks {
+                *status.by_check.entry(check.clone()).or_default() += 1;
+            }
+            samples.push((v.privileged == 0, &plan.name, v.pod, v.checks));
+        }
+        if in_ns > 0 {
+            status.violating_pods += in_ns;
+            namespaces.push(NamespaceViolations {
+                namespace: plan.name.clone(),
+                violating_pods: in_ns,
+            });
+        }
+    }
+    namespaces.sort_by(|a, b| {
+        b.violating_pods
+            .cmp(&a.violating_pods)
+            .then_with(|| a.namespace.cmp(&b.namespace))
+    });
+    status.omitted_namespaces = count(namespaces.len().saturating_sub(MAX_NAMESPACES));
+    namespaces.truncate(MAX_NAMESPACES);
+    status.namespaces = namespaces;
+    samples.sort_unstable();
+    status.samples = samples
+        .into_iter()
+        .take(MAX_SAMPLES)
+        .map(|(_, ns, pod, checks)| SampleViolation {
+            namespace: ns.to_owned(),
+            pod: pod.to_owned(),
+            checks: checks.to_vec(),
+            message: truncate(
+                &index.message(ns, pod, mode).unwrap_or_default(),
+                MAX_MESSAGE_BYTES,
+            ),
+        })
+        .collect();
+    status
+}
+
+/// Trims samples, then namespace breakdowns, then pending lists, from the end, until the
+/// serialized status fits [`MAX_STATUS_BYTES`]. Counts are never trimmed.
+fn fit(status: &mut PodSecurityProfileStatus) {
+    let size = |s: &PodSecurityProfileStatus| serde_json::to_vec(s).map_or(usize::MAX, |v| v.len());
+    while size(status) > MAX_STATUS_BYTES {
+        let modes = [&mut status.enforce, &mut status.audit, &mut status.warn];
+        let mut modes: Vec<&mut ModeStatus> = modes.into_iter().flatten().collect();
+        if let Some(m) = modes
+            .iter_mut()
+            .filter(|m| !m.samples.is_empty())
+            .max_by_key(|m| m.samples.len())
+        {
+            m.samples.pop();
+        } else if let Some(m) = modes
+            .iter_mut()
+            .filter(|m| !m.namespaces.is_empty())
+            .max_by_key(|m| m.namespaces.len())
+        {
+            m.namespaces.pop();
+            m.omitted_namespaces += 1;
+        } else if status.pending.pop().is_none() {
+            break;
+        }
+    }
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+fn name_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.collect();
+    let mut out = names
+        .iter()
+        .take(MAX_NAMES_IN_MESSAGE)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > MAX_NAMES_IN_MESSAGE {
+        out.push_str(&format!(" and {} more", names.len() - MAX_NAMES_IN_MESSAGE));
+    }
+    out
+}
+
+/// Metric values of one pass; the exporter replaces every gauge with these, so series of deleted
+/// namespaces and profiles disappear.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct MetricValues {
+    /// (namespace, profile, mode, level, version) for each written namespace and mode.
+    pub namespace_level: Vec<[String; 5]>,
+    /// (namespace, profile, mode) → violating Pods; every governed namespace and mode, and other
+    /// namespaces when not zero (profile `""`).
+    pub violating_pods: Vec<([String; 3], i32)>,
+    /// (namespace, profile, mode, check) → violating Pods, when not zero.
+    pub pod_violations: Vec<([String; 4], i32)>,
+    /// Every namespace, excluded ones too.
+    pub privileged_containers: Vec<(String, i32)>,
+    pub unprotected: Vec<String>,
+    pub conflicted: Vec<String>,
+    /// (namespace, profile) → blocking Pods.
+    pub rollout_pending: Vec<([String; 2], i32)>,
+}
+
+pub fn metric_values<P: Evaluate>(obs: &Observed<'_, P>) -> MetricValues {
+    let mut m = MetricValues::default();
+    for plan in obs.plans.values() {
+        let ns = &plan.name;
+        m.privileged_containers
+            .push((ns.clone(), count(obs.index.privileged_containers(ns))));
+        if plan.excluded {
+            continue;
+        }
+        if plan.unprotected {
+            m.unprotected.push(ns.clone());
+        }
+        if plan.conflicted() {
+            m.conflicted.push(ns.clone());
+        }
+        let profile = plan.primary().unwrap_or_default().to_owned();
+        if let Some(pending) = &plan.pending {
+            m.rollout_pending
+                .push(([ns.clone(), profile.clone()], count(pending.blocking.len())));
+        }
+        for mode in Mode::ALL {
+            if plan.write {
+                let lv = plan.policy.get(mode);
+                let version = match lv.version {
+                    Version::Latest => "latest".to_owned(),
+                    v => v.to_string(),
+                };
+                m.namespace_level.push([
+                    ns.clone(),
+                    profile.clone(),
+                    mode.to_string(),
+                    lv.level.to_string(),
+                    version,
+                ]);
+            }
+            let mut by_check: BTreeMap<&str, i32> = BTreeMap::new();
+            let mut violating = 0;
+            for v in obs.index.violators(ns, mode) {
+                violating += 1;
+                for c in v.checks {
+                    *by_check.entry(c).or_default() += 1;
+                }
+            }
+            if violating > 0 || !plan.governed_by.is_empty() {
+                m.violating_pods
+                    .push(([ns.clone(), profile.clone(), mode.to_string()], violating));
+            }
+            for (check, n) in by_check {
+                m.pod_violations.push((
+                    [
+                        ns.clone(),
+                        profile.clone(),
+                        mode.to_string(),
+                        check.to_owned(),
+                    ],
+                    n,
+                ));
+            }
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::crd::{LevelName, LevelSpec, PodSecurityProfileSpec};
+    use crate::operator::desired::{Exclusions, NamespaceView, plan};
+    use crate::operator::index::tests::{FakePod, mk_pod};
+    use crate::pss::Level;
+    use k8s_openapi::jiff::Timestamp;
+
+    fn time(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).expect("timestamp"))
+    }
+
+    fn mk_profile(name: &str, enforce: LevelName) -> PodSecurityProfile {
+        let mut p = PodSecurityProfile::new(
+            name,
+            PodSecurityProfileSpec {
+                enforce: Some(LevelSpec {
+                    level: Some(enforce),
+                    version: None,
+                }),
+                ..Default::default()
+            },
+        );
+        p.metadata.generation = Some(3);
+        p
+    }
+
+    struct World {
+        profiles: Vec<PodSecurityProfile>,
+        namespaces: Vec<NamespaceView>,
+        index: PodIndex<FakePod>,
+        drift: HashMap<String, i64>,
+        errors: BTreeMap<String, String>,
+    }
+
+    impl World {
+        fn new(profiles: Vec<PodSecurityProfile>, namespaces: &[&str]) -> World {
+            World {
+                profiles,
+                namespaces: namespaces
+                    .iter()
+                    .map(|n| NamespaceView {
+                        name: n.to_string(),
+                        labels: Labels::new(),
+                    })
+                    .collect(),
+                index: PodIndex::default(),
+                drift: HashMap::new(),
+                errors: BTreeMap::new(),
+            }
+        }
+
+        /// Plans, applies the plan to the index and to the labels (as a converged cluster), and
+        /// returns statuses and metrics.
+        fn run(&mut self, converge: bool) -> (Vec<PodSecurityProfileStatus>, MetricValues) {
+            let views: Vec<ProfileView> = self
+                .profiles
+                .iter()
+                .filter_map(|p| ProfileView::from_profile(p).ok())
+                .collect();
+            let index = &self.index;
+            let plans = plan(
+                &views,
+                &self.namespaces,
+                &Exclusions::new(Exclusions::DEFAULT),
+                &|ns, lv| index.blocking(ns, lv),
+            );
+            for p in plans.values() {
+                self.index.set_policy(&p.name, p.policy);
+            }
+            if converge {
+                for ns in &mut self.namespaces {
+                    if plans[&ns.name].write {
+                        ns.labels.extend(plans[&ns.name].desired.clone());
+                    }
+                }
+            }
+            let labels: BTreeMap<String, Labels> = self
+                .namespaces
+                .iter()
+                .map(|n| (n.name.clone(), n.labels.clone()))
+                .collect();
+            let obs = Observed {
+                plans: &plans,
+                labels: &labels,
+                index: &self.index,
+                drift: &self.drift,
+                apply_errors: &self.errors,
+            };
+            let statuses = self
+                .profiles
+                .iter()
+                .map(|p| {
+                    let view = ProfileView::from_profile(p);
+                    profile_status(p, view.as_ref().map_err(String::as_str), &obs, &time(100))
+                })
+                .collect();
+            (statuses, metric_values(&obs))
+        }
+    }
+
+    fn cond<'a>(s: &'a PodSecurityProfileStatus, t: &str) -> &'a Condition {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition present")
+    }
+
+    #[test]
+    fn a_privileged_pod_created_before_enforcement_shows_in_status_and_metrics() {
+        let mut w = World::new(vec![mk_profile("apps", LevelName::Baseline)], &["app"]);
+        w.index
+            .apply("app", "nginx-1", mk_pod(Level::Privileged, 1));
+        w.index.apply("app", "ok", mk_pod(Level::Restricted, 0));
+        w.index
+            .apply("kube-system", "proxy", mk_pod(Level::Privileged, 1));
+        w.namespaces.push(NamespaceView {
+            name: "kube-system".into(),
+            labels: Labels::new(),
+        });
+        let (statuses, metrics) = w.run(true);
+        let s = &statuses[0];
+        assert_eq!(s.observed_generation, Some(3));
+        assert_eq!((s.matched_namespaces, s.enforced_namespaces), (1, 1));
+        let enforce = s.enforce.as_ref().expect("enforce");
+        assert_eq!(enforce.level.as_deref(), Some("baseline:latest"));
+        assert_eq!(enforce.violating_pods, 1);
+        assert_eq!(enforce.by_check, [("privileged".to_owned(), 1)].into());
+        assert_eq!(
+            enforce.samples,
+            [SampleViolation {
+                namespace: "app".into(),
+                pod: "nginx-1".into(),
+                checks: vec!["privileged".into()],
+                message: "violates PodSecurity \"baseline:latest\": privileged".into(),
+            }]
+        );
+        assert_eq!(cond(s, "Ready").status, "True");
+        assert_eq!(cond(s, "Ready").last_transition_time, time(100));
+        // Metrics agree with the status, and privileged containers are counted everywhere.
+        assert!(metrics.violating_pods.contains(&(
+            ["app".into(), "apps".into(), "enforce".into()],
+            enforce.violating_pods
+        )));
+        assert!(metrics.pod_violations.contains(&(
+            [
+                "app".into(),
+                "apps".into(),
+                "enforce".into(),
+                "privileged".into()
+            ],
+            1
+        )));
+        assert!(
+            metrics
+                .privileged_containers
+                .contains(&("kube-system".into(), 1))
+        );
+        assert!(metrics.privileged_containers.contains(&("app".into(), 1)));
+        assert!(metrics.namespace_level.contains(&[
+            "app".into(),
+            "apps".into(),
+            "enforce".into(),
+            "baseline".into(),
+            "latest".into()
+        ]));
+        assert!(metrics.unprotected.is_empty(), "kube-system is excluded");
+    }
+
+    #[test]
+    fn the_same_cluster_gives_the_same_status() {
+        let mut w = World::new(vec![mk_profile("apps", LevelName::Restricted)], &["b", "a"]);
+        for (ns, pod) in [("b", "z"), ("a", "y"), ("b", "x"), ("a", "w")] {
+            w.index.apply(ns, pod, mk_pod(Level::Baseline, 0));
+        }
+        let (first, _) = w.run(true);
+        // The status now stored, a later pass (at another time) must produce an equal status.
+        w.profiles[0].status = Some(first[0].clone());
+        let views_later = w.run(true).0;
+        let mut later = views_later[0].clone();
+        assert_eq!(later, first[0]);
+        let ns: Vec<_> = later
+            .enforce
+            .take()
+            .expect("enforce")
+            .namespaces
+            .into_iter()
+            .map(|n| (n.namespace, n.violating_pods))
+            .collect();
+        assert_eq!(ns, [("a".to_owned(), 2), ("b".to_owned(), 2)]);
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_until_they_change() {
+        let p = mk_profile("apps", LevelName::Baseline);
+        let mut w = World::new(vec![p], &["app"]);
+        let (s, _) = w.run(false);
+        assert_eq!(cond(&s[0], "Ready").reason, "Progressing");
+        w.profiles[0].status = Some(s[0].clone());
+        let (s2, _) = w.run(true);
+        assert_eq!(cond(&s2[0], "Ready").status, "True");
+        assert_eq!(
+            cond(&s2[0], "Degraded").last_transition_time,
+            cond(&s[0], "Degraded").last_transition_time
+        );
+    }
+
+    #[test]
+    fn samples_put_privileged_containers_first_and_are_capped() {
+        let mut w = World::new(vec![mk_profile("apps", LevelName::Restricted)], &["app"]);
+        for i in 0..50 {
+            w.index
+                .apply("app", &format!("pod-{i:02}"), mk_pod(Level::Baseline, 0));
+        }
+        w.index
+            .apply("app", "zz-priv", mk_pod(Level::Privileged, 2));
+        let (s, _) = w.run(true);
+        let enforce = s[0].enforce.as_ref().expect("enforce");
+        assert_eq!(enforce.violating_pods, 51);
+        assert_eq!(enforce.samples.len(), MAX_SAMPLES);
+        assert_eq!(enforce.samples[0].pod, "zz-priv");
+        assert_eq!(enforce.samples[1].pod, "pod-00");
+    }
+
+    #[test]
+    fn status_stays_under_64_kib_at_any_cluster_size() {
+        let names: Vec<String> = (0..300)
+            .map(|i| format!("{}-{i:03}", "n".repeat(58)))
+            .collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut w = World::new(vec![mk_profile("apps", LevelName::Restricted)], &refs);
+        for ns in &names {
+            for i in 0..5 {
+                let pod = format!("{}-{i}", "p".repeat(250));
+                w.index.apply(ns, &pod, mk_pod(Level::Privileged, 1));
+            }
+        }
+        let (s, _) = w.run(true);
+        let bytes = serde_json::to_vec(&s[0]).expect("json").len();
+        assert!(bytes <= MAX_STATUS_BYTES, "{bytes} bytes");
+        let enforce = s[0].enforce.as_ref().expect("enforce");
+        assert_eq!(enforce.violating_pods, 1500, "counts are never trimmed");
+        assert_eq!(
+            enforce.namespaces.len() + enforce.omitted_namespaces as usize,
+            300
+        );
+        assert!(enforce.namespaces.len() <= MAX_NAMESPACES);
+    }
+
+    #[test]
+    fn conflicts_are_reported_on_both_profiles() {
+        let a = mk_profile("a", LevelName::Baseline);
+        let b = mk_profile("b", LevelName::Restricted);
+        let mut w = World::new(vec![a, b], &["x", "y"]);
+        let (s, m) = w.run(true);
+        for (status, other) in [(&s[0], "b"), (&s[1], "a")] {
+            let c = cond(status, "Conflicted");
+            assert_eq!(c.status, "True");
+            assert!(
+                c.message.contains(other) && c.message.contains("x, y"),
+                "{}",
+                c.message
+            );
+            assert_eq!(status.conflicted_namespaces, 2);
+        }
+        assert_eq!(m.conflicted, ["x", "y"]);
+        assert!(m.namespace_level.contains(&[
+            "x".into(),
+            "a".into(),
+            "enforce".into(),
+            "restricted".into(),
+            "latest".into()
+        ]));
+    }
+
+    #[test]
+    fn invalid_profiles_are_degraded_and_do_not_stop_others() {
+        let mut bad = mk_profile("bad", LevelName::Baseline);
+        bad.spec.enforce = Some(LevelSpec {
+            level: None,
+            version: Some("v1.3".into()),
+        });
+        let good = mk_profile("good", LevelName::Baseline);
+        let mut w = World::new(vec![bad, good], &["x"]);
+        let (s, _) = w.run(true);
+        assert_eq!(cond(&s[0], "Degraded").status, "True");
+        assert_eq!(cond(&s[0], "Ready").reason, "InvalidSpec");
+        assert_eq!(cond(&s[1], "Ready").status, "True");
+        assert_eq!(s[1].enforced_namespaces, 1);
+    }
+
+    #[test]
+    fn pending_rollouts_list_their_blocking_pods() {
+        let mut p = mk_profile("apps", LevelName::Baseline);
+        p.spec.rollout = crate::operator::crd::Rollout::WhenCompliant;
+        let mut w = World::new(vec![p], &["app"]);
+        w.index.apply("app", "nginx", mk_pod(Level::Privileged, 1));
+        let (s, m) = w.run(true);
+        assert_eq!(s[0].pending_namespaces, 1);
+        assert_eq!(s[0].enforced_namespaces, 0);
+        assert_eq!(
+            s[0].pending,
+            [PendingNamespace {
+                namespace: "app".into(),
+                target: "baseline:latest".into(),
+                blocking_pods: 1,
+                pods: vec!["nginx".into()],
+            }]
+        );
+        assert_eq!(cond(&s[0], "Ready").reason, "RolloutPending");
+        assert_eq!(m.rollout_pending, [(["app".into(), "apps".into()], 1)]);
+        // The Pod goes: enforce is raised, nothing pending.
+        w.index.delete("app", "nginx");
+        let (s, m) = w.run(true);
+        assert_eq!(s[0].pending_namespaces, 0);
+        assert_eq!(s[0].enforced_namespaces, 1);
+        assert!(m.rollout_pending.is_empty());
+    }
+
+    #[test]
+    fn unprotected_namespaces_and_unmanaged_violations_in_metrics() {
+        let mut w = World::new(vec![], &["open"]);
+        w.index.apply("open", "p", mk_pod(Level::Privileged, 3));
+        let (_, m) = w.run(true);
+        assert_eq!(m.unprotected, ["open"]);
+        assert_eq!(m.privileged_containers, [("open".into(), 3)]);
+        assert!(
+            m.violating_pods.is_empty(),
+            "privileged policy: nothing violates"
+        );
+        assert!(m.namespace_level.is_empty());
+    }
+}
