@@ -18,7 +18,11 @@ log() { printf '[build-binaries] %s\n' "$*" >&2; }
 
 # 1 + 2: caller-provided binaries (envtest conventions).
 if [[ -n "${TEST_ASSET_KUBE_APISERVER:-}" || -n "${KUBEBUILDER_ASSETS:-}" ]]; then
-  dir=$(mktemp -d "${TMPDIR:-/tmp}/pss-assets.XXXXXX")
+  # A folder of symlinks keyed by the inputs, so repeated runs reuse it instead of piling up temp dirs.
+  key=$(printf '%s|' "${KUBEBUILDER_ASSETS:-}" "${TEST_ASSET_KUBE_APISERVER:-}" "${TEST_ASSET_ETCD:-}" \
+    "${TEST_ASSET_KUBECTL:-}" "${TEST_ASSET_KUBE_CONTROLLER_MANAGER:-}" | sha256sum | cut -c1-16)
+  dir="$CACHE_ROOT/provided-assets-$key"
+  mkdir -p "$dir"
   for pair in kube-apiserver:TEST_ASSET_KUBE_APISERVER etcd:TEST_ASSET_ETCD kubectl:TEST_ASSET_KUBECTL \
               kube-controller-manager:TEST_ASSET_KUBE_CONTROLLER_MANAGER; do
     name=${pair%%:*}; var=${pair#*:}

@@ -46,6 +46,7 @@ impl Pod {
     /// evaluates as the stored Pod would.
     pub fn apply_api_server_defaults(&mut self) {
         self.spec.apply_template_defaults();
+        self.copy_app_armor_annotations_to_fields();
         // Pods only (not templates): with host networking every container port is a host port.
         if self.spec.host_network {
             for container in self
@@ -59,6 +60,67 @@ impl Pod {
                         port.host_port = port.container_port;
                     }
                 }
+            }
+        }
+    }
+}
+
+impl Pod {
+    /// kube-apiserver's `applyAppArmorVersionSkew` (pod strategy `PrepareForCreate`, before
+    /// admission): a container with a deprecated `container.apparmor.security.beta.kubernetes.io/<name>`
+    /// annotation and no `appArmorProfile` of its own gets the field the annotation means, unless
+    /// that equals the pod-level profile. PodSecurity then reports the container as well as the
+    /// annotation ("container \"c\" and annotation must not set ...").
+    fn copy_app_armor_annotations_to_fields(&mut self) {
+        if self.spec.is_windows() {
+            return;
+        }
+        let pod_profile = self
+            .spec
+            .security_context
+            .as_ref()
+            .and_then(|sc| sc.app_armor_profile.clone());
+        let annotations = &self.metadata.annotations;
+        for container in self
+            .spec
+            .init_containers
+            .iter_mut()
+            .chain(&mut self.spec.containers)
+            .chain(&mut self.spec.ephemeral_containers)
+        {
+            let key = format!(
+                "container.apparmor.security.beta.kubernetes.io/{}",
+                container.name
+            );
+            let Some(annotation) = annotations.get(&key) else {
+                continue;
+            };
+            let has_own_profile = container
+                .security_context
+                .as_ref()
+                .is_some_and(|sc| sc.app_armor_profile.is_some());
+            if has_own_profile {
+                continue;
+            }
+            // Upstream `ApparmorFieldForAnnotation`, then `ValidateAppArmorProfileField` (an
+            // invalid result is not copied).
+            let field = match annotation.as_str() {
+                "unconfined" => Some(("Unconfined", None)),
+                "runtime/default" => Some(("RuntimeDefault", None)),
+                other => other
+                    .strip_prefix("localhost/")
+                    .filter(|p| !p.is_empty() && p.trim() == *p && p.len() <= 4095)
+                    .map(|p| ("Localhost", Some(p.to_string()))),
+            }
+            .map(|(type_, localhost_profile)| ProfileType {
+                type_: type_.to_string(),
+                localhost_profile,
+            });
+            if field.is_some() && field != pod_profile {
+                container
+                    .security_context
+                    .get_or_insert_with(Default::default)
+                    .app_armor_profile = field;
             }
         }
     }
@@ -241,11 +303,15 @@ pub struct SeLinuxOptions {
     pub role: String,
 }
 
-/// A `seccompProfile` or `appArmorProfile`: only its `type` matters here.
+/// A `seccompProfile` or `appArmorProfile`: checks read only its `type`; `localhostProfile` is
+/// kept for the API server's AppArmor annotation-to-field copy, which compares whole profiles.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ProfileType {
     #[serde(default, rename = "type", deserialize_with = "nullable")]
     pub type_: String,
+    #[serde(default)]
+    pub localhost_profile: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -450,6 +516,44 @@ mod tests {
         assert_eq!(pod.spec.volumes[0].sources, VolumeSources::EMPTY_DIR);
         assert_eq!(pod.spec.containers[0].ports[0].host_port, 80);
         assert_eq!(pod.spec.containers[0].ports[1].host_port, 9);
+    }
+
+    #[test]
+    fn app_armor_annotations_become_container_fields_like_the_api_server() {
+        let mut pod: Pod = serde_json::from_str(
+            r#"{"metadata":{"annotations":{
+                  "container.apparmor.security.beta.kubernetes.io/a":"unconfined",
+                  "container.apparmor.security.beta.kubernetes.io/b":"localhost/p",
+                  "container.apparmor.security.beta.kubernetes.io/c":"unconfined",
+                  "container.apparmor.security.beta.kubernetes.io/d":"localhost/",
+                  "container.apparmor.security.beta.kubernetes.io/e":"unconfined"}},
+                "spec":{"securityContext":{"appArmorProfile":{"type":"Unconfined"}},
+                  "initContainers":[{"name":"a"}],
+                  "containers":[{"name":"b"},{"name":"c"},{"name":"d"},
+                    {"name":"e","securityContext":{"appArmorProfile":{"type":"RuntimeDefault"}}}]}}"#,
+        )
+        .expect("valid pod");
+        pod.apply_api_server_defaults();
+        fn profile(c: &Container) -> Option<(&str, Option<&str>)> {
+            c.security_context
+                .as_ref()
+                .and_then(|sc| sc.app_armor_profile.as_ref())
+                .map(|p| (p.type_.as_str(), p.localhost_profile.as_deref()))
+        }
+        // Equal to the pod-level profile: not copied.
+        assert_eq!(profile(&pod.spec.init_containers[0]), None);
+        assert_eq!(
+            profile(&pod.spec.containers[0]),
+            Some(("Localhost", Some("p")))
+        );
+        assert_eq!(profile(&pod.spec.containers[1]), None);
+        // Invalid (empty localhost profile): not copied.
+        assert_eq!(profile(&pod.spec.containers[2]), None);
+        // A container's own field wins.
+        assert_eq!(
+            profile(&pod.spec.containers[3]),
+            Some(("RuntimeDefault", None))
+        );
     }
 
     #[test]

@@ -1,0 +1,29 @@
+# Local control plane and end-to-end tests. Included by the top-level Makefile
+# (`include e2e/cluster.mk`); every target also works from any directory via `make -f`.
+# See e2e/README.md.
+
+E2E_DIR := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
+E2E_SCRIPTS := $(E2E_DIR)/scripts
+E2E_CLUSTER_DIR := $(abspath $(or $(PSS_CLUSTER_DIR),$(E2E_DIR)/.cluster))
+CARGO ?= cargo
+
+.PHONY: e2e-binaries cluster-up cluster-down e2e-test e2e-test-dev demo-cluster
+
+e2e-binaries: ## Build (once, cached by version) or locate etcd, kube-apiserver, kube-controller-manager, kubectl
+	@$(E2E_SCRIPTS)/build-binaries.sh >/dev/null
+
+cluster-up: ## Start the local control plane; kubeconfig in e2e/.cluster/kubeconfig
+	@$(E2E_SCRIPTS)/cluster-up.sh
+
+cluster-down: ## Stop the local control plane and delete its data
+	@$(E2E_SCRIPTS)/cluster-down.sh
+
+e2e-test: e2e-binaries ## End-to-end tests against a private control plane started (and stopped) by the test run
+	$(CARGO) test --test e2e -- --show-output
+
+e2e-test-dev: cluster-up ## End-to-end tests against the `make cluster-up` control plane (kept running)
+	PSS_E2E_USE_KUBECONFIG=1 KUBECONFIG=$(E2E_CLUSTER_DIR)/kubeconfig \
+	  PSS_E2E_KUBECTL=$(E2E_CLUSTER_DIR)/bin/kubectl $(CARGO) test --test e2e -- --show-output
+
+demo-cluster: ## Replay the seed article on the local control plane (started when KUBECONFIG is unset)
+	@$(E2E_SCRIPTS)/demo.sh
