@@ -18,12 +18,12 @@ use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
-use kube::core::{Selector, SelectorExt};
+use kube::core::{DeserializeGuard, Selector, SelectorExt};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
@@ -35,7 +35,7 @@ use super::error::{Error, Result};
 use super::index::PodIndex;
 use super::metrics::Metrics;
 use super::pods::{SlimPod, WatchedPod};
-use super::status::{Observed, metric_values, profile_status};
+use super::status::{Observed, metric_values, profile_status, unreadable_status};
 
 /// The one field manager for labels and status.
 pub const MANAGER: &str = "pss-operator";
@@ -66,6 +66,12 @@ struct State {
     /// What was last announced by Event, to announce changes only.
     announced_pending: HashMap<String, Vec<String>>,
     announced_conflicts: HashMap<String, Vec<String>>,
+    /// The resourceVersion our last label write returned, per namespace, until the namespace
+    /// store has caught up with it: until then the store is older than our write, and its labels
+    /// must not be mistaken for drift.
+    applied_rv: HashMap<String, u64>,
+    /// (generation, error) last written to unreadable profiles, to write each once.
+    unreadable_written: HashMap<String, (Option<i64>, String)>,
 }
 
 pub struct Context {
@@ -73,7 +79,9 @@ pub struct Context {
     reporter: Reporter,
     metrics: Arc<Metrics>,
     config: Config,
-    profiles: Store<PodSecurityProfile>,
+    /// Guarded: a profile that no longer deserializes (stored before a schema change) is kept
+    /// as an error and reported Degraded instead of breaking the watch.
+    profiles: Store<DeserializeGuard<PodSecurityProfile>>,
     namespaces: Store<PartialObjectMeta<Namespace>>,
     state: Mutex<State>,
     wake: tokio::sync::Notify,
@@ -123,10 +131,13 @@ pub async fn run(
         ready,
     });
 
-    let profile_events = watcher(profiles_api, watcher::Config::default())
-        .default_backoff()
-        .modify(|p: &mut PodSecurityProfile| p.managed_fields_mut().clear())
-        .reflect(profiles_writer);
+    let profile_events = watcher(
+        Api::<DeserializeGuard<PodSecurityProfile>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|p: &mut DeserializeGuard<PodSecurityProfile>| p.managed_fields_mut().clear())
+    .reflect(profiles_writer);
     let namespace_events = watcher(
         Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
         watcher::Config::default(),
@@ -138,7 +149,7 @@ pub async fn run(
     })
     .reflect(namespaces_writer);
     let pod_events = watcher(
-        Api::<WatchedPod>::all(client.clone()),
+        Api::<DeserializeGuard<WatchedPod>>::all(client.clone()),
         watcher::Config::default(),
     )
     .default_backoff();
@@ -184,14 +195,19 @@ fn note_sync<K>(
 
 async fn feed_pods(
     ctx: Arc<Context>,
-    events: impl futures::Stream<Item = Result<watcher::Event<WatchedPod>, watcher::Error>>,
+    events: impl futures::Stream<
+        Item = Result<watcher::Event<DeserializeGuard<WatchedPod>>, watcher::Error>,
+    >,
 ) {
     let mut initial: Vec<(String, String, SlimPod)> = Vec::new();
     let mut events = std::pin::pin!(events);
     while let Some(ev) = events.next().await {
         match ev {
             Ok(watcher::Event::Init) => initial.clear(),
-            Ok(watcher::Event::InitApply(pod)) => {
+            Ok(watcher::Event::InitApply(guard)) => {
+                let Some(pod) = readable(guard) else {
+                    continue;
+                };
                 if pod.is_running()
                     && let Some(slim) = pod.into_slim()
                 {
@@ -205,7 +221,14 @@ async fn feed_pods(
                 drop(state);
                 ctx.wake.notify_one();
             }
-            Ok(watcher::Event::Apply(pod)) => {
+            Ok(watcher::Event::Apply(guard)) => {
+                let (ns, name) = (guard.namespace(), guard.meta().name.clone());
+                let Some(pod) = readable(guard) else {
+                    if let (Some(ns), Some(name)) = (ns, name) {
+                        ctx.state().index.delete(&ns, &name);
+                    }
+                    continue;
+                };
                 let running = pod.is_running();
                 if let Some((ns, name, slim)) = pod.into_slim() {
                     let mut state = ctx.state();
@@ -218,12 +241,28 @@ async fn feed_pods(
                 ctx.wake.notify_one();
             }
             Ok(watcher::Event::Delete(pod)) => {
-                if let (Some(ns), Some(name)) = (pod.metadata.namespace, pod.metadata.name) {
+                if let (Some(ns), Some(name)) = (pod.namespace(), pod.meta().name.clone()) {
                     ctx.state().index.delete(&ns, &name);
                 }
                 ctx.wake.notify_one();
             }
             Err(e) => warn!(error = %e, "watching pods"),
+        }
+    }
+}
+
+/// The Pod, or `None` (logged) when it does not deserialize into the slim model.
+fn readable(guard: DeserializeGuard<WatchedPod>) -> Option<WatchedPod> {
+    match guard.0 {
+        Ok(pod) => Some(pod),
+        Err(invalid) => {
+            warn!(
+                namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+                pod = invalid.metadata.name.as_deref().unwrap_or_default(),
+                error = %invalid.error,
+                "pod skipped: cannot read its spec"
+            );
+            None
         }
     }
 }
@@ -286,7 +325,14 @@ fn namespace_ref(ns: &str, uid: Option<&String>) -> ObjectReference {
 /// One level-based pass. Returns how many writes failed.
 async fn pass(ctx: &Arc<Context>) -> usize {
     let mut failures = 0;
-    let mut profiles: Vec<Arc<PodSecurityProfile>> = ctx.profiles.state();
+    let mut profiles: Vec<Arc<PodSecurityProfile>> = Vec::new();
+    let mut unreadable = Vec::new();
+    for guarded in ctx.profiles.state() {
+        match &guarded.0 {
+            Ok(p) => profiles.push(Arc::new(p.clone())),
+            Err(invalid) => unreadable.push(invalid.clone()),
+        }
+    }
     profiles.sort_by_key(|p| p.name_any());
     let mut ns_objects = ctx.namespaces.state();
     ns_objects.sort_by_key(|n| n.name_any());
@@ -296,6 +342,10 @@ async fn pass(ctx: &Arc<Context>) -> usize {
             name: n.name_any(),
             labels: n.labels().clone(),
         })
+        .collect();
+    let observed_rv: HashMap<String, u64> = ns_objects
+        .iter()
+        .filter_map(|n| Some((n.name_any(), resource_version(n.resource_version())?)))
         .collect();
     let uids: HashMap<String, String> = ns_objects
         .iter()
@@ -342,34 +392,47 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         state.index.retain_policies(|ns| plans.contains_key(ns));
         state.last_applied.retain(|ns, _| plans.contains_key(ns));
         state.apply_errors.retain(|ns, _| plans.contains_key(ns));
+        // Forget our write once the store shows it (or something newer).
+        state
+            .applied_rv
+            .retain(|ns, ours| observed_rv.get(ns).is_some_and(|seen| seen < ours));
+        let stale: HashSet<String> = state.applied_rv.keys().cloned().collect();
         let writes = label_writes(
             &mut state,
             &plans,
             &observed,
             &profiles,
             &ctx.config.exclusions,
+            &stale,
         );
         (plans, writes)
     };
 
     announce(ctx, &plans, &uids).await;
 
-    let results: Vec<(Write, std::result::Result<(), Error>)> = futures::stream::iter(writes)
-        .map(|w| async move {
-            let r = write_labels(&ctx.client, &w).await;
-            (w, r)
-        })
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
-        .collect()
-        .await;
+    let results: Vec<(Write, std::result::Result<Option<u64>, Error>)> =
+        futures::stream::iter(writes)
+            .map(|w| async move {
+                let r = write_labels(&ctx.client, &w).await;
+                (w, r)
+            })
+            .buffer_unordered(MAX_CONCURRENT_WRITES)
+            .collect()
+            .await;
     let mut released_failed: HashSet<String> = HashSet::new();
     for (w, r) in results {
         let ns = match &w {
             Write::Apply { ns, .. } | Write::Release { ns } => ns.clone(),
         };
         match r {
-            Ok(()) => {
-                ctx.state().apply_errors.remove(&ns);
+            Ok(rv) => {
+                {
+                    let mut state = ctx.state();
+                    state.apply_errors.remove(&ns);
+                    if let Some(rv) = rv {
+                        state.applied_rv.insert(ns.clone(), rv);
+                    }
+                }
                 after_write(ctx, w, uids.get(&ns)).await;
             }
             Err(e) => {
@@ -408,6 +471,26 @@ async fn pass(ctx: &Arc<Context>) -> usize {
             .collect();
         (statuses, metric_values(&obs))
     };
+    let mut unreadable_statuses = Vec::new();
+    {
+        let mut state = ctx.state();
+        let names: HashSet<String> = unreadable
+            .iter()
+            .filter_map(|u| u.metadata.name.clone())
+            .collect();
+        state.unreadable_written.retain(|n, _| names.contains(n));
+        for invalid in &unreadable {
+            let Some(name) = invalid.metadata.name.clone() else {
+                continue;
+            };
+            let key = (invalid.metadata.generation, invalid.error.clone());
+            if state.unreadable_written.get(&name) != Some(&key) {
+                warn!(profile = %name, error = %invalid.error, "profile cannot be read: marked Degraded, skipped");
+                let status = unreadable_status(invalid.metadata.generation, &invalid.error, &now);
+                unreadable_statuses.push((name, key, status));
+            }
+        }
+    }
     let profile_names: HashSet<String> = profiles.iter().map(|p| p.name_any()).collect();
     ctx.metrics.publish(&values, |ns, profile| {
         plans.contains_key(ns) && profile_names.contains(profile)
@@ -419,24 +502,42 @@ async fn pass(ctx: &Arc<Context>) -> usize {
             "kind": "PodSecurityProfile",
             "status": status,
         });
-        match api
-            .patch_status(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
-            Ok(_) => debug!(profile = %name, "status written"),
-            Err(e) => {
-                let e = Error::Kube(e);
-                failures += 1;
-                warn!(profile = %name, error = %e, "writing status");
-                ctx.metrics.error("podsecurityprofile", &e);
-            }
+        let params = PatchParams::apply(MANAGER).force();
+        let result = api
+            .patch_status(&name, &params, &Patch::Apply(&patch))
+            .await;
+        failures += status_written(ctx, &name, result);
+    }
+    // Server-side apply needs the stored object to match the schema, which an unreadable one
+    // does not: a merge patch of the status still works.
+    for (name, key, status) in unreadable_statuses {
+        let patch = json!({ "status": status });
+        let result = Api::<DeserializeGuard<PodSecurityProfile>>::all(ctx.client.clone())
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+        if status_written(ctx, &name, result) == 0 {
+            ctx.state().unreadable_written.insert(name, key);
+        } else {
+            failures += 1;
         }
     }
     failures
+}
+
+/// Logs and counts a status write; returns 1 if it failed.
+fn status_written<T>(ctx: &Context, name: &str, result: kube::Result<T>) -> usize {
+    match result {
+        Ok(_) => {
+            debug!(profile = %name, "status written");
+            0
+        }
+        Err(e) => {
+            let e = Error::Kube(e);
+            warn!(profile = %name, error = %e, "writing status");
+            ctx.metrics.error("podsecurityprofile", &e);
+            1
+        }
+    }
 }
 
 /// Decides the label writes of this pass from the plans and what is observed.
@@ -446,10 +547,14 @@ fn label_writes(
     observed: &BTreeMap<String, Labels>,
     profiles: &[Arc<PodSecurityProfile>],
     exclusions: &Exclusions,
+    stale: &HashSet<String>,
 ) -> Vec<Write> {
     let mut writes = Vec::new();
     let empty = Labels::new();
-    for plan in plans.values().filter(|p| p.write) {
+    for plan in plans
+        .values()
+        .filter(|p| p.write && !stale.contains(&p.name))
+    {
         let found = observed.get(&plan.name).unwrap_or(&empty);
         let changes = label_changes(found, &plan.desired);
         let last = state.last_applied.get(&plan.name);
@@ -482,6 +587,7 @@ fn label_writes(
         for plan in plans.values() {
             let labels = observed.get(&plan.name).unwrap_or(&empty);
             if plan.governed_by.is_empty()
+                && !stale.contains(&plan.name)
                 && !exclusions.contains(&plan.name)
                 && selector.matches(labels)
                 && !writes
@@ -497,7 +603,8 @@ fn label_writes(
     writes
 }
 
-async fn write_labels(client: &Client, w: &Write) -> Result<()> {
+/// Returns the namespace's new resourceVersion.
+async fn write_labels(client: &Client, w: &Write) -> Result<Option<u64>> {
     let (ns, labels) = match w {
         Write::Apply { ns, desired, .. } => (ns, desired.clone()),
         // Applying no labels under our manager removes the ones only we own.
@@ -508,14 +615,20 @@ async fn write_labels(client: &Client, w: &Write) -> Result<()> {
         "kind": "Namespace",
         "metadata": { "name": ns, "labels": labels },
     });
-    Api::<Namespace>::all(client.clone())
+    let written = Api::<Namespace>::all(client.clone())
         .patch(
             ns,
             &PatchParams::apply(MANAGER).force(),
             &Patch::Apply(&patch),
         )
         .await?;
-    Ok(())
+    Ok(resource_version(written.resource_version()))
+}
+
+/// Resource versions are opaque to clients in general, but kube-apiserver's are etcd revisions:
+/// numbers that only grow. Anything else is treated as unknown (never stale).
+fn resource_version(rv: Option<String>) -> Option<u64> {
+    rv?.parse().ok()
 }
 
 async fn after_write(ctx: &Context, w: Write, uid: Option<&String>) {
@@ -800,23 +913,51 @@ mod tests {
             .map(|(n, l)| (n.to_string(), l.clone()))
             .collect();
         let excl = Exclusions::new(Exclusions::DEFAULT);
-        let writes = label_writes(&mut state, &plans, &observed, &profiles, &excl);
+        let writes = label_writes(
+            &mut state,
+            &plans,
+            &observed,
+            &profiles,
+            &excl,
+            &HashSet::new(),
+        );
         assert_eq!(applies(&writes), [("app", false)]);
         // The apply succeeded: remembered.
         state
             .last_applied
             .insert("app".into(), plans["app"].desired.clone());
 
+        // The namespace store has not caught up with our write yet: its old labels are not drift.
+        let stale: HashSet<String> = ["app".to_owned()].into();
+        assert!(label_writes(&mut state, &plans, &observed, &profiles, &excl, &stale).is_empty());
+
         // Converged: nothing to write.
         let converged: BTreeMap<String, Labels> =
             [("app".to_owned(), plans["app"].desired.clone())].into();
-        assert!(label_writes(&mut state, &plans, &converged, &profiles, &excl).is_empty());
+        assert!(
+            label_writes(
+                &mut state,
+                &plans,
+                &converged,
+                &profiles,
+                &excl,
+                &HashSet::new()
+            )
+            .is_empty()
+        );
 
         // Someone removes the enforce label: drift.
         let mut edited = plans["app"].desired.clone();
         edited.remove(psa::ENFORCE);
         let drifted: BTreeMap<String, Labels> = [("app".to_owned(), edited)].into();
-        let writes = label_writes(&mut state, &plans, &drifted, &profiles, &excl);
+        let writes = label_writes(
+            &mut state,
+            &plans,
+            &drifted,
+            &profiles,
+            &excl,
+            &HashSet::new(),
+        );
         assert_eq!(applies(&writes), [("app", true)]);
         let Write::Apply { changes, .. } = &writes[0] else {
             unreachable!("an apply")
@@ -824,6 +965,13 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].label, psa::ENFORCE);
         assert_eq!(changes[0].found, None);
+    }
+
+    #[test]
+    fn resource_versions_compare_as_numbers_or_not_at_all() {
+        assert_eq!(resource_version(Some("1234".into())), Some(1234));
+        assert_eq!(resource_version(Some("opaque-v1".into())), None);
+        assert_eq!(resource_version(None), None);
     }
 
     #[test]
@@ -843,6 +991,7 @@ mod tests {
             &observed,
             &profiles,
             &Exclusions::new(Exclusions::DEFAULT),
+            &HashSet::new(),
         );
         let released: Vec<&str> = writes
             .iter()
@@ -863,6 +1012,7 @@ mod tests {
             &observed,
             &with_other,
             &Exclusions::new(Exclusions::DEFAULT),
+            &HashSet::new(),
         );
         assert_eq!(applies(&writes), [("app", false)]);
         assert!(!writes.iter().any(|w| matches!(w, Write::Release { .. })));

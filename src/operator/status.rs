@@ -250,6 +250,38 @@ pub fn profile_status<P: Evaluate>(
     status
 }
 
+/// The status of a profile whose stored spec no longer deserializes (e.g. stored before a schema
+/// change): Degraded, nothing else claimed.
+pub fn unreadable_status(
+    generation: Option<i64>,
+    error: &str,
+    now: &Time,
+) -> PodSecurityProfileStatus {
+    let condition = |type_: &str, status: &str, message: String| Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: "Unreadable".to_owned(),
+        message: truncate(&message, MAX_MESSAGE_BYTES),
+        observed_generation: generation,
+        last_transition_time: now.clone(),
+    };
+    PodSecurityProfileStatus {
+        observed_generation: generation,
+        conditions: vec![
+            condition("Ready", "False", "the spec cannot be read".into()),
+            condition("Conflicted", "False", "not evaluated".into()),
+            condition(
+                "Degraded",
+                "True",
+                format!(
+                    "the spec cannot be read ({error}); re-apply it with the current schema, other profiles are unaffected"
+                ),
+            ),
+        ],
+        ..Default::default()
+    }
+}
+
 fn mode_status<P: Evaluate>(
     view: &ProfileView,
     mode: Mode,
