@@ -19,10 +19,11 @@ generate-observability: ## Regenerate config/prometheus/prometheusrule.yaml and 
 
 test-observability: test-observability-rules test-observability-dashboard test-observability-e2e ## Alerts and dashboard: promtool, Grafana schema, end to end with a real Prometheus
 
-test-observability-rules: ## promtool check/test rules; PrometheusRule and ConfigMap in sync with their sources
+test-observability-rules: ## promtool check/test rules; generated files in sync; unit tests of the checkers
 	$(PROMTOOL) check rules $(OBS_CONFIG)/prometheus/pss-operator.rules.yaml
 	$(PROMTOOL) test rules $(OBS_CONFIG)/prometheus/tests/pss-operator.rules.test.yaml
 	$(PYTHON) $(OBS_TOOLS)/obs.py check-generated
+	$(PYTHON) -m unittest discover -s $(OBS_TOOLS) -p 'test_*.py'
 
 $(OBS_SCHEMA)/node_modules/.package-lock.json: $(OBS_SCHEMA)/package.json $(OBS_SCHEMA)/package-lock.json
 	cd $(OBS_SCHEMA) && $(NPM) ci --no-audit --no-fund --loglevel=error
