@@ -298,8 +298,53 @@ type AsJson<T> = T extends string
         ? {{ [K in keyof T]: AsJson<T[K]> }}
         : T;
 
+// Panel plugin types list their defaulted fields as required; a stored dashboard may omit them
+// (Grafana fills defaults), but every field it does set must exist and have a valid value.
+type Stored<T> = T extends string
+  ? `${{T}}`
+  : T extends number | boolean | null | undefined
+    ? T
+    : T extends Array<infer U>
+      ? Array<Stored<U>>
+      : T extends object
+        ? {{ [K in keyof T]?: Stored<T[K]> }}
+        : T;
+
 export const dashboard = {dashboard} satisfies AsJson<Dashboard>;
 """
+
+# Each panel's options and custom field config against its panel plugin's published types.
+# (module, whether it declares a FieldConfig for fieldConfig.defaults.custom)
+PANEL_TYPES = {
+    "timeseries": ("TimeSeriesPanelCfg_types.gen", True),
+    "stat": ("StatPanelCfg_types.gen", False),
+    "table": ("TablePanelCfg_types.gen", True),
+}
+
+
+def panel_type_checks(d):
+    lines = []
+    for kind, (module, has_field_config) in PANEL_TYPES.items():
+        alias = kind.capitalize()
+        names = f"Options as {alias}Options" + (f", FieldConfig as {alias}FieldConfig" if has_field_config else "")
+        lines.append(f"import type {{ {names} }} "
+                     f"from '@grafana/schema/dist/esm/raw/composable/{kind}/panelcfg/x/{module}';")
+    lines.append("")
+    for p in all_panels(d):
+        alias = p.get("type", "").capitalize()
+        if p.get("type") not in PANEL_TYPES:
+            if p.get("type") != "row":
+                raise Failure(f"panel {p.get('id')}: no published type known for panel type {p.get('type')!r}")
+            continue
+        lines.append(f"export const panel{p['id']}Options = {json.dumps(p.get('options', {}))} "
+                     f"satisfies Stored<{alias}Options>;")
+        custom = p.get("fieldConfig", {}).get("defaults", {}).get("custom")
+        if custom is not None:
+            if not PANEL_TYPES[p["type"]][1]:
+                raise Failure(f"panel {p['id']}: {p['type']} panels have no custom field config")
+            lines.append(f"export const panel{p['id']}Custom = {json.dumps(custom)} "
+                         f"satisfies Stored<{alias}FieldConfig>;")
+    return "\n".join(lines) + "\n"
 
 
 def cmd_check_dashboard(args):
@@ -319,7 +364,7 @@ def cmd_check_dashboard(args):
     # The dashboard as a TypeScript object literal checked against Grafana's published Dashboard type
     # (@grafana/schema) by `tsc`: `satisfies` applies literal and excess-property checks to every field.
     if args.ts:
-        Path(args.ts).write_text(TS_TEMPLATE.format(dashboard=json.dumps(d, indent=2)))
+        Path(args.ts).write_text(TS_TEMPLATE.format(dashboard=json.dumps(d, indent=2)) + panel_type_checks(d))
     n_panels = sum(1 for p in all_panels(d) if p.get("type") != "row")
     print(f"dashboard structure OK: schemaVersion {d['schemaVersion']}, {n_panels} panels + "
           f"{sum(1 for p in all_panels(d) if p.get('type') == 'row')} rows, unique ids, datasource variable; "
