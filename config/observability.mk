@@ -1,8 +1,9 @@
 # Alerts and dashboard (config/prometheus, config/grafana): generators and tests. Included by the
 # top-level Makefile (`-include config/observability.mk`); see config/observability/obs.py.
 #
-# Needs: promtool and prometheus (Debian package `prometheus`), python3 with PyYAML, npm (for the
-# Grafana schema check), the local control plane binaries (e2e/scripts/build-binaries.sh).
+# Needs: promtool and prometheus (Debian package `prometheus`), python3 with PyYAML, npm (Grafana
+# schema check), Go (Prometheus Operator API types, from the Go module proxy), the local control
+# plane binaries (e2e/scripts/build-binaries.sh).
 
 OBS_CONFIG := $(patsubst %/,%,$(dir $(lastword $(MAKEFILE_LIST))))
 OBS_TOOLS := $(OBS_CONFIG)/observability
@@ -11,6 +12,7 @@ PROMTOOL ?= promtool
 PYTHON ?= python3
 NPM ?= npm
 CARGO ?= cargo
+GO ?= go
 
 .PHONY: generate-observability test-observability test-observability-rules test-observability-dashboard test-observability-e2e
 
@@ -19,10 +21,12 @@ generate-observability: ## Regenerate config/prometheus/prometheusrule.yaml and 
 
 test-observability: test-observability-rules test-observability-dashboard test-observability-e2e ## Alerts and dashboard: promtool, Grafana schema, end to end with a real Prometheus
 
-test-observability-rules: ## promtool check/test rules; generated files in sync; unit tests of the checkers
+test-observability-rules: ## promtool check/test rules; generated files in sync; ServiceMonitor wiring and strict decode; checker unit tests
 	$(PROMTOOL) check rules $(OBS_CONFIG)/prometheus/pss-operator.rules.yaml
 	$(PROMTOOL) test rules $(OBS_CONFIG)/prometheus/tests/pss-operator.rules.test.yaml
 	$(PYTHON) $(OBS_TOOLS)/obs.py check-generated
+	$(PYTHON) $(OBS_TOOLS)/obs.py check-wiring
+	cd $(OBS_TOOLS)/crdcheck && $(GO) run . $(abspath $(OBS_CONFIG)/prometheus/servicemonitor.yaml) $(abspath $(OBS_CONFIG)/prometheus/prometheusrule.yaml)
 	$(PYTHON) -m unittest discover -s $(OBS_TOOLS) -p 'test_*.py'
 
 $(OBS_SCHEMA)/node_modules/.package-lock.json: $(OBS_SCHEMA)/package.json $(OBS_SCHEMA)/package-lock.json

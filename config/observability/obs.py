@@ -17,6 +17,8 @@ Subcommands:
                             query as a recording rule, template variables substituted) for
                             `promtool check rules` to parse, and OUT_DIR/dashboard.ts for `tsc`
   queries                   JSON: every panel query and variable selector, variables substituted
+  check-wiring              the ServiceMonitor reaches the manager's metrics port through the
+                            Service of config/manager, under the job the alerts use
   check-names METRICS_FILE  every metric name used by the rules and the dashboard is exported in
                             METRICS_FILE (real /metrics output of the operator)
 
@@ -379,6 +381,78 @@ def cmd_queries(_args):
     }, indent=2))
 
 
+# ---- ServiceMonitor -> Service -> Deployment ------------------------------------------------------
+
+MANAGER = ROOT / "config/manager/manager.yaml"
+SERVICE = ROOT / "config/manager/service.yaml"
+SERVICE_MONITOR = ROOT / "config/prometheus/servicemonitor.yaml"
+JOB = "pss-operator"
+
+
+def wiring_errors(deployment, service, monitor, rules):
+    """Why the ServiceMonitor would not scrape the manager's metrics port under job pss-operator."""
+    errors = []
+    svc_labels = service["metadata"].get("labels", {})
+    svc_ns = service["metadata"].get("namespace")
+    sm = monitor["spec"]
+    for k, v in sm["selector"].get("matchLabels", {}).items():
+        if svc_labels.get(k) != v:
+            errors.append(f"ServiceMonitor selects {k}={v} but the Service has labels {svc_labels}")
+    names = sm.get("namespaceSelector", {}).get("matchNames")
+    if names is not None and svc_ns not in names:
+        errors.append(f"ServiceMonitor looks in namespaces {names}, the Service is in {svc_ns}")
+    job_label = sm.get("jobLabel")
+    job = svc_labels.get(job_label) if job_label else service["metadata"]["name"]
+    if job != JOB:
+        errors.append(f"the scrape job would be {job!r}; the alerts and dashboard expect job={JOB!r}")
+    if not all(e.get("honorLabels") for e in sm["endpoints"]):
+        errors.append("every endpoint needs honorLabels: true, else the operator's `namespace` label "
+                      "is renamed exported_namespace")
+    pod = deployment["spec"]["template"]
+    pod_labels = pod["metadata"].get("labels", {})
+    for k, v in service["spec"].get("selector", {}).items():
+        if pod_labels.get(k) != v:
+            errors.append(f"the Service selects {k}={v} but the manager's Pods have labels {pod_labels}")
+    svc_ports = {p.get("name"): p for p in service["spec"]["ports"]}
+    container_ports = {}
+    metrics_addr_ports = set()
+    for c in pod["spec"]["containers"]:
+        for cp in c.get("ports", []):
+            container_ports[cp.get("name")] = cp["containerPort"]
+        for arg in c.get("args", []):
+            if arg.startswith("--metrics-addr="):
+                metrics_addr_ports.add(int(arg.rsplit(":", 1)[1]))
+    for e in sm["endpoints"]:
+        port = svc_ports.get(e.get("port"))
+        if port is None:
+            errors.append(f"ServiceMonitor endpoint port {e.get('port')!r} is not a Service port name "
+                          f"({sorted(svc_ports)})")
+            continue
+        target = port.get("targetPort", port["port"])
+        number = container_ports.get(target) if isinstance(target, str) else target
+        if number is None:
+            errors.append(f"Service port {port.get('name')} targets {target!r}, not a container port "
+                          f"name of the manager ({sorted(container_ports)})")
+        elif metrics_addr_ports and number not in metrics_addr_ports:
+            errors.append(f"the scraped container port {number} is not the operator's --metrics-addr "
+                          f"port {sorted(metrics_addr_ports)}")
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            for m in re.finditer(r'job\s*=~?\s*"([^"]*)"', rule["expr"]):
+                if m.group(1) != JOB:
+                    errors.append(f"alert {rule.get('alert')} selects job={m.group(1)!r}, not {JOB!r}")
+    return errors
+
+
+def cmd_check_wiring(_args):
+    load = lambda p: yaml.safe_load(p.read_text())  # noqa: E731
+    errors = wiring_errors(load(MANAGER), load(SERVICE), load(SERVICE_MONITOR), load_rules())
+    if errors:
+        raise Failure("ServiceMonitor wiring:\n  " + "\n  ".join(errors))
+    print("ServiceMonitor -> Service pss-operator-metrics -> manager container port `metrics` "
+          f"(= --metrics-addr) wired; job={JOB!r} as the alerts expect; honorLabels keeps `namespace`")
+
+
 # ---- metric names --------------------------------------------------------------------------------
 
 def metric_names(expr):
@@ -459,6 +533,7 @@ def main():
     cd.add_argument("--ts", help="also write the dashboard as TypeScript checked against @grafana/schema")
     cd.set_defaults(func=cmd_check_dashboard)
     sub.add_parser("queries").set_defaults(func=cmd_queries)
+    sub.add_parser("check-wiring").set_defaults(func=cmd_check_wiring)
     cn = sub.add_parser("check-names")
     cn.add_argument("metrics_file")
     cn.set_defaults(func=cmd_check_names)

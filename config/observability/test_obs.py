@@ -120,6 +120,51 @@ class CheckNames(unittest.TestCase):
                 obs.cmd_check_names(SimpleNamespace(metrics_file=str(path)))
 
 
+class Wiring(unittest.TestCase):
+    def setUp(self):
+        load = lambda p: yaml.safe_load(p.read_text())  # noqa: E731
+        self.parts = [load(obs.MANAGER), load(obs.SERVICE), load(obs.SERVICE_MONITOR), obs.load_rules()]
+
+    def errors(self, mutate):
+        parts = copy.deepcopy(self.parts)
+        mutate(*parts)
+        return "\n".join(obs.wiring_errors(*parts))
+
+    def test_the_committed_manifests_are_wired(self):
+        self.assertEqual(self.errors(lambda *_: None), "")
+
+    def test_wrong_port_name(self):
+        def m(_d, _s, sm, _r):
+            sm["spec"]["endpoints"][0]["port"] = "http-metrics"
+        self.assertIn("not a Service port name", self.errors(m))
+
+    def test_selector_not_matching_the_service(self):
+        def m(_d, _s, sm, _r):
+            sm["spec"]["selector"]["matchLabels"] = {"app": "pss-operator"}
+        self.assertIn("ServiceMonitor selects app=pss-operator", self.errors(m))
+
+    def test_job_name_differs_from_the_alerts(self):
+        def m(_d, _s, sm, _r):
+            del sm["spec"]["jobLabel"]
+        self.assertIn("'pss-operator-metrics'", self.errors(m))
+
+    def test_honor_labels_missing(self):
+        def m(_d, _s, sm, _r):
+            del sm["spec"]["endpoints"][0]["honorLabels"]
+        self.assertIn("honorLabels", self.errors(m))
+
+    def test_service_target_port_not_in_the_pod(self):
+        def m(_d, s, _sm, _r):
+            s["spec"]["ports"][0]["targetPort"] = "http"
+        self.assertIn("not a container port", self.errors(m))
+
+    def test_metrics_addr_moved(self):
+        def m(d, _s, _sm, _r):
+            args = d["spec"]["template"]["spec"]["containers"][0]["args"]
+            args[:] = ["--metrics-addr=0.0.0.0:9090" if a.startswith("--metrics-addr") else a for a in args]
+        self.assertIn("not the operator's --metrics-addr port", self.errors(m))
+
+
 class FastRules(unittest.TestCase):
     def test_only_for_changes(self):
         with tempfile.TemporaryDirectory() as tmp:
