@@ -26,7 +26,7 @@ test-observability-rules: ## promtool check/test rules; generated files in sync;
 	$(PROMTOOL) test rules $(OBS_CONFIG)/prometheus/tests/pss-operator.rules.test.yaml
 	$(PYTHON) $(OBS_TOOLS)/obs.py check-generated
 	$(PYTHON) $(OBS_TOOLS)/obs.py check-wiring
-	cd $(OBS_TOOLS)/crdcheck && $(GO) run . $(abspath $(OBS_CONFIG)/prometheus/servicemonitor.yaml) $(abspath $(OBS_CONFIG)/prometheus/prometheusrule.yaml)
+	cd $(OBS_TOOLS)/crdcheck && $(GO) run . $(abspath $(OBS_CONFIG)/prometheus/monitor.yaml) $(abspath $(OBS_CONFIG)/prometheus/prometheusrule.yaml)
 	$(PYTHON) -m unittest discover -s $(OBS_TOOLS) -p 'test_*.py'
 
 $(OBS_SCHEMA)/node_modules/.package-lock.json: $(OBS_SCHEMA)/package.json $(OBS_SCHEMA)/package-lock.json

@@ -385,7 +385,7 @@ def cmd_queries(_args):
 
 MANAGER = ROOT / "config/manager/manager.yaml"
 SERVICE = ROOT / "config/manager/service.yaml"
-SERVICE_MONITOR = ROOT / "config/prometheus/servicemonitor.yaml"
+SERVICE_MONITOR = ROOT / "config/prometheus/monitor.yaml"
 JOB = "pss-operator"
 
 

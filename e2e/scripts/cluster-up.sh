@@ -25,11 +25,16 @@ PKI="$CLUSTER_DIR/pki"
 
 kubectl_admin() { "$CLUSTER_DIR/bin/kubectl" --kubeconfig "$KUBECONFIG_FILE" --request-timeout=5s "$@"; }
 
+# All processes alive and /readyz OK (three tries, so a busy machine does not cost a restart).
 healthy() {
-  local name
+  local name try
   [[ -f "$KUBECONFIG_FILE" && -x "$CLUSTER_DIR/bin/kubectl" ]] || return 1
   for name in "${COMPONENTS[@]}"; do [[ -n "$(component_pid "$name")" ]] || return 1; done
-  kubectl_admin get --raw /readyz >/dev/null 2>&1
+  for try in 1 2 3; do
+    kubectl_admin get --raw /readyz >/dev/null 2>&1 && return 0
+    ((try == 3)) || sleep 1
+  done
+  return 1
 }
 
 # ---- already running? ----------------------------------------------------------------------------

@@ -62,6 +62,13 @@ ns_manifest
 note "enforce=baseline rejects Pods that break baseline; audit and warn report what breaks restricted."
 ns_manifest | run kubectl apply -f -
 kubectl label namespace "$NS" "$DEMO_LABEL_KEY=$DEMO_LABEL_VALUE" >/dev/null
+# Until kube-controller-manager creates ServiceAccount default, Pods are rejected for lacking it,
+# and a ReplicaSet would show that as its first (sticky) FailedCreate message.
+started=$(date +%s)
+until kubectl -n "$NS" get serviceaccount default >/dev/null 2>&1; do
+  (($(date +%s) - started < HANG_GUARD)) || die "ServiceAccount $NS/default was not created within ${HANG_GUARD}s"
+  sleep 0.2
+done
 
 say "2. A privileged nginx Deployment (examples/seed/deployment-privileged.yaml)"
 grep -n -B1 -A1 'privileged' "$SEED/deployment-privileged.yaml"

@@ -1,11 +1,16 @@
 //! Our evaluator against the real PodSecurity admission plugin, byte for byte.
 //!
-//! Every upstream conformance fixture (tests/fixtures/pss/{baseline,restricted}/v1.N/{pass,fail}) and
-//! a few hundred generated pods mixing every checked field are dry-run created (`?dryRun=All`: full
-//! admission, nothing stored) in namespaces labelled `enforce=<level>`, `enforce-version=<version>`.
-//! The API server's verdict and denial message must equal `pss::evaluate`'s. Pods the API server
-//! rejects as invalid (422: validation runs before validating admission) never reach PodSecurity;
-//! they are counted and reported, not compared.
+//! 1. Pods: every upstream conformance fixture (tests/fixtures/pss/{baseline,restricted}/v1.N/{pass,fail})
+//!    and a few hundred generated pods mixing every checked field are dry-run created
+//!    (`?dryRun=All`: full admission, nothing stored) in namespaces labelled `enforce=<level>`,
+//!    `enforce-version=<version>`. The API server's verdict and denial message must equal
+//!    `pss::evaluate`'s on the pod after `apply_api_server_defaults`.
+//! 2. Templates: the generated pods as Deployment templates, dry-run created in namespaces labelled
+//!    `warn=<level>`; the `would violate PodSecurity ...` warning must equal the evaluator's verdict
+//!    on the Deployment as the manifest reader (`pss-operator check`) reads it.
+//!
+//! Objects the API server rejects as invalid (422: validation runs before validating admission)
+//! never reach PodSecurity; they are counted and reported, not compared.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -19,13 +24,18 @@ use serde_json::{Value, json};
 
 use pss_operator::pss::{self, Level, LevelVersion, Version};
 
-use crate::harness::{TestEnv, create_namespace, repo_root, unique_name};
+use crate::harness::{
+    TestEnv, create_namespace, repo_root, unique_name, wait_for_default_service_account,
+};
+use crate::podgen;
 
 /// Where the main branch keeps the upstream fixtures (k8s.io/pod-security-admission v0.37.2
 /// test/testdata). `PSS_E2E_FIXTURES_DIR` points elsewhere, e.g. at the Go module cache.
 const FIXTURES_DIR: &str = "tests/fixtures/pss";
 const UPSTREAM_FIXTURE_COUNT: usize = 4537;
 const GENERATED_PODS: usize = 400;
+/// The seed the parity runs have always used, so their pods stay the same.
+const PODGEN_SEED: u64 = 0x5EED_0000_0000_0003;
 const IN_FLIGHT: usize = 16;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +59,8 @@ struct Case {
 enum Outcome {
     Compared {
         source: Source,
+        /// The API server denied (or, for templates, warned).
+        flagged: bool,
         mismatch: Option<String>,
     },
     /// 422 Invalid: rejected by validation before PodSecurity ran.
@@ -111,6 +123,32 @@ fn fixture_cases(root: &Path) -> Result<Vec<Case>> {
         .collect()
 }
 
+/// What is dry-run created, and which PodSecurity mode answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The Pod itself in an `enforce=<level>` namespace: the denial message.
+    PodEnforce,
+    /// A Deployment with the pod as its template in a `warn=<level>` namespace: the
+    /// `would violate PodSecurity ...` warning, checked against the evaluator's reading of the
+    /// Deployment manifest (template defaulting, as `pss-operator check` does).
+    DeploymentWarn,
+}
+
+impl Mode {
+    fn labels(self) -> (&'static str, &'static str) {
+        match self {
+            Mode::PodEnforce => (
+                "pod-security.kubernetes.io/enforce",
+                "pod-security.kubernetes.io/enforce-version",
+            ),
+            Mode::DeploymentWarn => (
+                "pod-security.kubernetes.io/warn",
+                "pod-security.kubernetes.io/warn-version",
+            ),
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Result<()> {
     let root = fixtures_dir();
@@ -121,28 +159,53 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
         "expected all {UPSTREAM_FIXTURE_COUNT} upstream fixtures under {}, found {fixture_count}",
         root.display()
     );
-    cases.extend(generated_cases(GENERATED_PODS));
+    let generated = generated_cases(GENERATED_PODS);
+    // The generated pods, one JSON per line, for reading what the generator covers.
+    let listing = Path::new(env!("CARGO_TARGET_TMPDIR")).join("generated-pods.jsonl");
+    let lines: Vec<String> = generated
+        .iter()
+        .filter(|c| c.level == Level::Baseline)
+        .map(|c| c.pod.to_string())
+        .collect();
+    std::fs::write(&listing, lines.join("\n") + "\n")
+        .with_context(|| format!("writing {}", listing.display()))?;
+    cases.extend(generated);
+    run_parity("parity", Mode::PodEnforce, cases).await
+}
 
-    // One namespace per level/version pair, created before the dry-runs.
-    let env = TestEnv::new("parity", &[]).await?;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluator_matches_apiserver_warnings_on_deployment_templates() -> Result<()> {
+    run_parity(
+        "template-parity",
+        Mode::DeploymentWarn,
+        generated_cases(GENERATED_PODS),
+    )
+    .await
+}
+
+/// Dry-runs every case in one namespace per level/version pair (labelled for `mode`), compares
+/// with the evaluator, prints a summary and writes the full report to CARGO_TARGET_TMPDIR.
+async fn run_parity(test: &str, mode: Mode, cases: Vec<Case>) -> Result<()> {
+    let env = TestEnv::new(test, &[]).await?;
     let pairs: BTreeSet<(Level, String)> =
         cases.iter().map(|c| (c.level, c.version.clone())).collect();
+    let (level_label, version_label) = mode.labels();
     let mut namespaces = BTreeMap::new();
     for (level, version) in pairs {
         let name = unique_name(&format!("pss-{level}-{}", version.replace('.', "-")));
         create_namespace(
             &env.client,
             &name,
-            &[
-                ("pod-security.kubernetes.io/enforce", level.as_str()),
-                ("pod-security.kubernetes.io/enforce-version", &version),
-            ],
+            &[(level_label, level.as_str()), (version_label, &version)],
         )
         .await?;
         namespaces.insert((level, version), name);
     }
+    for ns in namespaces.values() {
+        wait_for_default_service_account(&env.client, ns).await?;
+    }
 
-    let outcomes = run_all(&env.client, cases, &namespaces).await;
+    let outcomes = run_all(&env.client, mode, cases, &namespaces).await;
     // Dry-runs leave nothing behind worth inspecting: drop the namespaces whatever the outcome.
     for ns in namespaces.values() {
         crate::harness::delete_namespace(&env.client, ns).await?;
@@ -151,28 +214,39 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
     let outcomes = outcomes?;
 
     let mut compared = [0usize; 2]; // [fixtures, generated]
+    let mut flagged_count = 0;
     let mut mismatches = Vec::new();
     let mut invalid = Vec::new();
     for outcome in outcomes {
         match outcome {
-            Outcome::Compared { source, mismatch } => {
+            Outcome::Compared {
+                source,
+                flagged,
+                mismatch,
+            } => {
                 compared[usize::from(source == Source::Generated)] += 1;
+                flagged_count += usize::from(flagged);
                 mismatches.extend(mismatch);
             }
             Outcome::Invalid { id, message } => invalid.push((id, message)),
         }
     }
     let total = compared[0] + compared[1];
+    let (what, flagged_what) = match mode {
+        Mode::PodEnforce => ("Pod dry-runs (enforce)", "denied"),
+        Mode::DeploymentWarn => ("Deployment dry-runs (warn)", "warned"),
+    };
     let summary = format!(
-        "parity: compared {total} dry-runs with the evaluator ({} fixtures, {} generated); {} matched, {} differed; {} rejected as invalid (422) before admission, not compared",
+        "{test}: compared {total} {what} with the evaluator ({} fixtures, {} generated; {flagged_count} {flagged_what}, {} allowed); {} matched, {} differed; {} rejected as invalid (422) before admission, not compared",
         compared[0],
         compared[1],
+        total - flagged_count,
         total - mismatches.len(),
         mismatches.len(),
         invalid.len()
     );
     // The whole story goes to a file; the output shows the summary and the first few of each.
-    let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join("apiserver-parity-report.txt");
+    let report = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{test}-report.txt"));
     let mut text = format!("{summary}\n");
     for (id, message) in &invalid {
         text.push_str(&format!("INVALID {id}: {message}\n"));
@@ -196,12 +270,13 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
             report.display()
         );
     }
-    ensure!(compared[0] > 0 && compared[1] > 0, "nothing was compared");
+    ensure!(total > 0, "nothing was compared");
     Ok(())
 }
 
 async fn run_all(
     client: &Client,
+    mode: Mode,
     cases: Vec<Case>,
     namespaces: &BTreeMap<(Level, String), String>,
 ) -> Result<Vec<Outcome>> {
@@ -224,11 +299,11 @@ async fn run_all(
                     return Ok::<_, anyhow::Error>(outcomes);
                 };
                 let ns = &namespaces[&(case.level, case.version.clone())];
-                outcomes.push(
-                    compare(&client, ns, case)
-                        .await
-                        .with_context(|| format!("case {}", case.id))?,
-                );
+                let outcome = match mode {
+                    Mode::PodEnforce => compare(&client, ns, case).await,
+                    Mode::DeploymentWarn => compare_template(&client, ns, case).await,
+                };
+                outcomes.push(outcome.with_context(|| format!("case {}", case.id))?);
             }
         });
     }
@@ -323,31 +398,122 @@ async fn compare(client: &Client, ns: &str, case: &Case) -> Result<Outcome> {
     });
     Ok(Outcome::Compared {
         source: case.source,
+        flagged: api.is_some(),
+        mismatch,
+    })
+}
+
+/// The pod as the template of a Deployment named after it.
+fn deployment_for(pod: &Value, ns: &str) -> Value {
+    let name = pod["metadata"]["name"].clone();
+    let mut template_meta = json!({"labels": {"app": name.clone()}});
+    if let Some(annotations) = pod["metadata"].get("annotations") {
+        template_meta["annotations"] = annotations.clone();
+    }
+    json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name.clone(), "namespace": ns},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": template_meta, "spec": pod["spec"].clone()},
+        },
+    })
+}
+
+/// The text of one `Warning: 299 - "<text>"` header (RFC 7234 quoted-string).
+fn warning_text(header: &str) -> Option<String> {
+    let quoted = header.strip_prefix("299 - \"")?.strip_suffix('"')?;
+    let mut text = String::with_capacity(quoted.len());
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        text.push(if c == '\\' { chars.next()? } else { c });
+    }
+    Some(text)
+}
+
+async fn compare_template(client: &Client, ns: &str, case: &Case) -> Result<Outcome> {
+    let deployment = deployment_for(&case.pod, ns);
+    let request = kube::core::Request::new(format!("/apis/apps/v1/namespaces/{ns}/deployments"))
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..PostParams::default()
+            },
+            serde_json::to_vec(&deployment)?,
+        )?;
+    let response = client
+        .send(request.map(kube::client::Body::from))
+        .await
+        .context("dry-run create of the Deployment")?;
+    let status = response.status();
+    let warnings: Vec<String> = response
+        .headers()
+        .get_all("warning")
+        .iter()
+        .filter_map(|v| v.to_str().ok().and_then(warning_text))
+        .filter(|w| w.starts_with("would violate PodSecurity "))
+        .collect();
+    let body = response.into_body().collect_bytes().await?;
+    if status.as_u16() == 422 {
+        let status: kube::core::Status = serde_json::from_slice(&body)?;
+        return Ok(Outcome::Invalid {
+            id: case.id.clone(),
+            message: status.message,
+        });
+    }
+    ensure!(
+        status.is_success(),
+        "dry-run create returned {status}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    ensure!(
+        warnings.len() <= 1,
+        "several PodSecurity warnings: {warnings:?}"
+    );
+    let api = warnings.into_iter().next();
+
+    // The evaluator reads the Deployment the way `pss-operator check` reads a manifest.
+    let items = pss_operator::manifest::read_source("generated", &serde_json::to_vec(&deployment)?);
+    let [pss_operator::manifest::Item::Workload(workload)] = &items[..] else {
+        bail!("the manifest reader did not return one workload: {items:?}");
+    };
+    let version: Version = case
+        .version
+        .parse()
+        .map_err(|e| anyhow!("version {}: {e}", case.version))?;
+    let eval = pss::evaluate(
+        &workload.pod.metadata,
+        &workload.pod.spec,
+        LevelVersion::new(case.level, version),
+    );
+    let ours = (!eval.allowed()).then(|| {
+        let denial = eval.denial_message();
+        match denial.strip_prefix("violates ") {
+            Some(rest) => format!("would violate {rest}"),
+            None => denial,
+        }
+    });
+    let mismatch = (ours != api).then(|| {
+        format!(
+            "MISMATCH {} (as a Deployment template) at {}:{}\n  deployment: {}\n  apiserver:  {}\n  evaluator:  {}",
+            case.id,
+            case.level,
+            case.version,
+            serde_json::to_string(&deployment).unwrap_or_default(),
+            api.as_deref().unwrap_or("(no PodSecurity warning)"),
+            ours.as_deref().unwrap_or("(no PodSecurity warning)"),
+        )
+    });
+    Ok(Outcome::Compared {
+        source: case.source,
+        flagged: api.is_some(),
         mismatch,
     })
 }
 
 // ---- generated pods --------------------------------------------------------------------------------
-
-/// splitmix64: a fixed seed gives the same pods on every run and machine.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// True with probability `percent`%.
-    fn chance(&mut self, percent: u64) -> bool {
-        self.next() % 100 < percent
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[(self.next() % items.len() as u64) as usize]
-    }
-}
 
 /// Versions the generated pods are checked at: `latest` and every minor with fixtures.
 fn generated_versions() -> Vec<String> {
@@ -359,11 +525,12 @@ fn generated_versions() -> Vec<String> {
 /// `count` pods, each checked at baseline and restricted at a version cycling through
 /// `generated_versions()`.
 fn generated_cases(count: usize) -> Vec<Case> {
-    let mut rng = Rng(0x5EED_0000_0000_0003);
     let versions = generated_versions();
     let mut cases = Vec::new();
-    for i in 0..count {
-        let pod = generated_pod(i, &mut rng);
+    for (i, pod) in podgen::generated_pods(count, PODGEN_SEED)
+        .into_iter()
+        .enumerate()
+    {
         let version = &versions[i % versions.len()];
         for level in [Level::Baseline, Level::Restricted] {
             cases.push(Case {
@@ -376,309 +543,4 @@ fn generated_cases(count: usize) -> Vec<Case> {
         }
     }
     cases
-}
-
-fn seccomp_profile(rng: &mut Rng) -> Value {
-    match rng.next() % 4 {
-        0 => json!({"type": "RuntimeDefault"}),
-        1 => json!({"type": "Localhost", "localhostProfile": "profiles/audit.json"}),
-        2 => json!({"type": "Unconfined"}),
-        _ => json!({"type": "RuntimeDefault"}),
-    }
-}
-
-fn apparmor_profile(rng: &mut Rng) -> Value {
-    match rng.next() % 3 {
-        0 => json!({"type": "RuntimeDefault"}),
-        1 => json!({"type": "Localhost", "localhostProfile": "k8s-apparmor-example"}),
-        _ => json!({"type": "Unconfined"}),
-    }
-}
-
-fn selinux_options(rng: &mut Rng) -> Value {
-    rng.pick(&[
-        json!({"type": "container_t"}),
-        json!({"type": "container_init_t"}),
-        json!({"type": "container_kvm_t"}),
-        json!({"type": "container_engine_t"}),
-        json!({"type": "spc_t"}),
-        json!({"level": "s0:c123,c456"}),
-        json!({"user": "system_u"}),
-        json!({"role": "system_r"}),
-        json!({"type": "container_t", "level": "s0:c1,c2"}),
-        json!({}),
-    ])
-    .clone()
-}
-
-/// The security fields shared by pod and container securityContexts.
-fn common_security_fields(rng: &mut Rng, sc: &mut serde_json::Map<String, Value>) {
-    if rng.chance(30) {
-        sc.insert("runAsNonRoot".into(), rng.chance(70).into());
-    }
-    if rng.chance(25) {
-        sc.insert("runAsUser".into(), (*rng.pick(&[0, 1000, 65534])).into());
-    }
-    if rng.chance(35) {
-        sc.insert("seccompProfile".into(), seccomp_profile(rng));
-    }
-    if rng.chance(15) {
-        sc.insert("seLinuxOptions".into(), selinux_options(rng));
-    }
-    if rng.chance(12) {
-        sc.insert("appArmorProfile".into(), apparmor_profile(rng));
-    }
-}
-
-struct PodShape {
-    host_network: bool,
-    host_ipc_or_pid: bool,
-}
-
-fn container(rng: &mut Rng, name: &str, first: bool, shape: &PodShape) -> Value {
-    let mut sc = serde_json::Map::new();
-    common_security_fields(rng, &mut sc);
-    let privileged = rng.chance(15).then(|| rng.chance(60));
-    if let Some(p) = privileged {
-        sc.insert("privileged".into(), p.into());
-    }
-    let mut adds = Vec::new();
-    if rng.chance(30) {
-        let mut caps = serde_json::Map::new();
-        if rng.chance(60) {
-            let drop: Vec<&str> = match rng.next() % 4 {
-                0 => vec!["ALL"],
-                1 => vec!["NET_RAW"],
-                2 => vec!["ALL", "NET_RAW"],
-                _ => vec!["all"],
-            };
-            caps.insert("drop".into(), json!(drop));
-        }
-        if rng.chance(50) {
-            let pool = [
-                "NET_BIND_SERVICE",
-                "CHOWN",
-                "KILL",
-                "SYS_ADMIN",
-                "NET_RAW",
-                "SYS_TIME",
-                "AUDIT_WRITE",
-                "SETUID",
-                "NET_ADMIN",
-            ];
-            for cap in pool {
-                if rng.chance(20) {
-                    adds.push(cap);
-                }
-            }
-            if adds.is_empty() {
-                adds.push(*rng.pick(&pool));
-            }
-            caps.insert("add".into(), json!(adds));
-        }
-        sc.insert("capabilities".into(), Value::Object(caps));
-    }
-    // Validation rejects allowPrivilegeEscalation=false with privileged or CAP_SYS_ADMIN.
-    if rng.chance(40) {
-        let escalation_required = privileged == Some(true) || adds.contains(&"SYS_ADMIN");
-        let ape = !rng.chance(65) || escalation_required;
-        sc.insert("allowPrivilegeEscalation".into(), ape.into());
-    }
-    if rng.chance(8) && !shape.host_network && !shape.host_ipc_or_pid {
-        sc.insert(
-            "procMount".into(),
-            (*rng.pick(&["Default", "Unmasked"])).into(),
-        );
-    }
-    let mut c = json!({"name": name, "image": "registry.k8s.io/pause"});
-    if !sc.is_empty() || rng.chance(50) {
-        c["securityContext"] = Value::Object(sc);
-    }
-    // Host ports must be unique in a pod and equal containerPort with hostNetwork.
-    if first && rng.chance(25) {
-        let mut port = json!({"containerPort": 8080});
-        if shape.host_network {
-            if rng.chance(50) {
-                port["hostPort"] = 8080.into();
-            }
-        } else if rng.chance(60) {
-            port["hostPort"] = (*rng.pick(&[0, 8080, 80])).into();
-        }
-        c["ports"] = json!([port]);
-    }
-    c
-}
-
-fn volume(rng: &mut Rng, i: usize) -> Value {
-    let name = format!("vol{i}");
-    let sources = [
-        json!({"emptyDir": {}}),
-        json!({"configMap": {"name": "cfg"}}),
-        json!({"secret": {"secretName": "sec"}}),
-        json!({"hostPath": {"path": "/var/log"}}),
-        json!({"hostPath": {"path": "/", "type": "Directory"}}),
-        json!({"persistentVolumeClaim": {"claimName": "data"}}),
-        json!({"downwardAPI": {"items": [{"path": "labels", "fieldRef": {"fieldPath": "metadata.labels"}}]}}),
-        json!({"projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}),
-        json!({"csi": {"driver": "inline.storage.example.com"}}),
-        json!({"ephemeral": {"volumeClaimTemplate": {"spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}}}),
-        json!({"nfs": {"server": "nfs.example.com", "path": "/exports"}}),
-        json!({"iscsi": {"targetPortal": "10.0.0.9:3260", "iqn": "iqn.2001-04.com.example:storage", "lun": 0}}),
-        json!({}), // no source: the API server defaults it to emptyDir before admission
-    ];
-    let mut v = rng.pick(&sources).clone();
-    v["name"] = name.into();
-    v
-}
-
-/// The legacy annotation value equivalent to an AppArmor or seccomp profile field.
-fn legacy_profile_annotation(profile: &Value, runtime_default: &str) -> String {
-    match profile["type"].as_str() {
-        Some("Unconfined") => "unconfined".to_string(),
-        Some("Localhost") => format!(
-            "localhost/{}",
-            profile["localhostProfile"].as_str().unwrap_or_default()
-        ),
-        _ => runtime_default.to_string(),
-    }
-}
-
-fn generated_pod(i: usize, rng: &mut Rng) -> Value {
-    let shape = PodShape {
-        host_network: rng.chance(12),
-        host_ipc_or_pid: rng.chance(15),
-    };
-    let mut spec = serde_json::Map::new();
-    if shape.host_network {
-        spec.insert("hostNetwork".into(), true.into());
-    }
-    if shape.host_ipc_or_pid {
-        spec.insert((*rng.pick(&["hostPID", "hostIPC"])).into(), true.into());
-    }
-
-    let names: Vec<String> = (0..1 + rng.next() % 2).map(|n| format!("app{n}")).collect();
-    let init_names: Vec<String> = (0..rng.next() % 2).map(|n| format!("init{n}")).collect();
-    let containers: Vec<Value> = names
-        .iter()
-        .enumerate()
-        .map(|(n, name)| container(rng, name, n == 0, &shape))
-        .collect();
-    let init_containers: Vec<Value> = init_names
-        .iter()
-        .map(|name| container(rng, name, false, &shape))
-        .collect();
-    // procMount: Unmasked needs a user namespace.
-    let unmasked = containers
-        .iter()
-        .chain(&init_containers)
-        .any(|c| c["securityContext"]["procMount"] == "Unmasked");
-    if unmasked {
-        spec.insert("hostUsers".into(), false.into());
-    }
-    spec.insert("containers".into(), Value::Array(containers));
-    if !init_containers.is_empty() {
-        spec.insert("initContainers".into(), Value::Array(init_containers));
-    }
-
-    let mut pod_sc = serde_json::Map::new();
-    common_security_fields(rng, &mut pod_sc);
-    if rng.chance(15) {
-        // Validation forbids net.* sysctls with hostNetwork and IPC ones with hostIPC.
-        let pool = [
-            "kernel.shm_rmid_forced",
-            "net.ipv4.ip_local_port_range",
-            "net.ipv4.ip_unprivileged_port_start",
-            "net.ipv4.tcp_syncookies",
-            "net.ipv4.ping_group_range",
-            "net.ipv4.ip_local_reserved_ports",
-            "net.ipv4.tcp_keepalive_time",
-            "net.ipv4.tcp_fin_timeout",
-            "net.ipv4.tcp_keepalive_intvl",
-            "net.ipv4.tcp_keepalive_probes",
-            "net.ipv4.tcp_rmem",
-            "net.ipv4.tcp_wmem",
-            "net.core.somaxconn",
-            "kernel.msgmax",
-        ];
-        let value_for = |name: &str| match name {
-            "net.ipv4.ip_local_port_range" => "32768 60999",
-            "net.ipv4.ping_group_range" => "0 2147483647",
-            "net.ipv4.tcp_rmem" | "net.ipv4.tcp_wmem" => "4096 87380 6291456",
-            "net.ipv4.ip_local_reserved_ports" => "8080",
-            _ => "1",
-        };
-        let mut sysctls = Vec::new();
-        for name in pool {
-            let net = name.starts_with("net.");
-            let ipc = name.starts_with("kernel.shm") || name.starts_with("kernel.msg");
-            if rng.chance(20)
-                && !(net && shape.host_network)
-                && !(ipc && spec.contains_key("hostIPC"))
-            {
-                sysctls.push(json!({"name": name, "value": value_for(name)}));
-            }
-        }
-        if !sysctls.is_empty() {
-            pod_sc.insert("sysctls".into(), Value::Array(sysctls));
-        }
-    }
-    if !pod_sc.is_empty() {
-        spec.insert("securityContext".into(), Value::Object(pod_sc));
-    }
-    if rng.chance(30) {
-        let volumes: Vec<Value> = (0..1 + rng.next() % 3)
-            .map(|n| volume(rng, n as usize))
-            .collect();
-        spec.insert("volumes".into(), Value::Array(volumes));
-    }
-
-    // Legacy annotations (AppArmor, seccomp) some versions still check. Validation requires an
-    // annotation to agree with the field it shadows, so when that field is set the annotation
-    // mirrors it (and the API server keeps both); otherwise it is random and the API server copies
-    // an AppArmor annotation into the container's field before admission.
-    let mut annotations = serde_json::Map::new();
-    if rng.chance(10) {
-        let target = rng.pick(&names).clone();
-        let container_profile = spec["containers"]
-            .as_array()
-            .and_then(|cs| cs.iter().find(|c| c["name"] == target.as_str()))
-            .map(|c| c["securityContext"]["appArmorProfile"].clone())
-            .filter(|p| !p.is_null());
-        let pod_profile = spec
-            .get("securityContext")
-            .map(|sc| sc["appArmorProfile"].clone())
-            .filter(|p| !p.is_null());
-        let value = match container_profile.or(pod_profile) {
-            Some(profile) => legacy_profile_annotation(&profile, "runtime/default"),
-            None => (*rng.pick(&[
-                "runtime/default",
-                "localhost/k8s-apparmor-example",
-                "unconfined",
-            ]))
-            .to_string(),
-        };
-        annotations.insert(
-            format!("container.apparmor.security.beta.kubernetes.io/{target}"),
-            value.into(),
-        );
-    }
-    if rng.chance(5) {
-        let pod_field = spec
-            .get("securityContext")
-            .map(|sc| sc["seccompProfile"].clone())
-            .filter(|p| !p.is_null());
-        let value = match pod_field {
-            Some(profile) => legacy_profile_annotation(&profile, "runtime/default"),
-            None => (*rng.pick(&["runtime/default", "docker/default", "unconfined"])).to_string(),
-        };
-        annotations.insert(
-            "seccomp.security.alpha.kubernetes.io/pod".into(),
-            value.into(),
-        );
-    }
-    let mut metadata = json!({"name": format!("gen-{i:04}")});
-    if !annotations.is_empty() {
-        metadata["annotations"] = Value::Object(annotations);
-    }
-    json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec})
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
@@ -131,6 +131,7 @@ impl TestEnv {
         let client = client(cluster).await?;
         let namespace = unique_name(test);
         create_namespace(&client, &namespace, labels).await?;
+        wait_for_default_service_account(&client, &namespace).await?;
         Ok(TestEnv {
             cluster,
             client,
@@ -199,6 +200,22 @@ pub async fn create_namespace(client: &Client, name: &str, labels: &[(&str, &str
     Ok(())
 }
 
+/// kube-controller-manager creates ServiceAccount `default` in a new namespace shortly after the
+/// namespace; until then the ServiceAccount admission plugin rejects every Pod there ("error looking
+/// up service account"), which would be the sticky first ReplicaFailure message of a ReplicaSet.
+pub async fn wait_for_default_service_account(client: &Client, namespace: &str) -> Result<()> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    eventually(
+        &format!("ServiceAccount {namespace}/default"),
+        Duration::from_secs(120),
+        || {
+            let accounts = accounts.clone();
+            async move { Ok(accounts.get_opt("default").await?.map(|_| ())) }
+        },
+    )
+    .await
+}
+
 pub async fn delete_namespace(client: &Client, name: &str) -> Result<()> {
     Api::<Namespace>::all(client.clone())
         .delete(name, &DeleteParams::default())
@@ -247,6 +264,6 @@ where
         if Instant::now() > deadline {
             bail!("gave up after {}s waiting for {what}", limit.as_secs());
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

@@ -5,4 +5,5 @@
 
 mod apiserver_parity;
 mod harness;
+mod podgen;
 mod seed;

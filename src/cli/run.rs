@@ -41,6 +41,8 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAMESPACE")]
     pub operator_namespace: Option<String>,
 
+    /// Log format: `json` (one object per line, for log pipelines) or `text`. Levels and
+    /// targets follow `RUST_LOG` (default `info`).
     #[arg(long, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 

@@ -8,7 +8,7 @@
 //! it. The pass recomputes everything from the stores (pure and cheap: microseconds per
 //! namespace) and only writes what differs, so it stays idempotent; wake-ups are coalesced.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -39,7 +39,7 @@ use super::status::{Observed, metric_values, profile_status, unreadable_status};
 
 /// The one field manager for labels and status.
 pub const MANAGER: &str = "pss-operator";
-const DEBOUNCE: Duration = Duration::from_millis(50);
+const DEBOUNCE: Duration = Duration::from_millis(100);
 const RESYNC: Duration = Duration::from_secs(60);
 const MAX_RETRY: Duration = Duration::from_secs(30);
 const MAX_CONCURRENT_WRITES: usize = 8;
@@ -57,9 +57,13 @@ struct State {
     pods_synced: bool,
     profiles_synced: bool,
     namespaces_synced: bool,
-    /// The labels last applied (or found already as desired) per namespace: an observed value
-    /// that differs while the desired one did not change is drift.
+    /// The labels last applied (or found already as desired) per namespace: keys in here that
+    /// are no longer desired are removed by the next apply.
     last_applied: HashMap<String, Labels>,
+    /// What the governing profiles declared when the labels were last as desired: an observed
+    /// change while the declaration stays the same is drift (a stricter value kept under
+    /// `allowStricter` and later lowered below the floor is drift too).
+    last_declared: HashMap<String, Labels>,
     /// Drift corrections per profile, seeded from the stored status.
     drift: HashMap<String, i64>,
     apply_errors: BTreeMap<String, String>,
@@ -105,8 +109,9 @@ pub async fn run(
     ready: Arc<AtomicBool>,
 ) -> Result<()> {
     let profiles_api: Api<PodSecurityProfile> = Api::all(client.clone());
+    // Metadata only: a profile that no longer deserializes must not stop the start.
     profiles_api
-        .list(&ListParams::default().limit(1))
+        .list_metadata(&ListParams::default().limit(1))
         .await
         .map_err(|e| match e {
             kube::Error::Api(ref s) if s.code == 404 => Error::CrdNotInstalled(e),
@@ -144,12 +149,17 @@ pub async fn run(
     )
     .default_backoff()
     .modify(|n: &mut PartialObjectMeta<Namespace>| {
-        n.managed_fields_mut().clear();
+        // Keep only our own entry: it says which labels we own (see `owned_labels`).
+        n.managed_fields_mut().retain(|f| {
+            f.manager.as_deref() == Some(MANAGER) && f.operation.as_deref() == Some("Apply")
+        });
         n.annotations_mut().clear();
     })
     .reflect(namespaces_writer);
     let pod_events = watcher(
         Api::<DeserializeGuard<WatchedPod>>::all(client.clone()),
+        // Paginated LIST (not `streaming_lists()`): WatchList is refused by API servers older
+        // than 1.34 or with the gate off, and the seed's cluster was 1.31.
         watcher::Config::default(),
     )
     .default_backoff();
@@ -230,21 +240,25 @@ async fn feed_pods(
                     continue;
                 };
                 let running = pod.is_running();
-                if let Some((ns, name, slim)) = pod.into_slim() {
+                let changed = pod.into_slim().is_some_and(|(ns, name, slim)| {
                     let mut state = ctx.state();
                     if running {
-                        state.index.apply(&ns, &name, slim);
+                        state.index.apply(&ns, &name, slim)
                     } else {
-                        state.index.delete(&ns, &name);
+                        state.index.delete(&ns, &name)
                     }
+                });
+                // Most Pod events are status updates: no pass unless a verdict moved.
+                if changed {
+                    ctx.wake.notify_one();
                 }
-                ctx.wake.notify_one();
             }
             Ok(watcher::Event::Delete(pod)) => {
-                if let (Some(ns), Some(name)) = (pod.namespace(), pod.meta().name.clone()) {
-                    ctx.state().index.delete(&ns, &name);
+                if let (Some(ns), Some(name)) = (pod.namespace(), pod.meta().name.clone())
+                    && ctx.state().index.delete(&ns, &name)
+                {
+                    ctx.wake.notify_one();
                 }
-                ctx.wake.notify_one();
             }
             Err(e) => warn!(error = %e, "watching pods"),
         }
@@ -301,6 +315,9 @@ enum Write {
     Apply {
         ns: String,
         desired: Labels,
+        /// `None` while a `WhenCompliant` rollout holds `enforce`: the labels do not carry the
+        /// declaration yet, so raising `enforce` later is not drift.
+        declared: Option<Labels>,
         changes: Vec<LabelChange>,
         drift: bool,
         profiles: Vec<String>,
@@ -347,6 +364,10 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         .iter()
         .filter_map(|n| Some((n.name_any(), resource_version(n.resource_version())?)))
         .collect();
+    let owned: HashMap<String, BTreeSet<String>> = ns_objects
+        .iter()
+        .map(|n| (n.name_any(), owned_labels(&n.metadata.managed_fields)))
+        .collect();
     let uids: HashMap<String, String> = ns_objects
         .iter()
         .filter_map(|n| Some((n.name_any(), n.uid()?)))
@@ -391,6 +412,7 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         }
         state.index.retain_policies(|ns| plans.contains_key(ns));
         state.last_applied.retain(|ns, _| plans.contains_key(ns));
+        state.last_declared.retain(|ns, _| plans.contains_key(ns));
         state.apply_errors.retain(|ns, _| plans.contains_key(ns));
         // Forget our write once the store shows it (or something newer).
         state
@@ -404,48 +426,51 @@ async fn pass(ctx: &Arc<Context>) -> usize {
             &profiles,
             &ctx.config.exclusions,
             &stale,
+            &owned,
         );
         (plans, writes)
     };
 
     announce(ctx, &plans, &uids).await;
 
-    let results: Vec<(Write, std::result::Result<Option<u64>, Error>)> =
-        futures::stream::iter(writes)
-            .map(|w| async move {
-                let r = write_labels(&ctx.client, &w).await;
-                (w, r)
-            })
-            .buffer_unordered(MAX_CONCURRENT_WRITES)
-            .collect()
-            .await;
-    let mut released_failed: HashSet<String> = HashSet::new();
+    let results: Vec<(Write, std::result::Result<Written, Error>)> = futures::stream::iter(writes)
+        .map(|w| async move {
+            let r = write_labels(&ctx.client, &w).await;
+            (w, r)
+        })
+        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .collect()
+        .await;
+    let mut released: HashSet<String> = HashSet::new();
     for (w, r) in results {
         let ns = match &w {
             Write::Apply { ns, .. } | Write::Release { ns } => ns.clone(),
         };
         match r {
-            Ok(rv) => {
+            Ok(written) => {
                 {
                     let mut state = ctx.state();
                     state.apply_errors.remove(&ns);
-                    if let Some(rv) = rv {
+                    if let Some(rv) = written.resource_version {
                         state.applied_rv.insert(ns.clone(), rv);
                     }
                 }
-                after_write(ctx, w, uids.get(&ns)).await;
+                if matches!(w, Write::Release { .. }) {
+                    released.insert(ns.clone());
+                }
+                let before = observed.get(&ns);
+                after_write(ctx, w, uids.get(&ns), before, &written.labels).await;
             }
             Err(e) => {
                 failures += 1;
                 warn!(namespace = %ns, error = %e, "writing labels");
                 ctx.metrics.error("namespace", &e);
-                ctx.state().apply_errors.insert(ns.clone(), e.to_string());
-                released_failed.insert(ns);
+                ctx.state().apply_errors.insert(ns, e.to_string());
             }
         }
     }
 
-    failures += finalizers(ctx, &profiles, &namespaces, &released_failed).await;
+    failures += finalizers(ctx, &profiles, &plans, &observed, &owned, &released).await;
 
     // Status and metrics.
     let _timer = ctx.metrics.timer("podsecurityprofile");
@@ -524,6 +549,17 @@ async fn pass(ctx: &Arc<Context>) -> usize {
     failures
 }
 
+/// Remembers what the governing profiles declare once the labels carry it in full.
+fn remember_declared(state: &mut State, plan: &NamespacePlan) {
+    if plan.pending.is_none() {
+        state
+            .last_declared
+            .insert(plan.name.clone(), plan.declared.clone());
+    } else {
+        state.last_declared.remove(&plan.name);
+    }
+}
+
 /// Logs and counts a status write; returns 1 if it failed.
 fn status_written<T>(ctx: &Context, name: &str, result: kube::Result<T>) -> usize {
     match result {
@@ -548,6 +584,7 @@ fn label_writes(
     profiles: &[Arc<PodSecurityProfile>],
     exclusions: &Exclusions,
     stale: &HashSet<String>,
+    owned: &HashMap<String, BTreeSet<String>>,
 ) -> Vec<Write> {
     let mut writes = Vec::new();
     let empty = Labels::new();
@@ -558,17 +595,27 @@ fn label_writes(
         let found = observed.get(&plan.name).unwrap_or(&empty);
         let changes = label_changes(found, &plan.desired);
         let last = state.last_applied.get(&plan.name);
-        let dropped = last.is_some_and(|l| l.keys().any(|k| !plan.desired.contains_key(k)));
+        // Labels we own but no longer want (a mode dropped from the profile): an apply without
+        // them removes them. Known from managedFields, so it survives restarts.
+        let dropped = owned
+            .get(&plan.name)
+            .into_iter()
+            .flatten()
+            .chain(last.into_iter().flat_map(|l| l.keys()))
+            .any(|k| !plan.desired.contains_key(k));
         if changes.is_empty() && !dropped {
             state
                 .last_applied
                 .insert(plan.name.clone(), plan.desired.clone());
+            remember_declared(state, plan);
             continue;
         }
-        let drift = last == Some(&plan.desired) && !changes.is_empty();
+        let drift =
+            state.last_declared.get(&plan.name) == Some(&plan.declared) && !changes.is_empty();
         writes.push(Write::Apply {
             ns: plan.name.clone(),
             desired: plan.desired.clone(),
+            declared: plan.pending.is_none().then(|| plan.declared.clone()),
             changes,
             drift,
             profiles: plan.governed_by.clone(),
@@ -576,35 +623,84 @@ fn label_writes(
     }
     // Profiles being deleted with `deletionPolicy: Remove`: take our labels off the namespaces
     // they selected that no other profile governs now.
-    for p in profiles.iter().filter(|p| {
-        p.metadata.deletion_timestamp.is_some()
-            && p.spec.deletion_policy == DeletionPolicy::Remove
-            && p.finalizers().iter().any(|f| f == FINALIZER)
-    }) {
-        let Ok(selector) = Selector::try_from(p.spec.namespace_selector.clone()) else {
-            continue;
-        };
-        for plan in plans.values() {
-            let labels = observed.get(&plan.name).unwrap_or(&empty);
-            if plan.governed_by.is_empty()
-                && !stale.contains(&plan.name)
-                && !exclusions.contains(&plan.name)
-                && selector.matches(labels)
+    for p in profiles.iter().filter(|p| releasing(p)) {
+        for ns in release_targets(p, plans, observed, exclusions, owned) {
+            if !stale.contains(ns)
                 && !writes
                     .iter()
-                    .any(|w| matches!(w, Write::Release { ns } if *ns == plan.name))
+                    .any(|w| matches!(w, Write::Release { ns: n } if n == ns))
             {
-                writes.push(Write::Release {
-                    ns: plan.name.clone(),
-                });
+                writes.push(Write::Release { ns: ns.to_owned() });
             }
         }
     }
     writes
 }
 
-/// Returns the namespace's new resourceVersion.
-async fn write_labels(client: &Client, w: &Write) -> Result<Option<u64>> {
+/// The label keys our field manager owns by server-side apply, from a namespace's managedFields.
+fn owned_labels(
+    entries: &Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry>>,
+) -> BTreeSet<String> {
+    entries
+        .iter()
+        .flatten()
+        .filter(|f| {
+            f.manager.as_deref() == Some(MANAGER) && f.operation.as_deref() == Some("Apply")
+        })
+        .filter_map(|f| {
+            f.fields_v1
+                .as_ref()?
+                .0
+                .get("f:metadata")?
+                .get("f:labels")?
+                .as_object()
+        })
+        .flat_map(|labels| labels.keys())
+        .filter_map(|k| k.strip_prefix("f:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A profile being deleted that must take its labels off first.
+fn releasing(p: &PodSecurityProfile) -> bool {
+    p.metadata.deletion_timestamp.is_some()
+        && p.spec.deletion_policy == DeletionPolicy::Remove
+        && p.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// The namespaces a deleted `Remove` profile selects that no profile governs any more and where
+/// we still own labels.
+fn release_targets<'a>(
+    p: &PodSecurityProfile,
+    plans: &'a BTreeMap<String, NamespacePlan>,
+    observed: &BTreeMap<String, Labels>,
+    exclusions: &Exclusions,
+    owned: &HashMap<String, BTreeSet<String>>,
+) -> Vec<&'a str> {
+    let Ok(selector) = Selector::try_from(p.spec.namespace_selector.clone()) else {
+        return Vec::new();
+    };
+    plans
+        .values()
+        .filter(|plan| {
+            plan.governed_by.is_empty()
+                && !exclusions.contains(&plan.name)
+                && owned.get(&plan.name).is_some_and(|o| !o.is_empty())
+                && observed
+                    .get(&plan.name)
+                    .is_some_and(|labels| selector.matches(labels))
+        })
+        .map(|plan| plan.name.as_str())
+        .collect()
+}
+
+/// What a label write left on the namespace.
+struct Written {
+    resource_version: Option<u64>,
+    labels: Labels,
+}
+
+async fn write_labels(client: &Client, w: &Write) -> Result<Written> {
     let (ns, labels) = match w {
         Write::Apply { ns, desired, .. } => (ns, desired.clone()),
         // Applying no labels under our manager removes the ones only we own.
@@ -622,7 +718,10 @@ async fn write_labels(client: &Client, w: &Write) -> Result<Option<u64>> {
             &Patch::Apply(&patch),
         )
         .await?;
-    Ok(resource_version(written.resource_version()))
+    Ok(Written {
+        resource_version: resource_version(written.resource_version()),
+        labels: written.labels().clone(),
+    })
 }
 
 /// Resource versions are opaque to clients in general, but kube-apiserver's are etcd revisions:
@@ -631,11 +730,18 @@ fn resource_version(rv: Option<String>) -> Option<u64> {
     rv?.parse().ok()
 }
 
-async fn after_write(ctx: &Context, w: Write, uid: Option<&String>) {
+async fn after_write(
+    ctx: &Context,
+    w: Write,
+    uid: Option<&String>,
+    before: Option<&Labels>,
+    after: &Labels,
+) {
     match w {
         Write::Apply {
             ns,
             desired,
+            declared,
             changes,
             drift,
             profiles,
@@ -644,6 +750,10 @@ async fn after_write(ctx: &Context, w: Write, uid: Option<&String>) {
             {
                 let mut state = ctx.state();
                 state.last_applied.insert(ns.clone(), desired);
+                match declared {
+                    Some(d) => state.last_declared.insert(ns.clone(), d),
+                    None => state.last_declared.remove(&ns),
+                };
                 if drift {
                     for p in &profiles {
                         *state.drift.entry(p.clone()).or_default() += changes.len() as i64;
@@ -689,13 +799,31 @@ async fn after_write(ctx: &Context, w: Write, uid: Option<&String>) {
         }
         Write::Release { ns } => {
             ctx.state().last_applied.remove(&ns);
-            info!(namespace = %ns, "labels removed (deletionPolicy Remove)");
+            let psa = |l: &Labels| -> Labels {
+                l.iter()
+                    .filter(|(k, _)| k.starts_with(crate::pss::level::labels::PREFIX))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            };
+            let removed: Vec<String> = before
+                .map(psa)
+                .unwrap_or_default()
+                .into_keys()
+                .filter(|k| !after.contains_key(k))
+                .collect();
+            if removed.is_empty() {
+                return;
+            }
+            info!(namespace = %ns, labels = %removed.join(","), "labels removed (deletionPolicy Remove)");
             publish(
                 ctx,
                 &namespace_ref(&ns, uid),
                 EventType::Normal,
                 "LabelsRemoved",
-                "the profile was deleted with deletionPolicy Remove: Pod Security labels owned by pss-operator removed".into(),
+                format!(
+                    "the profile was deleted with deletionPolicy Remove: removed {}",
+                    removed.join(", ")
+                ),
             )
             .await;
         }
@@ -788,8 +916,10 @@ async fn publish(
 async fn finalizers(
     ctx: &Context,
     profiles: &[Arc<PodSecurityProfile>],
-    namespaces: &[NamespaceView],
-    release_failed: &HashSet<String>,
+    plans: &BTreeMap<String, NamespacePlan>,
+    observed: &BTreeMap<String, Labels>,
+    owned: &HashMap<String, BTreeSet<String>>,
+    released: &HashSet<String>,
 ) -> usize {
     let api: Api<PodSecurityProfile> = Api::all(ctx.client.clone());
     let mut failures = 0;
@@ -800,16 +930,14 @@ async fn finalizers(
         if has == wants {
             continue;
         }
-        if deleting && p.spec.deletion_policy == DeletionPolicy::Remove {
-            // Hold on while any selected namespace failed to release.
-            let selector = Selector::try_from(p.spec.namespace_selector.clone()).ok();
-            let blocked = namespaces.iter().any(|n| {
-                release_failed.contains(&n.name)
-                    && selector.as_ref().is_some_and(|s| s.matches(&n.labels))
-            });
-            if blocked {
-                continue;
-            }
+        // Hold on until every namespace to release was released in this pass (a failed or
+        // skipped release is retried by the next pass).
+        if releasing(p)
+            && release_targets(p, plans, observed, &ctx.config.exclusions, owned)
+                .iter()
+                .any(|ns| !released.contains(*ns))
+        {
+            continue;
         }
         let mut list: Vec<String> = p
             .finalizers()
@@ -920,16 +1048,31 @@ mod tests {
             &profiles,
             &excl,
             &HashSet::new(),
+            &HashMap::new(),
         );
         assert_eq!(applies(&writes), [("app", false)]);
         // The apply succeeded: remembered.
         state
             .last_applied
             .insert("app".into(), plans["app"].desired.clone());
+        state
+            .last_declared
+            .insert("app".into(), plans["app"].declared.clone());
 
         // The namespace store has not caught up with our write yet: its old labels are not drift.
         let stale: HashSet<String> = ["app".to_owned()].into();
-        assert!(label_writes(&mut state, &plans, &observed, &profiles, &excl, &stale).is_empty());
+        assert!(
+            label_writes(
+                &mut state,
+                &plans,
+                &observed,
+                &profiles,
+                &excl,
+                &stale,
+                &HashMap::new()
+            )
+            .is_empty()
+        );
 
         // Converged: nothing to write.
         let converged: BTreeMap<String, Labels> =
@@ -941,7 +1084,8 @@ mod tests {
                 &converged,
                 &profiles,
                 &excl,
-                &HashSet::new()
+                &HashSet::new(),
+                &HashMap::new()
             )
             .is_empty()
         );
@@ -957,6 +1101,7 @@ mod tests {
             &profiles,
             &excl,
             &HashSet::new(),
+            &HashMap::new(),
         );
         assert_eq!(applies(&writes), [("app", true)]);
         let Write::Apply { changes, .. } = &writes[0] else {
@@ -965,6 +1110,142 @@ mod tests {
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].label, psa::ENFORCE);
         assert_eq!(changes[0].found, None);
+    }
+
+    #[test]
+    fn a_kept_stricter_value_lowered_below_the_floor_is_drift() {
+        let mut p = (*profile("p", DeletionPolicy::Retain, false)).clone();
+        p.spec.allow_stricter = true;
+        let profiles = vec![Arc::new(p)];
+        let excl = Exclusions::new(Exclusions::DEFAULT);
+        let none = HashSet::new();
+        let owned = HashMap::new();
+        let mut state = State::default();
+        let ns = |enforce: &str| {
+            let labels: Labels = [
+                (psa::ENFORCE.to_owned(), enforce.to_owned()),
+                (psa::ENFORCE_VERSION.to_owned(), "latest".to_owned()),
+            ]
+            .into();
+            [("app", labels)]
+        };
+        let observed = |n: &[(&str, Labels)]| -> BTreeMap<String, Labels> {
+            n.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        };
+        // Someone raised it to restricted: kept, nothing to write, remembered.
+        let stricter = ns("restricted");
+        let plans = plans_for(&profiles, &stricter);
+        let w = label_writes(
+            &mut state,
+            &plans,
+            &observed(&stricter),
+            &profiles,
+            &excl,
+            &none,
+            &owned,
+        );
+        assert!(w.is_empty());
+        // Then lowered to privileged: below the floor, and the profile did not change: drift.
+        let lowered = ns("privileged");
+        let plans = plans_for(&profiles, &lowered);
+        let w = label_writes(
+            &mut state,
+            &plans,
+            &observed(&lowered),
+            &profiles,
+            &excl,
+            &none,
+            &owned,
+        );
+        assert_eq!(applies(&w), [("app", true)]);
+    }
+
+    #[test]
+    fn raising_enforce_when_a_rollout_completes_is_not_drift() {
+        let mut p = (*profile("p", DeletionPolicy::Retain, false)).clone();
+        p.spec.rollout = crate::operator::crd::Rollout::WhenCompliant;
+        let view = ProfileView::from_profile(&p).expect("valid");
+        let ns = [NamespaceView {
+            name: "app".into(),
+            labels: Labels::new(),
+        }];
+        let excl = Exclusions::new(Exclusions::DEFAULT);
+        let blocked = plan(std::slice::from_ref(&view), &ns, &excl, &|_, _| {
+            vec!["old".into()]
+        });
+        let mut state = State::default();
+        // Pending, with audit/warn already at the target: nothing to write.
+        let observed: BTreeMap<String, Labels> =
+            [("app".to_owned(), blocked["app"].desired.clone())].into();
+        let profiles = vec![Arc::new(p)];
+        let (none, owned) = (HashSet::new(), HashMap::new());
+        assert!(
+            label_writes(
+                &mut state, &blocked, &observed, &profiles, &excl, &none, &owned
+            )
+            .is_empty()
+        );
+        // The blocking Pod goes: enforce is raised, as an application, not a repair.
+        let free = plan(std::slice::from_ref(&view), &ns, &excl, &|_, _| Vec::new());
+        let w = label_writes(
+            &mut state, &free, &observed, &profiles, &excl, &none, &owned,
+        );
+        assert_eq!(applies(&w), [("app", false)]);
+    }
+
+    #[test]
+    fn owned_labels_come_from_our_apply_entry_only() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+        let entry = |manager: &str, operation: &str, label: &str| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(operation.into()),
+            fields_v1: Some(FieldsV1(
+                json!({"f:metadata": {"f:labels": {format!("f:{label}"): {}}}}),
+            )),
+            ..Default::default()
+        };
+        let entries = Some(vec![
+            entry(MANAGER, "Apply", psa::WARN),
+            entry("kubectl-label", "Update", psa::ENFORCE),
+            entry(MANAGER, "Update", psa::AUDIT),
+        ]);
+        assert_eq!(
+            owned_labels(&entries),
+            BTreeSet::from([psa::WARN.to_owned()])
+        );
+        assert!(owned_labels(&None).is_empty());
+    }
+
+    #[test]
+    fn labels_we_own_but_no_longer_want_are_released_even_after_a_restart() {
+        let profiles = vec![profile("p", DeletionPolicy::Retain, false)];
+        let plans = plans_for(&profiles, &[("app", Labels::new())]);
+        let mut labels = plans["app"].desired.clone();
+        labels.insert(psa::WARN.into(), "restricted".into());
+        let observed: BTreeMap<String, Labels> = [("app".to_owned(), labels)].into();
+        let excl = Exclusions::new(Exclusions::DEFAULT);
+        let none = HashSet::new();
+        // Someone else's warn label: left alone.
+        let mut state = State::default();
+        assert!(
+            label_writes(
+                &mut state,
+                &plans,
+                &observed,
+                &profiles,
+                &excl,
+                &none,
+                &HashMap::new()
+            )
+            .is_empty()
+        );
+        // Ours (per managedFields), with no memory of earlier writes: applied away.
+        let owned = HashMap::from([("app".to_owned(), BTreeSet::from([psa::WARN.to_owned()]))]);
+        let mut state = State::default();
+        let writes = label_writes(
+            &mut state, &plans, &observed, &profiles, &excl, &none, &owned,
+        );
+        assert_eq!(applies(&writes), [("app", false)]);
     }
 
     #[test]
@@ -985,6 +1266,11 @@ mod tests {
         let observed: BTreeMap<String, Labels> =
             ns.iter().map(|(n, l)| (n.to_string(), l.clone())).collect();
         let mut state = State::default();
+        let ours = || BTreeSet::from([psa::ENFORCE.to_owned()]);
+        let owned = HashMap::from([
+            ("app".to_owned(), ours()),
+            ("kube-system".to_owned(), ours()),
+        ]);
         let writes = label_writes(
             &mut state,
             &plans,
@@ -992,6 +1278,7 @@ mod tests {
             &profiles,
             &Exclusions::new(Exclusions::DEFAULT),
             &HashSet::new(),
+            &owned,
         );
         let released: Vec<&str> = writes
             .iter()
@@ -1001,6 +1288,17 @@ mod tests {
             })
             .collect();
         assert_eq!(released, ["app"], "excluded namespaces are never touched");
+        // Where we own nothing there is nothing to release.
+        let writes = label_writes(
+            &mut state,
+            &plans,
+            &observed,
+            &profiles,
+            &Exclusions::new(Exclusions::DEFAULT),
+            &HashSet::new(),
+            &HashMap::new(),
+        );
+        assert!(writes.is_empty());
 
         // If another live profile governs the namespace, its labels follow that one instead.
         let mut with_other = profiles.clone();
@@ -1013,6 +1311,7 @@ mod tests {
             &with_other,
             &Exclusions::new(Exclusions::DEFAULT),
             &HashSet::new(),
+            &owned,
         );
         assert_eq!(applies(&writes), [("app", false)]);
         assert!(!writes.iter().any(|w| matches!(w, Write::Release { .. })));

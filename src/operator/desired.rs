@@ -108,6 +108,10 @@ pub struct NamespacePlan {
     pub write: bool,
     /// The PSA labels the governing profiles want (written, or only reported in `Audit` mode).
     pub desired: Labels,
+    /// The labels the governing profiles declare, before a stricter value is kept or a
+    /// `WhenCompliant` rollout holds `enforce`: while this stays the same, an observed label that
+    /// no longer matches `desired` was changed by someone else (drift).
+    pub declared: Labels,
     /// The policy to evaluate Pods against: the observed labels with `desired` laid over them.
     pub policy: Policy,
     pub pending: Option<Pending>,
@@ -209,6 +213,7 @@ pub fn plan_namespace(
         governed_by: Vec::new(),
         write: false,
         desired: Labels::new(),
+        declared: Labels::new(),
         policy: observed,
         pending: None,
         unprotected: false,
@@ -247,6 +252,10 @@ pub fn plan_namespace(
             continue;
         };
         let (level_key, version_key) = mode.label_keys();
+        plan.declared
+            .insert(level_key.to_owned(), target.level.to_string());
+        plan.declared
+            .insert(version_key.to_owned(), target.version.to_string());
         let kept = allow_stricter
             .then(|| stricter_observed(&ns.labels, mode, target))
             .flatten();

@@ -70,31 +70,46 @@ impl<P: Evaluate> PodIndex<P> {
         self.policies.get(ns).copied().unwrap_or(Policy::DEFAULT)
     }
 
-    /// Adds or replaces a running Pod.
-    pub fn apply(&mut self, ns: &str, name: &str, pod: P) {
-        let policy = self.policy(ns);
+    /// Adds or replaces a running Pod. Returns whether anything the index reports changed: most
+    /// Pod updates are status changes that leave the projection as it was.
+    pub fn apply(&mut self, ns: &str, name: &str, pod: P) -> bool
+    where
+        P: PartialEq,
+    {
+        let pods = self.pods.entry(ns.to_owned()).or_default();
+        if pods.get(name).is_some_and(|e| e.pod == pod) {
+            return false;
+        }
+        let policy = self.policies.get(ns).copied().unwrap_or(Policy::DEFAULT);
         let entry = Entry {
             privileged: pod.privileged_containers(),
             checks: evaluate_all(&pod, &policy),
             pod,
         };
-        self.pods
-            .entry(ns.to_owned())
-            .or_default()
-            .insert(name.to_owned(), entry);
+        let changed = pods
+            .get(name)
+            .is_none_or(|old| old.checks != entry.checks || old.privileged != entry.privileged);
+        pods.insert(name.to_owned(), entry);
+        changed
     }
 
-    pub fn delete(&mut self, ns: &str, name: &str) {
-        if let Some(pods) = self.pods.get_mut(ns) {
-            pods.remove(name);
-            if pods.is_empty() {
-                self.pods.remove(ns);
-            }
+    /// Returns whether the Pod was there.
+    pub fn delete(&mut self, ns: &str, name: &str) -> bool {
+        let Some(pods) = self.pods.get_mut(ns) else {
+            return false;
+        };
+        let removed = pods.remove(name).is_some();
+        if pods.is_empty() {
+            self.pods.remove(ns);
         }
+        removed
     }
 
     /// Replaces every Pod (after a relist); policies are kept.
-    pub fn reset(&mut self, pods: impl IntoIterator<Item = (String, String, P)>) {
+    pub fn reset(&mut self, pods: impl IntoIterator<Item = (String, String, P)>)
+    where
+        P: PartialEq,
+    {
         self.pods.clear();
         for (ns, name, pod) in pods {
             self.apply(&ns, &name, pod);
@@ -269,6 +284,33 @@ pub(crate) mod tests {
         // Pods that arrive later use the namespace policy too.
         index.apply("app", "later", mk_pod(Level::Privileged, 0));
         assert_eq!(names(&index, "app", Mode::Enforce), ["later", "priv"]);
+    }
+
+    #[test]
+    fn updates_that_change_nothing_reported_say_so() {
+        let mut index = PodIndex::default();
+        index.set_policy(
+            "a",
+            policy("baseline:latest", "baseline:latest", "baseline:latest"),
+        );
+        assert!(
+            index.apply("a", "p", mk_pod(Level::Privileged, 1)),
+            "new pod"
+        );
+        assert!(
+            !index.apply("a", "p", mk_pod(Level::Privileged, 1)),
+            "same projection"
+        );
+        assert!(
+            index.apply("a", "p", mk_pod(Level::Baseline, 0)),
+            "now allowed"
+        );
+        assert!(
+            !index.apply("a", "p", mk_pod(Level::Restricted, 0)),
+            "still allowed at baseline: nothing reported changed"
+        );
+        assert!(index.delete("a", "p"));
+        assert!(!index.delete("a", "p"));
     }
 
     #[test]

@@ -13,7 +13,92 @@ pub mod error;
 pub mod index;
 pub mod metrics;
 pub mod pods;
+#[cfg(test)]
+mod properties;
 pub mod server;
 pub mod status;
 
 pub use error::{Error, Result};
+
+#[cfg(test)]
+mod config_tests {
+    //! The shipped `config/` must hold to what the operator preaches.
+
+    use crate::manifest::{Item, read_source};
+    use crate::pss::{self, Level, LevelVersion, Version};
+    use serde_yaml_ng::Value;
+
+    fn read(path: &str) -> String {
+        let full = format!("{}/{path}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("reading {full}: {e}"))
+    }
+
+    #[test]
+    fn the_manager_pod_passes_restricted() {
+        let text = read("config/manager/manager.yaml");
+        let items = read_source("config/manager/manager.yaml", text.as_bytes());
+        let workloads: Vec<_> = items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Workload(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(workloads.len(), 1, "one Deployment: {items:?}");
+        let w = workloads[0];
+        let eval = pss::evaluate(
+            &w.pod.metadata,
+            &w.pod.spec,
+            LevelVersion::new(Level::Restricted, Version::Latest),
+        );
+        assert!(eval.allowed(), "{}", eval.denial_message());
+        assert!(text.contains("readOnlyRootFilesystem: true"));
+    }
+
+    fn strings(v: &Value) -> Vec<String> {
+        v.as_sequence()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn rbac_is_least_privilege() {
+        let role: Value = serde_yaml_ng::from_str(&read("config/rbac/role.yaml")).expect("yaml");
+        let rules = role["rules"].as_sequence().expect("rules");
+        let mut granted = Vec::new();
+        for rule in rules {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    granted.push(format!("{resource}:{verb}"));
+                }
+            }
+        }
+        granted.sort();
+        assert_eq!(
+            granted,
+            [
+                "events:create",
+                "events:patch",
+                "namespaces:list",
+                "namespaces:patch",
+                "namespaces:watch",
+                "pods:list",
+                "pods:watch",
+                "podsecurityprofiles/status:patch",
+                "podsecurityprofiles:list",
+                "podsecurityprofiles:patch",
+                "podsecurityprofiles:watch",
+            ]
+        );
+        let lease: Value =
+            serde_yaml_ng::from_str(&read("config/rbac/leader_election_role.yaml")).expect("yaml");
+        assert_eq!(
+            lease["kind"].as_str(),
+            Some("Role"),
+            "leases only in its own namespace"
+        );
+        assert_eq!(strings(&lease["rules"][0]["resources"]), ["leases"]);
+    }
+}

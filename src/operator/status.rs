@@ -19,8 +19,9 @@ pub const MAX_SAMPLES: usize = 20;
 pub const MAX_PENDING: usize = 20;
 pub const MAX_PENDING_PODS: usize = 10;
 pub const MAX_MESSAGE_BYTES: usize = 1024;
-/// The serialized status is trimmed below this (the hard promise is 64 KiB).
-pub const MAX_STATUS_BYTES: usize = 60 * 1024;
+/// The compact JSON status is trimmed below this: the promise is 64 KiB, and the rest leaves room
+/// for pretty-printed output, the spec and metadata.
+pub const MAX_STATUS_BYTES: usize = 48 * 1024;
 const MAX_NAMES_IN_MESSAGE: usize = 10;
 
 /// Everything a status or metric is built from, observed in one pass.
@@ -340,25 +341,36 @@ fn mode_status<P: Evaluate>(
 /// Trims samples, then namespace breakdowns, then pending lists, from the end, until the
 /// serialized status fits [`MAX_STATUS_BYTES`]. Counts are never trimmed.
 fn fit(status: &mut PodSecurityProfileStatus) {
-    let size = |s: &PodSecurityProfileStatus| serde_json::to_vec(s).map_or(usize::MAX, |v| v.len());
-    while size(status) > MAX_STATUS_BYTES {
+    fn json_len<T: serde::Serialize>(v: &T) -> usize {
+        serde_json::to_vec(v).map_or(usize::MAX, |v| v.len())
+    }
+    // Serializing the whole status after every removal would be quadratic: track an estimate
+    // (each removal saves at least its own bytes) and re-measure only when it says "fits".
+    let mut size = json_len(status);
+    while size > MAX_STATUS_BYTES {
         let modes = [&mut status.enforce, &mut status.audit, &mut status.warn];
         let mut modes: Vec<&mut ModeStatus> = modes.into_iter().flatten().collect();
-        if let Some(m) = modes
+        let saved = if let Some(m) = modes
             .iter_mut()
             .filter(|m| !m.samples.is_empty())
             .max_by_key(|m| m.samples.len())
         {
-            m.samples.pop();
+            m.samples.pop().map_or(0, |x| json_len(&x))
         } else if let Some(m) = modes
             .iter_mut()
             .filter(|m| !m.namespaces.is_empty())
             .max_by_key(|m| m.namespaces.len())
         {
-            m.namespaces.pop();
             m.omitted_namespaces += 1;
-        } else if status.pending.pop().is_none() {
+            m.namespaces.pop().map_or(0, |x| json_len(&x))
+        } else if let Some(x) = status.pending.pop() {
+            json_len(&x)
+        } else {
             break;
+        };
+        size = size.saturating_sub(saved);
+        if size <= MAX_STATUS_BYTES {
+            size = json_len(status);
         }
     }
 }
