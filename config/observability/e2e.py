@@ -459,15 +459,20 @@ scrape_configs:
         'sum(pss_violating_pods{mode="enforce", namespace="obs-app"})': 1,
         'sum(pss_pod_violations{mode="enforce", namespace="obs-app", check="privileged"})': 1,
     }
-    for expr, want in expect_values.items():
-        got = api(prom_url, "query", query=expr)["result"]
-        value = float(got[0]["value"][1]) if got else None
-        if value != want:
-            raise Failure(f"{expr}: expected {want}, Prometheus says {value} ({got})")
-    unprotected = {s["metric"]["namespace"] for s in
-                   api(prom_url, "query", query="pss_unprotected_namespace == 1")["result"]}
-    if not {"obs-open", "default"} <= unprotected or unprotected & {"obs-app", "obs-shared", "kube-system"}:
-        raise Failure(f"unprotected namespaces: expected obs-open and default, got {sorted(unprotected)}")
+
+    def values_match():
+        wrong = []
+        for expr, want in expect_values.items():
+            got = api(prom_url, "query", query=expr)["result"]
+            value = float(got[0]["value"][1]) if got else None
+            if value != want:
+                wrong.append(f"{expr}: expected {want}, Prometheus says {value}")
+        unprotected = {s["metric"]["namespace"] for s in
+                       api(prom_url, "query", query="pss_unprotected_namespace == 1")["result"]}
+        if unprotected != {"obs-open", "default"}:
+            wrong.append(f"unprotected namespaces: expected default and obs-open, got {sorted(unprotected)}")
+        return not wrong, "\n".join(wrong)
+    wait_until("the overview values match the scenario", values_match)
     run.check("overview values match the scenario (1 privileged container, 1 pending, 1 conflict, "
               "4 managed, unprotected obs-open and default)")
 
