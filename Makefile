@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 BIN := target/debug/pss-operator
 
-.PHONY: help build test lint fmt-check clippy test-unit test-e2e demo bench bench-upstream fixtures check-seed
+.PHONY: crds install run deploy undeploy docker-build help build test lint fmt-check clippy test-unit test-e2e demo bench bench-upstream fixtures check-seed
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -33,6 +33,29 @@ check-seed: build ## Evaluate the seed article's manifests offline
 	-$(BIN) check --level restricted examples/seed/
 
 demo: check-seed demo-cluster ## The main job: the seed scenario offline, then on a real control plane
+
+# Operator targets use $KUBECONFIG, or the local control plane (started if needed) when it is unset.
+KUBE_ENV = if [[ -z "$${KUBECONFIG:-}" ]]; then export KUBECONFIG=$$(e2e/scripts/cluster-up.sh | tail -n1); \
+	  export PATH="$$(e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1):$$PATH"; fi
+
+crds: build ## Regenerate crds/ and config/crd/ from the Rust types
+	$(BIN) crd > crds/podsecurityprofiles.yaml
+	cp crds/podsecurityprofiles.yaml config/crd/podsecurityprofiles.yaml
+
+install: ## Install the PodSecurityProfile CRD into the cluster
+	@$(KUBE_ENV); kubectl apply --server-side -f crds/
+
+run: build install ## Run the operator locally against the cluster (metrics on 127.0.0.1:8080)
+	@$(KUBE_ENV); $(BIN) run --metrics-addr 127.0.0.1:8080
+
+deploy: ## Deploy CRD, RBAC and the operator Deployment (config/default)
+	@$(KUBE_ENV); kubectl apply --server-side -k config/default
+
+undeploy: ## Remove what deploy created
+	@$(KUBE_ENV); kubectl delete --ignore-not-found -k config/default
+
+docker-build: ## Build the container image (needs a Docker engine)
+	docker build -t pss-operator:latest .
 
 bench: ## Criterion benchmark: evaluations/s over the conformance corpus
 	$(CARGO) bench --bench evaluate
