@@ -12,7 +12,7 @@ help: ## List the targets
 build: ## Build the pss-operator binary
 	$(CARGO) build --bin pss-operator
 
-test: lint test-unit test-e2e ## Run every test: fmt, clippy, unit, conformance, CLI, properties, end-to-end
+test: lint test-unit test-e2e test-observability ## Run every test: fmt, clippy, unit, conformance, CLI, properties, end-to-end, alerts/dashboard
 
 lint: fmt-check clippy
 
@@ -69,3 +69,4 @@ fixtures: ## Refresh tests/fixtures/pss from the Go module k8s.io/pod-security-a
 	cp "$$dir"/LICENSE tests/fixtures/pss/LICENSE; chmod -R u+w tests/fixtures/pss
 
 include e2e/cluster.mk
+include config/observability.mk
