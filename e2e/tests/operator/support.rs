@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -706,6 +706,19 @@ impl OpTest {
     /// kubectl with the admin kubeconfig and `stdin`.
     pub async fn op_kubectl(&self, args: &[&str], stdin: &str) -> Result<std::process::Output> {
         harness::kubectl(self.op.cluster, args, stdin).await
+    }
+
+    /// Merge-patches a profile's spec.
+    pub async fn patch_spec(&self, name: &str, spec: Value) -> Result<()> {
+        self.profiles()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "spec": spec })),
+            )
+            .await
+            .with_context(|| format!("patching profile {name}"))?;
+        Ok(())
     }
 
     /// Creates a Pod from its spec (JSON); returns its name.
