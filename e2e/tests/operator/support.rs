@@ -197,12 +197,13 @@ fn start() -> Result<Operator> {
         .with_context(|| format!("starting {binary}"))?;
     let pid = child.id();
     // Statics are never dropped: stop the operator once this test process is gone (checking the
-    // pid still runs our binary, so a reused pid is never signalled).
+    // pid still runs our binary, so a reused pid is never signalled), and delete the token.
     Command::new("sh")
         .args([
             "-c",
             r#"owner=$1 pid=$2 bin=$3
                while kill -0 "$owner" 2>/dev/null; do sleep 1; done
+               rm -f "$4"
                [ "$(readlink "/proc/$pid/exe")" = "$bin" ] || exit 0
                kill -TERM "$pid" 2>/dev/null; sleep 5
                [ "$(readlink "/proc/$pid/exe")" = "$bin" ] && kill -KILL "$pid" 2>/dev/null
@@ -211,6 +212,7 @@ fn start() -> Result<Operator> {
             &std::process::id().to_string(),
             &pid.to_string(),
             binary,
+            &kubeconfig.to_string_lossy(),
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -486,7 +488,16 @@ pub async fn run_test(test: &str, body: impl AsyncFnOnce(&OpTest) -> Result<()>)
     match result {
         Ok(()) => {
             t.cleanup().await?;
-            op.check_alive()
+            op.check_alive()?;
+            // Every test also shows config/rbac is enough for what it made the operator do.
+            let m = op.metrics().await?;
+            let forbidden = m.find("pss_reconcile_errors_total", &[("error", "forbidden")]);
+            ensure!(
+                forbidden.is_empty(),
+                "the operator (as its ServiceAccount) was refused calls: {forbidden:?}\n{}",
+                op.log_lines_with("forbidden", 20)
+            );
+            Ok(())
         }
         Err(e) => {
             t.report_failure();
