@@ -7,7 +7,7 @@ E2E_SCRIPTS := $(E2E_DIR)/scripts
 E2E_CLUSTER_DIR := $(abspath $(or $(PSS_CLUSTER_DIR),$(E2E_DIR)/.cluster))
 CARGO ?= cargo
 
-.PHONY: e2e-binaries cluster-up cluster-down e2e-test e2e-test-dev demo-cluster
+.PHONY: e2e-binaries cluster-up cluster-down e2e-test e2e-test-dev demo-cluster demo-operator
 
 e2e-binaries: ## Build (once, cached by version) or locate etcd, kube-apiserver, kube-controller-manager, kubectl
 	@$(E2E_SCRIPTS)/build-binaries.sh >/dev/null
@@ -27,3 +27,6 @@ e2e-test-dev: cluster-up ## End-to-end tests against the `make cluster-up` contr
 
 demo-cluster: ## Replay the seed article on the local control plane (started when KUBECONFIG is unset)
 	@$(E2E_SCRIPTS)/demo.sh
+
+demo-operator: ## The operator live: profile on namespace app, labels applied, drift repaired, a privileged Pod in status and /metrics
+	@$(E2E_SCRIPTS)/demo-operator.sh

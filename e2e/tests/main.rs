@@ -5,5 +5,6 @@
 
 mod apiserver_parity;
 mod harness;
+mod operator;
 mod podgen;
 mod seed;

@@ -1,0 +1,10 @@
+//! The operator (`pss-operator run`) against the real control plane: one operator process, running
+//! as its ServiceAccount with only `config/rbac`, shared by these tests (see `support.rs`).
+
+mod labels;
+mod leader;
+mod policy;
+mod rbac;
+mod reporting;
+mod support;
+mod validation;
