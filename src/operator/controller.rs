@@ -372,7 +372,7 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         .iter()
         .filter_map(|n| Some((n.name_any(), n.uid()?)))
         .collect();
-    let observed: BTreeMap<String, Labels> = namespaces
+    let mut observed: BTreeMap<String, Labels> = namespaces
         .iter()
         .map(|n| (n.name.clone(), n.labels.clone()))
         .collect();
@@ -458,8 +458,11 @@ async fn pass(ctx: &Arc<Context>) -> usize {
                 if matches!(w, Write::Release { .. }) {
                     released.insert(ns.clone());
                 }
-                let before = observed.get(&ns);
-                after_write(ctx, w, uids.get(&ns), before, &written.labels).await;
+                let before = observed.get(&ns).cloned();
+                after_write(ctx, w, uids.get(&ns), before.as_ref(), &written.labels).await;
+                // Status and metrics below describe the namespace as our write left it, so a
+                // repaired drift does not flap Ready to Progressing for one pass.
+                observed.insert(ns, written.labels);
             }
             Err(e) => {
                 failures += 1;
@@ -617,8 +620,15 @@ fn label_writes(
             remember_declared(state, plan);
             continue;
         }
-        let drift =
-            state.last_declared.get(&plan.name) == Some(&plan.declared) && !changes.is_empty();
+        // Drift: the declaration is unchanged and a label now differs from the value the
+        // namespace had when we last applied or confirmed it. A policy change that meets
+        // untouched labels (allowStricter turned off, a WhenCompliant rollout completing) is not.
+        let drift = state.last_declared.get(&plan.name) == Some(&plan.declared)
+            && last.is_some_and(|applied| {
+                changes
+                    .iter()
+                    .any(|c| applied.get(&c.label) != c.found.as_ref())
+            });
         writes.push(Write::Apply {
             ns: plan.name.clone(),
             desired: plan.desired.clone(),
@@ -1165,6 +1175,37 @@ mod tests {
             &owned,
         );
         assert_eq!(applies(&w), [("app", true)]);
+    }
+
+    #[test]
+    fn turning_allow_stricter_off_is_an_application_not_drift() {
+        let mut p = (*profile("p", DeletionPolicy::Retain, false)).clone();
+        p.spec.allow_stricter = true;
+        let excl = Exclusions::new(Exclusions::DEFAULT);
+        let (none, owned) = (HashSet::new(), HashMap::new());
+        let mut state = State::default();
+        let labels: Labels = [
+            (psa::ENFORCE.to_owned(), "restricted".to_owned()),
+            (psa::ENFORCE_VERSION.to_owned(), "latest".to_owned()),
+        ]
+        .into();
+        let stricter = [("app", labels.clone())];
+        let observed: BTreeMap<String, Labels> = [("app".to_owned(), labels)].into();
+        // A stricter value kept under allowStricter: nothing to write, remembered.
+        let profiles = vec![Arc::new(p.clone())];
+        let plans = plans_for(&profiles, &stricter);
+        let w = label_writes(
+            &mut state, &plans, &observed, &profiles, &excl, &none, &owned,
+        );
+        assert!(w.is_empty());
+        // The profile stops allowing it; nobody touched the namespace: lowered, not repaired.
+        p.spec.allow_stricter = false;
+        let profiles = vec![Arc::new(p)];
+        let plans = plans_for(&profiles, &stricter);
+        let w = label_writes(
+            &mut state, &plans, &observed, &profiles, &excl, &none, &owned,
+        );
+        assert_eq!(applies(&w), [("app", false)]);
     }
 
     #[test]
