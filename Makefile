@@ -32,7 +32,7 @@ check-seed: build ## Evaluate the seed article's manifests offline
 	-$(BIN) check --level baseline examples/seed/
 	-$(BIN) check --level restricted examples/seed/
 
-demo: check-seed demo-cluster ## The main job: the seed scenario offline, then on a real control plane
+demo: check-seed demo-cluster demo-operator ## The main job: the seed scenario offline, on a real control plane, then with the operator
 
 # Operator targets use $KUBECONFIG, or the local control plane (started if needed) when it is unset.
 KUBE_ENV = if [[ -z "$${KUBECONFIG:-}" ]]; then export KUBECONFIG=$$(e2e/scripts/cluster-up.sh | tail -n1); \
