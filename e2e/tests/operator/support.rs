@@ -36,16 +36,13 @@ pub const EVENTUALLY: Duration = Duration::from_secs(60);
 /// The label every operator test puts on its namespaces; its profiles select on it.
 pub const TEST_LABEL: &str = "e2e.pss-operator.io/test";
 /// The operator's field manager (labels and status).
-pub const MANAGER: &str = "pss-operator";
+pub use pss_operator::operator::controller::MANAGER;
 pub const OPERATOR_NAMESPACE: &str = "pss-system";
 pub const SERVICE_ACCOUNT: &str = "pss-operator";
 
-pub const ENFORCE: &str = "pod-security.kubernetes.io/enforce";
-pub const ENFORCE_VERSION: &str = "pod-security.kubernetes.io/enforce-version";
-pub const AUDIT: &str = "pod-security.kubernetes.io/audit";
-pub const AUDIT_VERSION: &str = "pod-security.kubernetes.io/audit-version";
-pub const WARN: &str = "pod-security.kubernetes.io/warn";
-pub const WARN_VERSION: &str = "pod-security.kubernetes.io/warn-version";
+pub use pss_operator::pss::level::labels::{
+    AUDIT, AUDIT_VERSION, ENFORCE, ENFORCE_VERSION, WARN, WARN_VERSION,
+};
 
 /// The running operator.
 pub struct Operator {
