@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 BIN := target/debug/pss-operator
 
-.PHONY: help build test lint fmt-check clippy test-unit test-e2e demo bench bench-upstream fixtures check-seed fuzz deny
+.PHONY: crds install run deploy undeploy docker-build help build test lint fmt-check clippy test-unit test-e2e demo bench bench-upstream fixtures check-seed fuzz deny
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -12,7 +12,7 @@ help: ## List the targets
 build: ## Build the pss-operator binary
 	$(CARGO) build --bin pss-operator
 
-test: lint test-unit test-e2e ## Run every test: fmt, clippy, unit, conformance, CLI, properties, end-to-end
+test: lint test-unit test-e2e test-observability ## Run every test: fmt, clippy, unit, conformance, CLI, properties, end-to-end, alerts/dashboard
 
 lint: fmt-check clippy
 
@@ -39,7 +39,30 @@ check-seed: build ## Evaluate the seed article's manifests offline
 	-$(BIN) check --level baseline examples/seed/
 	-$(BIN) check --level restricted examples/seed/
 
-demo: check-seed demo-cluster ## The main job: the seed scenario offline, then on a real control plane
+demo: check-seed demo-cluster demo-operator ## The main job: the seed scenario offline, on a real control plane, then with the operator
+
+# Operator targets use $KUBECONFIG, or the local control plane (started if needed) when it is unset.
+KUBE_ENV = if [[ -z "$${KUBECONFIG:-}" ]]; then export KUBECONFIG=$$(e2e/scripts/cluster-up.sh | tail -n1); \
+	  export PATH="$$(e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1):$$PATH"; fi
+
+crds: build ## Regenerate crds/ and config/crd/ from the Rust types
+	$(BIN) crd > crds/podsecurityprofiles.yaml
+	cp crds/podsecurityprofiles.yaml config/crd/podsecurityprofiles.yaml
+
+install: ## Install the PodSecurityProfile CRD into the cluster
+	@$(KUBE_ENV); kubectl apply --server-side -f crds/
+
+run: build install ## Run the operator locally against the cluster (metrics on 127.0.0.1:8080)
+	@$(KUBE_ENV); $(BIN) run --metrics-addr 127.0.0.1:8080
+
+deploy: ## Deploy CRD, RBAC and the operator Deployment (config/default)
+	@$(KUBE_ENV); kubectl apply --server-side -k config/default
+
+undeploy: ## Remove what deploy created
+	@$(KUBE_ENV); kubectl delete --ignore-not-found -k config/default
+
+docker-build: ## Build the container image (needs a Docker engine)
+	docker build -t pss-operator:latest .
 
 bench: ## Criterion benchmark: evaluations/s over the conformance corpus
 	$(CARGO) bench --bench evaluate
@@ -53,3 +76,4 @@ fixtures: ## Refresh tests/fixtures/pss from the Go module k8s.io/pod-security-a
 	cp "$$dir"/LICENSE tests/fixtures/pss/LICENSE; chmod -R u+w tests/fixtures/pss
 
 include e2e/cluster.mk
+include config/observability.mk

@@ -27,7 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use super::crd::{DeletionPolicy, FINALIZER, PodSecurityProfile};
+use super::crd::{DeletionPolicy, FINALIZER, PodSecurityProfile, PodSecurityProfileStatus};
 use super::desired::{
     Exclusions, LabelChange, Labels, NamespacePlan, NamespaceView, ProfileView, label_changes, plan,
 };
@@ -372,7 +372,7 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         .iter()
         .filter_map(|n| Some((n.name_any(), n.uid()?)))
         .collect();
-    let observed: BTreeMap<String, Labels> = namespaces
+    let mut observed: BTreeMap<String, Labels> = namespaces
         .iter()
         .map(|n| (n.name.clone(), n.labels.clone()))
         .collect();
@@ -458,8 +458,11 @@ async fn pass(ctx: &Arc<Context>) -> usize {
                 if matches!(w, Write::Release { .. }) {
                     released.insert(ns.clone());
                 }
-                let before = observed.get(&ns);
-                after_write(ctx, w, uids.get(&ns), before, &written.labels).await;
+                let before = observed.get(&ns).cloned();
+                after_write(ctx, w, uids.get(&ns), before.as_ref(), &written.labels).await;
+                // Status and metrics below describe the namespace as our write left it, so a
+                // repaired drift does not flap Ready to Progressing for one pass.
+                observed.insert(ns, written.labels);
             }
             Err(e) => {
                 failures += 1;
@@ -522,15 +525,7 @@ async fn pass(ctx: &Arc<Context>) -> usize {
     });
     let api: Api<PodSecurityProfile> = Api::all(ctx.client.clone());
     for (name, status) in statuses {
-        let patch = json!({
-            "apiVersion": "pss-operator.io/v1alpha1",
-            "kind": "PodSecurityProfile",
-            "status": status,
-        });
-        let params = PatchParams::apply(MANAGER).force();
-        let result = api
-            .patch_status(&name, &params, &Patch::Apply(&patch))
-            .await;
+        let result = apply_status(&api, &name, &status).await;
         failures += status_written(ctx, &name, result);
     }
     // Server-side apply needs the stored object to match the schema, which an unreadable one
@@ -558,6 +553,21 @@ fn remember_declared(state: &mut State, plan: &NamespacePlan) {
     } else {
         state.last_declared.remove(&plan.name);
     }
+}
+
+/// Server-side applies the status subresource (only `status`, our field manager).
+async fn apply_status(
+    api: &Api<PodSecurityProfile>,
+    name: &str,
+    status: &PodSecurityProfileStatus,
+) -> kube::Result<PodSecurityProfile> {
+    let patch = json!({
+        "apiVersion": "pss-operator.io/v1alpha1",
+        "kind": "PodSecurityProfile",
+        "status": status,
+    });
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch_status(name, &params, &Patch::Apply(&patch)).await
 }
 
 /// Logs and counts a status write; returns 1 if it failed.
@@ -610,8 +620,15 @@ fn label_writes(
             remember_declared(state, plan);
             continue;
         }
-        let drift =
-            state.last_declared.get(&plan.name) == Some(&plan.declared) && !changes.is_empty();
+        // Drift: the declaration is unchanged and a label now differs from the value the
+        // namespace had when we last applied or confirmed it. A policy change that meets
+        // untouched labels (allowStricter turned off, a WhenCompliant rollout completing) is not.
+        let drift = state.last_declared.get(&plan.name) == Some(&plan.declared)
+            && last.is_some_and(|applied| {
+                changes
+                    .iter()
+                    .any(|c| applied.get(&c.label) != c.found.as_ref())
+            });
         writes.push(Write::Apply {
             ns: plan.name.clone(),
             desired: plan.desired.clone(),
@@ -1161,6 +1178,37 @@ mod tests {
     }
 
     #[test]
+    fn turning_allow_stricter_off_is_an_application_not_drift() {
+        let mut p = (*profile("p", DeletionPolicy::Retain, false)).clone();
+        p.spec.allow_stricter = true;
+        let excl = Exclusions::new(Exclusions::DEFAULT);
+        let (none, owned) = (HashSet::new(), HashMap::new());
+        let mut state = State::default();
+        let labels: Labels = [
+            (psa::ENFORCE.to_owned(), "restricted".to_owned()),
+            (psa::ENFORCE_VERSION.to_owned(), "latest".to_owned()),
+        ]
+        .into();
+        let stricter = [("app", labels.clone())];
+        let observed: BTreeMap<String, Labels> = [("app".to_owned(), labels)].into();
+        // A stricter value kept under allowStricter: nothing to write, remembered.
+        let profiles = vec![Arc::new(p.clone())];
+        let plans = plans_for(&profiles, &stricter);
+        let w = label_writes(
+            &mut state, &plans, &observed, &profiles, &excl, &none, &owned,
+        );
+        assert!(w.is_empty());
+        // The profile stops allowing it; nobody touched the namespace: lowered, not repaired.
+        p.spec.allow_stricter = false;
+        let profiles = vec![Arc::new(p)];
+        let plans = plans_for(&profiles, &stricter);
+        let w = label_writes(
+            &mut state, &plans, &observed, &profiles, &excl, &none, &owned,
+        );
+        assert_eq!(applies(&w), [("app", false)]);
+    }
+
+    #[test]
     fn raising_enforce_when_a_rollout_completes_is_not_drift() {
         let mut p = (*profile("p", DeletionPolicy::Retain, false)).clone();
         p.spec.rollout = crate::operator::crd::Rollout::WhenCompliant;
@@ -1246,6 +1294,132 @@ mod tests {
             &mut state, &plans, &observed, &profiles, &excl, &none, &owned,
         );
         assert_eq!(applies(&writes), [("app", false)]);
+    }
+
+    /// Serves one request to `check`, answering with `response`.
+    async fn serve_one(
+        mut handle: tower_test::mock::Handle<
+            http::Request<kube::client::Body>,
+            http::Response<kube::client::Body>,
+        >,
+        check: impl FnOnce(&http::Request<()>, serde_json::Value),
+        response: serde_json::Value,
+    ) {
+        let (request, send) = handle.next_request().await.expect("one request");
+        let (parts, body) = request.into_parts();
+        let body = body.collect_bytes().await.expect("request body");
+        let json: serde_json::Value = serde_json::from_slice(&body).expect("json body");
+        check(&http::Request::from_parts(parts, ()), json);
+        let bytes = serde_json::to_vec(&response).expect("json");
+        send.send_response(
+            http::Response::builder()
+                .body(kube::client::Body::from(bytes))
+                .expect("response"),
+        );
+    }
+
+    #[tokio::test]
+    async fn labels_are_server_side_applied_by_one_field_manager_and_nothing_else() {
+        let (service, handle) = tower_test::mock::pair();
+        let client = Client::new(service, "default");
+        let desired: Labels = [
+            (psa::ENFORCE.to_owned(), "baseline".to_owned()),
+            (psa::ENFORCE_VERSION.to_owned(), "latest".to_owned()),
+        ]
+        .into();
+        let write = Write::Apply {
+            ns: "app".into(),
+            desired: desired.clone(),
+            declared: Some(desired.clone()),
+            changes: Vec::new(),
+            drift: false,
+            profiles: vec!["p".into()],
+        };
+        let server = serve_one(
+            handle,
+            |req, body| {
+                assert_eq!(req.method(), http::Method::PATCH);
+                assert_eq!(req.uri().path(), "/api/v1/namespaces/app");
+                let query = req.uri().query().unwrap_or_default();
+                assert!(query.contains("fieldManager=pss-operator"), "{query}");
+                assert!(query.contains("force=true"), "{query}");
+                assert_eq!(
+                    req.headers()
+                        .get(http::header::CONTENT_TYPE)
+                        .map(|v| v.as_bytes()),
+                    Some(&b"application/apply-patch+yaml"[..])
+                );
+                // Only the PSA labels: no other label, annotation, spec or status.
+                assert_eq!(
+                    body,
+                    json!({
+                        "apiVersion": "v1",
+                        "kind": "Namespace",
+                        "metadata": {"name": "app", "labels": {
+                            psa::ENFORCE: "baseline",
+                            psa::ENFORCE_VERSION: "latest",
+                        }},
+                    })
+                );
+            },
+            json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "app", "resourceVersion": "42",
+                             "labels": {"team": "x", psa::ENFORCE: "baseline"}},
+            }),
+        );
+        let (written, ()) = tokio::join!(write_labels(&client, &write), server);
+        let written = written.expect("applied");
+        assert_eq!(written.resource_version, Some(42));
+        assert_eq!(written.labels.get("team").map(String::as_str), Some("x"));
+    }
+
+    #[tokio::test]
+    async fn a_release_applies_no_labels_so_only_ours_go() {
+        let (service, handle) = tower_test::mock::pair();
+        let client = Client::new(service, "default");
+        let server = serve_one(
+            handle,
+            |_, body| {
+                assert_eq!(body["metadata"]["labels"], json!({}));
+            },
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}),
+        );
+        let write = Write::Release { ns: "app".into() };
+        let (written, ()) = tokio::join!(write_labels(&client, &write), server);
+        assert_eq!(written.expect("released").resource_version, None);
+    }
+
+    #[tokio::test]
+    async fn status_is_server_side_applied_to_the_status_subresource() {
+        let (service, handle) = tower_test::mock::pair();
+        let client = Client::new(service, "default");
+        let status = PodSecurityProfileStatus {
+            matched_namespaces: 2,
+            ..Default::default()
+        };
+        let server = serve_one(
+            handle,
+            |req, body| {
+                assert_eq!(req.method(), http::Method::PATCH);
+                assert_eq!(
+                    req.uri().path(),
+                    "/apis/pss-operator.io/v1alpha1/podsecurityprofiles/apps/status"
+                );
+                let query = req.uri().query().unwrap_or_default();
+                assert!(
+                    query.contains("fieldManager=pss-operator") && query.contains("force=true")
+                );
+                assert_eq!(body["kind"], "PodSecurityProfile");
+                assert_eq!(body["status"]["matchedNamespaces"], 2);
+                assert!(body.get("spec").is_none() && body.get("metadata").is_none());
+            },
+            json!({"apiVersion": "pss-operator.io/v1alpha1", "kind": "PodSecurityProfile",
+                   "metadata": {"name": "apps"}, "spec": {"enforce": {"level": "baseline"}}}),
+        );
+        let api: Api<PodSecurityProfile> = Api::all(client);
+        let (written, ()) = tokio::join!(apply_status(&api, "apps", &status), server);
+        assert_eq!(written.expect("written").name_any(), "apps");
     }
 
     #[test]

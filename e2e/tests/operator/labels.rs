@@ -504,3 +504,72 @@ async fn a_namespace_that_starts_matching_gets_the_labels() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_change_is_applied_and_a_dropped_mode_takes_its_labels_off() -> Result<()> {
+    run_test("profile-change", async |t: &OpTest| {
+        let ns = t.namespace("ns", &[]).await?;
+        let profile = t
+            .profile(
+                "p",
+                t.spec(
+                    &[],
+                    json!({"enforce": {"level": "baseline"}, "warn": {"level": "restricted"}}),
+                )?,
+            )
+            .await?;
+        t.wait_labels(&ns, &[(ENFORCE, "baseline"), (WARN, "restricted")], &[])
+            .await?;
+        // enforce raised, warn dropped: the namespace follows, and that is no drift.
+        t.patch_spec(
+            &profile,
+            json!({"enforce": {"level": "restricted", "version": "v1.33"}, "warn": null}),
+        )
+        .await?;
+        t.wait_labels(
+            &ns,
+            &[(ENFORCE, "restricted"), (ENFORCE_VERSION, "v1.33")],
+            &[WARN, WARN_VERSION],
+        )
+        .await?;
+        let p = t
+            .wait_status(&profile, "Ready at generation 2", |p| {
+                is_true(p, "Ready") && p.metadata.generation == Some(2)
+            })
+            .await?;
+        assert_eq!(status_num(&p, |s| s.drift_corrections), 0);
+        assert!(t.events(&ns, "LabelDriftRepaired").await?.is_empty());
+        let namespace = t.namespaces().get(&ns).await?;
+        let ours: Vec<(String, String, Value)> = manager_entries(&namespace)
+            .into_iter()
+            .filter(|(m, _, _)| m == MANAGER)
+            .collect();
+        assert_eq!(ours.len(), 1, "{ours:?}");
+        let mut owned = label_fields(&ours[0].2);
+        owned.sort();
+        assert_eq!(
+            owned,
+            [ENFORCE, ENFORCE_VERSION],
+            "we own only what is declared"
+        );
+        t.wait_metrics("the level series follow the profile", |m| {
+            m.value(
+                "pss_namespace_level",
+                &[
+                    ("namespace", &ns),
+                    ("mode", "enforce"),
+                    ("level", "restricted"),
+                    ("version", "v1.33"),
+                ],
+            ) == Some(1.0)
+                && m.find(
+                    "pss_namespace_level",
+                    &[("namespace", &ns), ("level", "baseline")],
+                )
+                .is_empty()
+        })
+        .await?;
+        Ok(())
+    })
+    .await
+}

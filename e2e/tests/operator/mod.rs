@@ -2,6 +2,7 @@
 //! as its ServiceAccount with only `config/rbac`, shared by these tests (see `support.rs`).
 
 mod labels;
+mod leader;
 mod policy;
 mod rbac;
 mod reporting;

@@ -7,8 +7,8 @@ use serde_json::json;
 
 use super::labels::{is_true, message, reason};
 use super::support::{
-    AUDIT, AUDIT_VERSION, ENFORCE, ENFORCE_VERSION, EVENTUALLY, MANAGER, OpTest, WARN,
-    WARN_VERSION, baseline_pod, manager_entries, run_test,
+    AUDIT, AUDIT_VERSION, ENFORCE, ENFORCE_VERSION, EVENTUALLY, MANAGER, OPERATOR_NAMESPACE,
+    OpTest, WARN, WARN_VERSION, baseline_pod, manager_entries, run_test,
 };
 use crate::harness::eventually;
 
@@ -108,7 +108,9 @@ async fn higher_priority_wins_and_a_tie_takes_the_most_restrictive_level_and_rep
             assert_eq!(reason(&p, "Conflicted"), "EqualPriority");
             let text = message(&p, "Conflicted");
             assert!(
-                text.contains(&tie) && text.contains(other.as_str()) && !text.contains(&prio),
+                text.starts_with(&format!(
+                    "profiles {other} have the same priority 5 on namespaces {tie};"
+                )),
                 "{me}: {text}"
             );
         }
@@ -417,6 +419,59 @@ async fn deletion_policy_retain_keeps_the_labels_and_remove_takes_them_off() -> 
             m.find("pss_violating_pods", &[("profile", &remove)])
                 .is_empty()
         );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn excluded_namespaces_are_never_labelled_even_when_selected() -> Result<()> {
+    run_test("exclusions", async |t: &OpTest| {
+        let ns = t.namespace("ns", &[]).await?;
+        // Excluded by default, and the operator's own namespace (--operator-namespace).
+        let excluded = ["kube-system", "kube-public", OPERATOR_NAMESPACE];
+        let mut before = Vec::new();
+        for name in excluded {
+            before.push(t.namespaces().get(name).await?);
+        }
+        let mut names = vec![ns.clone()];
+        names.extend(excluded.iter().map(|n| n.to_string()));
+        let spec = serde_json::from_value(json!({
+            "namespaceSelector": {"matchExpressions": [
+                {"key": "kubernetes.io/metadata.name", "operator": "In", "values": names},
+            ]},
+            "enforce": {"level": "restricted"},
+        }))?;
+        let profile = t.profile("p", spec).await?;
+        t.wait_labels(&ns, &[(ENFORCE, "restricted")], &[]).await?;
+        let p = t
+            .wait_status(&profile, "Ready, only the test namespace matched", |p| {
+                is_true(p, "Ready")
+                    && p.status
+                        .as_ref()
+                        .is_some_and(|s| s.matched_namespaces == 1 && s.enforced_namespaces == 1)
+            })
+            .await?;
+        assert!(!is_true(&p, "Degraded"));
+        let m = t.op.metrics().await?;
+        for old in before {
+            let name = old.metadata.name.clone().unwrap_or_default();
+            let now = t.namespaces().get(&name).await?;
+            assert_eq!(now.metadata.labels, old.metadata.labels, "{name} untouched");
+            assert!(
+                !manager_entries(&now).iter().any(|(m, _, _)| m == MANAGER),
+                "the operator never wrote {name}"
+            );
+            assert!(
+                m.find("pss_namespace_level", &[("namespace", &name)])
+                    .is_empty()
+            );
+            assert_eq!(
+                m.value("pss_unprotected_namespace", &[("namespace", &name)]),
+                None,
+                "excluded namespaces are not reported unprotected"
+            );
+        }
         Ok(())
     })
     .await

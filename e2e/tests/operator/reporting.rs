@@ -98,6 +98,21 @@ async fn a_privileged_pod_created_before_enforcement_shows_in_status_and_metrics
             ),
             Some(1.0)
         );
+
+        // The namespace goes: its series go with it, and the status forgets it.
+        crate::harness::delete_namespace(&t.client, &ns).await?;
+        t.wait_metrics("no series left for the deleted namespace", |m| {
+            m.0.iter()
+                .all(|s| s.labels.get("namespace").map(String::as_str) != Some(ns.as_str()))
+        })
+        .await?;
+        t.wait_status(&profile, "nothing matched, nothing violating", |p| {
+            p.status.as_ref().is_some_and(|s| {
+                s.matched_namespaces == 0
+                    && s.enforce.as_ref().is_some_and(|e| e.violating_pods == 0)
+            })
+        })
+        .await?;
         Ok(())
     })
     .await

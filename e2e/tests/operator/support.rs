@@ -23,7 +23,7 @@ use anyhow::{Context as _, Result, anyhow, bail, ensure};
 use futures::FutureExt as _;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
@@ -36,20 +36,19 @@ pub const EVENTUALLY: Duration = Duration::from_secs(60);
 /// The label every operator test puts on its namespaces; its profiles select on it.
 pub const TEST_LABEL: &str = "e2e.pss-operator.io/test";
 /// The operator's field manager (labels and status).
-pub const MANAGER: &str = "pss-operator";
+pub use pss_operator::operator::controller::MANAGER;
 pub const OPERATOR_NAMESPACE: &str = "pss-system";
 pub const SERVICE_ACCOUNT: &str = "pss-operator";
 
-pub const ENFORCE: &str = "pod-security.kubernetes.io/enforce";
-pub const ENFORCE_VERSION: &str = "pod-security.kubernetes.io/enforce-version";
-pub const AUDIT: &str = "pod-security.kubernetes.io/audit";
-pub const AUDIT_VERSION: &str = "pod-security.kubernetes.io/audit-version";
-pub const WARN: &str = "pod-security.kubernetes.io/warn";
-pub const WARN_VERSION: &str = "pod-security.kubernetes.io/warn-version";
+pub use pss_operator::pss::level::labels::{
+    AUDIT, AUDIT_VERSION, ENFORCE, ENFORCE_VERSION, WARN, WARN_VERSION,
+};
 
 /// The running operator.
 pub struct Operator {
     pub cluster: &'static Cluster,
+    /// The folder of the kubeconfig and the log.
+    pub dir: PathBuf,
     /// `127.0.0.1:<port>` of /metrics, /healthz, /readyz.
     pub metrics_addr: String,
     /// stdout + stderr of the process.
@@ -167,58 +166,15 @@ fn start() -> Result<Operator> {
     let kubeconfig = dir.join("serviceaccount.kubeconfig");
     std::fs::write(&kubeconfig, token_kubeconfig(cluster, &token)?)?;
     let log = dir.join("operator.log");
+    let identity = format!("pss-operator-e2e-{}", std::process::id());
 
-    let port = free_port()?;
-    let metrics_addr = format!("127.0.0.1:{port}");
-    let binary = env!("CARGO_BIN_EXE_pss-operator");
-    let log_file = std::fs::File::create(&log)?;
-    let child = Command::new(binary)
-        .args([
-            "run",
-            "--metrics-addr",
-            &metrics_addr,
-            "--operator-namespace",
-            OPERATOR_NAMESPACE,
-            "--log-format",
-            "text",
-        ])
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env(
-            "POD_NAME",
-            format!("pss-operator-e2e-{}", std::process::id()),
-        )
-        .env_remove("POD_NAMESPACE")
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone()?)
-        .stderr(log_file)
-        .spawn()
-        .with_context(|| format!("starting {binary}"))?;
-    let pid = child.id();
-    // Statics are never dropped: stop the operator once this test process is gone (checking the
-    // pid still runs our binary, so a reused pid is never signalled).
-    Command::new("sh")
-        .args([
-            "-c",
-            r#"owner=$1 pid=$2 bin=$3
-               while kill -0 "$owner" 2>/dev/null; do sleep 1; done
-               [ "$(readlink "/proc/$pid/exe")" = "$bin" ] || exit 0
-               kill -TERM "$pid" 2>/dev/null; sleep 5
-               [ "$(readlink "/proc/$pid/exe")" = "$bin" ] && kill -KILL "$pid" 2>/dev/null
-               exit 0"#,
-            "pss-operator-e2e-watchdog",
-            &std::process::id().to_string(),
-            &pid.to_string(),
-            binary,
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the operator watchdog")?;
+    let spawned = spawn_operator(&kubeconfig, &log, &identity, &[], Some(&kubeconfig))?;
+    let pid = spawned.child.id();
+    let metrics_addr = spawned.metrics_addr;
+    let child = spawned.child;
     let op = Operator {
         cluster,
+        dir: dir.clone(),
         metrics_addr,
         log,
         kubeconfig,
@@ -245,6 +201,79 @@ fn start() -> Result<Operator> {
         std::thread::sleep(Duration::from_millis(200));
     }
     Ok(op)
+}
+
+/// A started `pss-operator run` (as the ServiceAccount) and its metrics address.
+pub struct Spawned {
+    pub child: Child,
+    pub metrics_addr: String,
+}
+
+/// Starts `pss-operator run` with `kubeconfig`, its server on a free loopback port, output to
+/// `log`, `POD_NAME` = `identity`, and `extra` arguments; plus a watchdog that stops it (and deletes
+/// `delete_on_exit`) once this test process is gone.
+pub fn spawn_operator(
+    kubeconfig: &std::path::Path,
+    log: &std::path::Path,
+    identity: &str,
+    extra: &[&str],
+    delete_on_exit: Option<&std::path::Path>,
+) -> Result<Spawned> {
+    let port = free_port()?;
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let binary = env!("CARGO_BIN_EXE_pss-operator");
+    let log_file = std::fs::File::create(log)?;
+    let child = Command::new(binary)
+        .args([
+            "run",
+            "--metrics-addr",
+            &metrics_addr,
+            "--operator-namespace",
+            OPERATOR_NAMESPACE,
+            "--log-format",
+            "text",
+        ])
+        .args(extra)
+        .env("KUBECONFIG", kubeconfig)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env("POD_NAME", identity)
+        .env_remove("POD_NAMESPACE")
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {binary}"))?;
+    let pid = child.id();
+    // Statics are never dropped: stop the operator once this test process is gone (checking the
+    // pid still runs our binary, so a reused pid is never signalled), and delete the token.
+    Command::new("sh")
+        .args([
+            "-c",
+            r#"owner=$1 pid=$2 bin=$3
+               while kill -0 "$owner" 2>/dev/null; do sleep 1; done
+               [ -n "$4" ] && rm -f "$4"
+               [ "$(readlink "/proc/$pid/exe")" = "$bin" ] || exit 0
+               kill -TERM "$pid" 2>/dev/null; sleep 5
+               [ "$(readlink "/proc/$pid/exe")" = "$bin" ] && kill -KILL "$pid" 2>/dev/null
+               exit 0"#,
+            "pss-operator-e2e-watchdog",
+            &std::process::id().to_string(),
+            &pid.to_string(),
+            binary,
+            &delete_on_exit
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the operator watchdog")?;
+    Ok(Spawned {
+        child,
+        metrics_addr,
+    })
 }
 
 fn http_get_sync(addr: &str, path: &str) -> Result<(u16, String)> {
@@ -461,9 +490,27 @@ pub struct OpTest {
     profiles: Mutex<Vec<String>>,
 }
 
+/// Operator tests share the cluster and the operator; a test that starts operators of its own
+/// (which act on every profile) takes this exclusively so no other operator test runs meanwhile.
+static EXCLUSIVE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
 /// Runs an operator test body. On failure the operator's log lines about this test (and the last
 /// lines of the log) are printed, and what the test created is kept for inspection.
 pub async fn run_test(test: &str, body: impl AsyncFnOnce(&OpTest) -> Result<()>) -> Result<()> {
+    let _shared = EXCLUSIVE.read().await;
+    run_test_inner(test, body).await
+}
+
+/// [`run_test`] with no other operator test running meanwhile.
+pub async fn run_exclusive_test(
+    test: &str,
+    body: impl AsyncFnOnce(&OpTest) -> Result<()>,
+) -> Result<()> {
+    let _alone = EXCLUSIVE.write().await;
+    run_test_inner(test, body).await
+}
+
+async fn run_test_inner(test: &str, body: impl AsyncFnOnce(&OpTest) -> Result<()>) -> Result<()> {
     let op = tokio::task::spawn_blocking(operator)
         .await
         .map_err(|e| anyhow!("starting the operator panicked: {e}"))?;
@@ -486,7 +533,16 @@ pub async fn run_test(test: &str, body: impl AsyncFnOnce(&OpTest) -> Result<()>)
     match result {
         Ok(()) => {
             t.cleanup().await?;
-            op.check_alive()
+            op.check_alive()?;
+            // Every test also shows config/rbac is enough for what it made the operator do.
+            let m = op.metrics().await?;
+            let forbidden = m.find("pss_reconcile_errors_total", &[("error", "forbidden")]);
+            ensure!(
+                forbidden.is_empty(),
+                "the operator (as its ServiceAccount) was refused calls: {forbidden:?}\n{}",
+                op.log_lines_with("forbidden", 20)
+            );
+            Ok(())
         }
         Err(e) => {
             t.report_failure();
@@ -706,6 +762,19 @@ impl OpTest {
     /// kubectl with the admin kubeconfig and `stdin`.
     pub async fn op_kubectl(&self, args: &[&str], stdin: &str) -> Result<std::process::Output> {
         harness::kubectl(self.op.cluster, args, stdin).await
+    }
+
+    /// Merge-patches a profile's spec.
+    pub async fn patch_spec(&self, name: &str, spec: Value) -> Result<()> {
+        self.profiles()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(&json!({ "spec": spec })),
+            )
+            .await
+            .with_context(|| format!("patching profile {name}"))?;
+        Ok(())
     }
 
     /// Creates a Pod from its spec (JSON); returns its name.
