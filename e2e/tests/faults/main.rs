@@ -14,7 +14,7 @@
 mod harness;
 // Shared helpers of the operator tests (metrics parser, kubectl, token kubeconfig); this binary
 // runs its own operator processes, so that module's shared operator is unused here.
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)]
 #[path = "../operator/support.rs"]
 mod support;
 
