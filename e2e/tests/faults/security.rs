@@ -275,13 +275,32 @@ async fn the_service_account_can_do_its_job_and_nothing_else() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn the_shipped_deployment_passes_restricted_read_only_and_unprivileged() -> Result<()> {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_deployment_passes_restricted_read_only_and_unprivileged() -> Result<()> {
+    let env = env().await?;
     let root = harness::repo_root();
-    let out = Command::new(env!("CARGO_BIN_EXE_pss-operator"))
-        .args(["check", "--level", "restricted"])
-        .arg(root.join("config"))
+    // What `kubectl apply -k config/default` installs, exactly, checked by our own CLI.
+    let rendered = Command::new(&env.cluster.kubectl)
+        .arg("kustomize")
+        .arg(root.join("config/default"))
         .output()?;
+    ensure!(
+        rendered.status.success(),
+        "kubectl kustomize config/default: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let mut check = Command::new(env!("CARGO_BIN_EXE_pss-operator"))
+        .args(["check", "--level", "restricted", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    {
+        use std::io::Write as _;
+        let mut stdin = check.stdin.take().context("stdin")?;
+        stdin.write_all(&rendered.stdout)?;
+    }
+    let out = check.wait_with_output()?;
     let stdout = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -289,7 +308,7 @@ fn the_shipped_deployment_passes_restricted_read_only_and_unprivileged() -> Resu
     );
     ensure!(
         out.status.success(),
-        "pss-operator check --level restricted config/ failed ({}):\n{stdout}",
+        "pss-operator check --level restricted on config/default failed ({}):\n{stdout}",
         out.status
     );
     ensure!(
