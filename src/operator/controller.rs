@@ -192,7 +192,11 @@ fn note_sync<K>(
     what: &str,
 ) {
     match ev {
-        Ok(watcher::Event::InitDone) => synced(&mut ctx.state()),
+        Ok(watcher::Event::InitDone) => {
+            synced(&mut ctx.state());
+            // The benchmark (e2e/bench/scale.py) times the start from these lines.
+            info!("list of {what} complete");
+        }
         Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => return,
         Ok(_) => {}
         Err(e) => {
@@ -225,8 +229,11 @@ async fn feed_pods(
                 }
             }
             Ok(watcher::Event::InitDone) => {
+                let listed = initial.len();
+                let started = std::time::Instant::now();
                 let mut state = ctx.state();
                 state.index.reset(std::mem::take(&mut initial));
+                info!(running = listed, index_ms = started.elapsed().as_millis() as u64, "list of pods complete");
                 state.pods_synced = true;
                 drop(state);
                 ctx.wake.notify_one();
@@ -294,8 +301,11 @@ async fn pass_loop(ctx: Arc<Context>) {
                 continue;
             }
         }
+        let started = std::time::Instant::now();
         let failures = pass(&ctx).await;
-        ctx.ready.store(true, Ordering::Relaxed);
+        if !ctx.ready.swap(true, Ordering::Relaxed) {
+            info!(failures, pass_ms = started.elapsed().as_millis() as u64, "first pass complete");
+        }
         if failures > 0 {
             warn!(failures, retry_in = ?retry, "some writes failed; retrying");
             let c = ctx.clone();
