@@ -463,8 +463,7 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         .collect()
         .await;
     let mut released: HashSet<String> = HashSet::new();
-    // Events of this pass are posted concurrently below (one POST each): posted one after the
-    // other, 1,800 labelled namespaces at start took seconds and delayed status and metrics.
+    // Bookkeeping after each write; its Events are only queued (see `publish`).
     let mut announcements = Vec::new();
     for (w, r) in results {
         let ns = match &w {
