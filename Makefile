@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 BIN := target/debug/pss-operator
 
-.PHONY: crds install run deploy undeploy docker-build help build test lint fmt-check clippy test-unit test-e2e demo bench bench-upstream fixtures check-seed fuzz deny
+.PHONY: crds install run deploy undeploy docker-build help build test lint fmt-check clippy test-unit test-e2e demo bench bench-upstream bench-scale fixtures check-seed fuzz deny
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -69,6 +69,15 @@ bench: ## Criterion benchmark: evaluations/s over the conformance corpus
 
 bench-upstream: ## Ours vs the upstream Go library: identical verdicts, pods/s per core (needs Go)
 	$(CARGO) bench --bench vs_upstream
+
+BENCH_DIR ?= /tmp/pss-bench-scale
+SCALE := e2e/bench/scale.py
+bench-scale: ## Cluster scale (2,000 namespaces, 10k then 50k Pods; 200 namespaces, 10k Pods): start, RSS, requests, idle, latency
+	$(CARGO) build --release --bin pss-operator
+	mkdir -p $(BENCH_DIR)
+	$(SCALE) --cluster-dir $(BENCH_DIR)/ns2000 --namespaces 2000 --pods 10000 --idle 60 --out $(BENCH_DIR)/ns2000-pods10k.json
+	$(SCALE) --cluster-dir $(BENCH_DIR)/ns2000 --namespaces 2000 --pods 50000 --idle 300 --out $(BENCH_DIR)/ns2000-pods50k.json --down
+	$(SCALE) --cluster-dir $(BENCH_DIR)/ns200 --namespaces 200 --pods 10000 --idle 60 --out $(BENCH_DIR)/ns200-pods10k.json --down
 
 fixtures: ## Refresh tests/fixtures/pss from the Go module k8s.io/pod-security-admission
 	dir=$$(go mod download -json k8s.io/pod-security-admission@v0.37.2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'); \

@@ -13,6 +13,8 @@
 #   PSS_CLUSTER_OWNER_PID  stop the cluster automatically once this process exits (used by the
 #                          Rust e2e harness so no process outlives `cargo test`, even on a crash)
 #   PSS_CLUSTER_TIMEOUT    seconds to wait for each readiness step (default 180)
+#   PSS_APISERVER_EXTRA_ARGS  extra kube-apiserver flags, split on spaces (e2e/bench/scale.py passes
+#                          an audit policy to count the operator's requests)
 #   KUBEBUILDER_ASSETS, TEST_ASSET_*, PSS_CACHE_DIR: see build-binaries.sh
 set -euo pipefail
 
@@ -202,6 +204,7 @@ start etcd "$CLUSTER_DIR/bin/etcd" \
 wait_for "etcd on 127.0.0.1:$etcd_port" etcd -- \
   bash -c "exec 3<>/dev/tcp/127.0.0.1/$etcd_port"
 
+read -r -a apiserver_extra <<<"${PSS_APISERVER_EXTRA_ARGS:-}"
 start kube-apiserver "$CLUSTER_DIR/bin/kube-apiserver" \
   --etcd-servers="http://127.0.0.1:$etcd_port" \
   --bind-address=127.0.0.1 \
@@ -217,7 +220,8 @@ start kube-apiserver "$CLUSTER_DIR/bin/kube-apiserver" \
   --service-account-signing-key-file="$PKI/sa.key" \
   --service-cluster-ip-range=10.0.0.0/24 \
   --allow-privileged=true \
-  --endpoint-reconciler-type=none
+  --endpoint-reconciler-type=none \
+  "${apiserver_extra[@]}"
 mv "$KUBECONFIG_FILE.tmp" "$KUBECONFIG_FILE"
 log "waiting for kube-apiserver $server/readyz"
 wait_for "kube-apiserver /readyz" etcd kube-apiserver -- kubectl_admin get --raw /readyz
