@@ -12,9 +12,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 
 use crate::harness::{self, Cluster};
-use crate::support::{
-    self, Metrics, OPERATOR_NAMESPACE, SERVICE_ACCOUNT, http_get, kubectl_sync, token_kubeconfig,
-};
+use crate::support::{self, Metrics, OPERATOR_NAMESPACE, http_get};
 
 /// The cluster with the CRD and `config/rbac` installed, and a ServiceAccount kubeconfig.
 pub struct Env {
@@ -56,56 +54,9 @@ fn setup() -> Result<Env> {
         "{} has no restart scripts (cluster-up.sh writes restart/<component>.sh)",
         state_dir.display()
     );
-    let root = harness::repo_root();
-    let crd = root.join("crds/podsecurityprofiles.yaml");
-    kubectl_sync(
-        cluster,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            &crd.to_string_lossy(),
-        ],
-    )?;
-    kubectl_sync(
-        cluster,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=120s",
-            "crd/podsecurityprofiles.pss-operator.io",
-        ],
-    )?;
-    let ns = root.join("config/manager/namespace.yaml");
-    kubectl_sync(cluster, &["apply", "-f", &ns.to_string_lossy()])?;
-    kubectl_sync(
-        cluster,
-        &["apply", "-k", &root.join("config/rbac").to_string_lossy()],
-    )?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let token = loop {
-        match kubectl_sync(
-            cluster,
-            &[
-                "create",
-                "token",
-                SERVICE_ACCOUNT,
-                "-n",
-                OPERATOR_NAMESPACE,
-                "--duration=3h",
-            ],
-        ) {
-            Ok(t) => break t.trim().to_owned(),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    };
     let dir =
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let sa_kubeconfig = dir.join("serviceaccount.kubeconfig");
-    std::fs::write(&sa_kubeconfig, token_kubeconfig(cluster, &token)?)?;
+    let sa_kubeconfig = support::install_as_service_account(cluster, &dir)?;
     Ok(Env {
         cluster,
         state_dir,

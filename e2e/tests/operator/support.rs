@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -115,8 +115,9 @@ pub fn token_kubeconfig(cluster: &Cluster, token: &str) -> Result<String> {
     Ok(serde_yaml_ng::to_string(&config)?)
 }
 
-fn start() -> Result<Operator> {
-    let cluster = harness::cluster();
+/// What `make install` and config/rbac set up (the CRD, the operator's namespace, exactly
+/// config/rbac), and a kubeconfig in `dir` for the operator's ServiceAccount (TokenRequest token).
+pub fn install_as_service_account(cluster: &Cluster, dir: &Path) -> Result<PathBuf> {
     let root = harness::repo_root();
     let crd = root.join("crds/podsecurityprofiles.yaml");
     let crd = crd.to_string_lossy();
@@ -160,11 +161,17 @@ fn start() -> Result<Operator> {
     };
     ensure!(!token.is_empty(), "kubectl create token printed no token");
 
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("e2e-operator-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let kubeconfig = dir.join("serviceaccount.kubeconfig");
     std::fs::write(&kubeconfig, token_kubeconfig(cluster, &token)?)?;
+    Ok(kubeconfig)
+}
+
+fn start() -> Result<Operator> {
+    let cluster = harness::cluster();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("e2e-operator-{}", std::process::id()));
+    let kubeconfig = install_as_service_account(cluster, &dir)?;
     let log = dir.join("operator.log");
     let identity = format!("pss-operator-e2e-{}", std::process::id());
 
