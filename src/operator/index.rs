@@ -27,6 +27,11 @@ impl Verdict {
 /// What the index needs from a pod projection.
 pub trait Evaluate {
     fn evaluate(&self, level: LevelVersion) -> Verdict;
+    /// Only the failing check ids: what the index keeps for every Pod, without rendering a
+    /// message it would drop (messages are rendered on demand for the few samples).
+    fn failing_checks(&self, level: LevelVersion) -> Vec<String> {
+        self.evaluate(level).checks
+    }
     fn privileged_containers(&self) -> usize;
 }
 
@@ -62,7 +67,7 @@ pub struct Violator<'a> {
 }
 
 fn evaluate_all<P: Evaluate>(pod: &P, policy: &Policy) -> [Vec<String>; 3] {
-    Mode::ALL.map(|mode| pod.evaluate(policy.get(mode)).checks)
+    Mode::ALL.map(|mode| pod.failing_checks(policy.get(mode)))
 }
 
 impl<P: Evaluate> PodIndex<P> {
@@ -142,7 +147,7 @@ impl<P: Evaluate> PodIndex<P> {
             .get(ns)
             .into_iter()
             .flatten()
-            .filter(|(_, e)| !e.pod.evaluate(level).allowed())
+            .filter(|(_, e)| !e.pod.failing_checks(level).is_empty())
             .map(|(name, _)| name.clone())
             .collect()
     }

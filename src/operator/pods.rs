@@ -72,6 +72,13 @@ impl Evaluate for SlimPod {
         }
     }
 
+    fn failing_checks(&self, level: LevelVersion) -> Vec<String> {
+        pss::evaluate(&self.meta, &self.spec, level)
+            .failed_checks()
+            .map(|c| c.as_str().to_owned())
+            .collect()
+    }
+
     fn privileged_containers(&self) -> usize {
         self.spec.privileged_containers()
     }
