@@ -13,7 +13,7 @@ use crate::pss::{LevelVersion, Mode, Policy};
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Verdict {
     /// Failing check ids, in the evaluator's order; empty when allowed.
-    pub checks: Vec<String>,
+    pub checks: Vec<&'static str>,
     /// kube-apiserver's denial message; empty when allowed.
     pub message: String,
 }
@@ -29,7 +29,7 @@ pub trait Evaluate {
     fn evaluate(&self, level: LevelVersion) -> Verdict;
     /// Only the failing check ids: what the index keeps for every Pod, without rendering a
     /// message it would drop (messages are rendered on demand for the few samples).
-    fn failing_checks(&self, level: LevelVersion) -> Vec<String> {
+    fn failing_checks(&self, level: LevelVersion) -> Vec<&'static str> {
         self.evaluate(level).checks
     }
     fn privileged_containers(&self) -> usize;
@@ -40,7 +40,7 @@ struct Entry<P> {
     pod: P,
     privileged: usize,
     /// Failing checks per mode (indexed like `Mode::ALL`) against the namespace policy.
-    checks: [Vec<String>; 3],
+    checks: [Vec<&'static str>; 3],
 }
 
 #[derive(Debug, Clone)]
@@ -62,11 +62,11 @@ impl<P> Default for PodIndex<P> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violator<'a> {
     pub pod: &'a str,
-    pub checks: &'a [String],
+    pub checks: &'a [&'static str],
     pub privileged: usize,
 }
 
-fn evaluate_all<P: Evaluate>(pod: &P, policy: &Policy) -> [Vec<String>; 3] {
+fn evaluate_all<P: Evaluate>(pod: &P, policy: &Policy) -> [Vec<&'static str>; 3] {
     Mode::ALL.map(|mode| pod.failing_checks(policy.get(mode)))
 }
 
@@ -214,10 +214,10 @@ pub(crate) mod tests {
             if lv.level <= self.passes {
                 return Verdict::default();
             }
-            let checks: Vec<String> = if self.privileged > 0 {
-                vec!["privileged".into()]
+            let checks = if self.privileged > 0 {
+                vec!["privileged"]
             } else {
-                vec!["runAsNonRoot".into()]
+                vec!["runAsNonRoot"]
             };
             Verdict {
                 message: format!("violates PodSecurity \"{lv}\": {}", checks.join(", ")),

@@ -67,15 +67,15 @@ impl Evaluate for SlimPod {
     fn evaluate(&self, level: LevelVersion) -> Verdict {
         let eval = pss::evaluate(&self.meta, &self.spec, level);
         Verdict {
-            checks: eval.failed_checks().map(|c| c.to_string()).collect(),
+            checks: eval.failed_checks().map(|c| c.as_str()).collect(),
             message: eval.denial_message(),
         }
     }
 
-    fn failing_checks(&self, level: LevelVersion) -> Vec<String> {
+    fn failing_checks(&self, level: LevelVersion) -> Vec<&'static str> {
         pss::evaluate(&self.meta, &self.spec, level)
             .failed_checks()
-            .map(|c| c.as_str().to_owned())
+            .map(|c| c.as_str())
             .collect()
     }
 

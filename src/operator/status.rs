@@ -295,13 +295,13 @@ fn mode_status<P: Evaluate>(
     };
     let mut namespaces = Vec::new();
     // (no privileged container, namespace, pod, checks): privileged containers first.
-    let mut samples: Vec<(bool, &str, &str, &[String])> = Vec::new();
+    let mut samples: Vec<(bool, &str, &str, &[&'static str])> = Vec::new();
     for plan in governed {
         let mut in_ns = 0;
         for v in index.violators(&plan.name, mode) {
             in_ns += 1;
             for check in v.checks {
-                *status.by_check.entry(check.clone()).or_default() += 1;
+                *status.by_check.entry((*check).to_owned()).or_default() += 1;
             }
             samples.push((v.privileged == 0, &plan.name, v.pod, v.checks));
         }
@@ -328,7 +328,7 @@ fn mode_status<P: Evaluate>(
         .map(|(_, ns, pod, checks)| SampleViolation {
             namespace: ns.to_owned(),
             pod: pod.to_owned(),
-            checks: checks.to_vec(),
+            checks: checks.iter().map(|c| (*c).to_owned()).collect(),
             message: truncate(
                 &index.message(ns, pod, mode).unwrap_or_default(),
                 MAX_MESSAGE_BYTES,
@@ -463,7 +463,7 @@ pub fn metric_values<P: Evaluate>(obs: &Observed<'_, P>) -> MetricValues {
             for v in obs.index.violators(ns, mode) {
                 violating += 1;
                 for c in v.checks {
-                    *by_check.entry(c).or_default() += 1;
+                    *by_check.entry(*c).or_default() += 1;
                 }
             }
             if violating > 0 || !plan.governed_by.is_empty() {
