@@ -27,19 +27,7 @@ note() { printf '%s%s%s\n' "$dim" "$*" "$reset"; }
 # Shows a command, then runs it.
 run() { printf '%s$ %s%s\n' "$bold" "$*" "$reset"; "$@"; }
 
-local_cluster=false
-if [[ -n "${KUBECONFIG:-}" ]]; then
-  kubectl_bin=${KUBECTL:-$(command -v kubectl || true)}
-  [[ -n "$kubectl_bin" ]] || kubectl_bin="$("$E2E_SCRIPTS/build-binaries.sh" | tail -n 1)/kubectl"
-  say "Using the cluster from KUBECONFIG=$KUBECONFIG"
-else
-  say "Starting the local control plane (etcd + kube-apiserver + kube-controller-manager on 127.0.0.1)"
-  KUBECONFIG=$("$E2E_SCRIPTS/cluster-up.sh" | tail -n 1)
-  export KUBECONFIG
-  kubectl_bin=${KUBECTL:-$CLUSTER_DIR/bin/kubectl}
-  local_cluster=true
-fi
-kubectl() { "$kubectl_bin" "$@"; }
+connect_cluster
 note "kubectl: $kubectl_bin ($(kubectl version --client -o json 2>/dev/null | grep -m1 gitVersion | tr -d ' ",' || echo unknown))"
 note "server:  $(kubectl get --raw /version | grep -m1 gitVersion | tr -d ' ",')"
 

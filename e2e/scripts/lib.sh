@@ -79,3 +79,23 @@ show_log_tail() {
     log "$file is empty or missing"
   fi
 }
+
+# For the demos: use the cluster KUBECONFIG points at, or start the local control plane. Sets
+# KUBECONFIG, kubectl_bin, local_cluster and a kubectl function; needs E2E_SCRIPTS, CLUSTER_DIR
+# and a `say` function from the caller.
+# shellcheck disable=SC2034,SC2317 # local_cluster and kubectl are for the calling script
+connect_cluster() {
+  local_cluster=false
+  if [[ -n "${KUBECONFIG:-}" ]]; then
+    kubectl_bin=${KUBECTL:-$(command -v kubectl || true)}
+    [[ -n "$kubectl_bin" ]] || kubectl_bin="$("$E2E_SCRIPTS/build-binaries.sh" | tail -n 1)/kubectl"
+    say "Using the cluster from KUBECONFIG=$KUBECONFIG"
+  else
+    say "Starting the local control plane (etcd + kube-apiserver + kube-controller-manager on 127.0.0.1)"
+    KUBECONFIG=$("$E2E_SCRIPTS/cluster-up.sh" | tail -n 1)
+    export KUBECONFIG
+    kubectl_bin=${KUBECTL:-$CLUSTER_DIR/bin/kubectl}
+    local_cluster=true
+  fi
+  kubectl() { "$kubectl_bin" "$@"; }
+}
