@@ -447,7 +447,7 @@ class Bench:
     def start_operator(self, kubeconfig):
         self.metrics_port = free_port()
         self.oplog = os.path.join(self.dir, f"operator-{int(time.time())}.log")
-        env = dict(os.environ, KUBECONFIG=kubeconfig, RUST_LOG="info")
+        env = dict(os.environ, KUBECONFIG=kubeconfig, RUST_LOG=os.environ.get("RUST_LOG", "info"))
         out = open(self.oplog, "w")
         t0 = time.time()
         self.op = subprocess.Popen([self.a.operator, "run", "--metrics-addr", f"127.0.0.1:{self.metrics_port}",

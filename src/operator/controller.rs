@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ListParams, PartialObjectMeta, Patch, PatchParams};
+use kube::core::error_boundary::InvalidObject;
 use kube::core::{DeserializeGuard, Selector, SelectorExt};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -25,6 +26,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::crd::{DeletionPolicy, FINALIZER, PodSecurityProfile, PodSecurityProfileStatus};
@@ -42,7 +44,11 @@ pub const MANAGER: &str = "pss-operator";
 const DEBOUNCE: Duration = Duration::from_millis(100);
 const RESYNC: Duration = Duration::from_secs(60);
 const MAX_RETRY: Duration = Duration::from_secs(30);
-const MAX_CONCURRENT_WRITES: usize = 8;
+/// Label applies in flight. At 100 drifts/s on a 50k-Pod cluster, 8 in flight (~60-240 ms
+/// each) could not keep up and repairs queued for seconds (BENCHMARKS.md, runs E/F/H).
+const LABEL_WRITES_IN_FLIGHT: usize = 32;
+/// Events posted at a time (they never hold up a pass).
+const EVENTS_IN_FLIGHT: usize = 8;
 
 pub struct Config {
     pub exclusions: Exclusions,
@@ -90,6 +96,8 @@ pub struct Context {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     state: Mutex<State>,
     wake: tokio::sync::Notify,
+    /// The latest pass's picture, for [`report_loop`].
+    reports: watch::Sender<Option<Arc<Report>>>,
     ready: Arc<AtomicBool>,
 }
 
@@ -126,6 +134,7 @@ pub async fn run(
         instance: Some(config.identity.clone()),
     };
     let (events, to_post) = tokio::sync::mpsc::unbounded_channel();
+    let (reports, latest_report) = watch::channel(None);
     let ctx = Arc::new(Context {
         events,
         client: client.clone(),
@@ -135,6 +144,7 @@ pub async fn run(
         namespaces,
         state: Mutex::new(State::default()),
         wake: tokio::sync::Notify::new(),
+        reports,
         ready,
     });
 
@@ -178,12 +188,28 @@ pub async fn run(
     });
     let c = ctx.clone();
     let pods_task = feed_pods(c, pod_events);
-    tokio::select! {
-        _ = profiles_task => warn!("profile watch ended"),
-        _ = namespaces_task => warn!("namespace watch ended"),
-        _ = pods_task => warn!("pod watch ended"),
-        _ = pass_loop(ctx.clone()) => {},
-        _ = post_events(client, reporter, to_post) => {},
+    // Separate tasks, so the pass, the reporter and the decoding of watch events use both cores
+    // instead of taking turns in one task. Dropping the set (leadership lost) aborts them all.
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(async move {
+        profiles_task.await;
+        warn!("profile watch ended");
+    });
+    tasks.spawn(async move {
+        namespaces_task.await;
+        warn!("namespace watch ended");
+    });
+    tasks.spawn(async move {
+        pods_task.await;
+        warn!("pod watch ended");
+    });
+    tasks.spawn(pass_loop(ctx.clone()));
+    tasks.spawn(report_loop(ctx.clone(), latest_report));
+    tasks.spawn(post_events(client, reporter, to_post));
+    if let Some(Err(e)) = tasks.join_next().await
+        && e.is_panic()
+    {
+        std::panic::resume_unwind(e.into_panic());
     }
     Ok(())
 }
@@ -363,6 +389,7 @@ fn namespace_ref(ns: &str, uid: Option<&String>) -> ObjectReference {
 /// One level-based pass. Returns how many writes failed.
 async fn pass(ctx: &Arc<Context>) -> usize {
     let mut failures = 0;
+    let started = std::time::Instant::now();
     let mut profiles: Vec<Arc<PodSecurityProfile>> = Vec::new();
     let mut unreadable = Vec::new();
     for guarded in ctx.profiles.state() {
@@ -415,9 +442,12 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         .cloned()
         .collect();
 
+    let lock_wait;
     let (plans, writes) = {
         let _timer = ctx.metrics.timer("namespace");
+        let waiting = std::time::Instant::now();
         let mut state = ctx.state();
+        lock_wait = waiting.elapsed();
         for p in &profiles {
             let seeded = p.status.as_ref().map_or(0, |s| s.drift_corrections);
             state.drift.entry(p.name_any()).or_insert(seeded);
@@ -452,16 +482,45 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         (plans, writes)
     };
 
+    let planned = started.elapsed();
     announce(ctx, &plans, &uids).await;
 
+    // A new declaration meeting many namespaces (a fresh start, a new profile) means seconds of
+    // label applies: report what is known now (Pods evaluated against the declared levels, the
+    // namespaces not labelled yet) rather than after the last apply. Drift repairs do not: a
+    // repaired namespace would flap to Progressing in the status.
+    let applications = writes
+        .iter()
+        .filter(|w| matches!(w, Write::Apply { drift: false, .. }))
+        .count();
+    if applications > LABEL_WRITES_IN_FLIGHT {
+        ctx.reports.send_replace(Some(Arc::new(Report {
+            profiles: profiles.clone(),
+            views: views.clone(),
+            unreadable: unreadable.clone(),
+            plans: plans.clone(),
+            observed: observed.clone(),
+        })));
+    }
+
+    let write_count = writes.len();
     let results: Vec<(Write, std::result::Result<Written, Error>)> = futures::stream::iter(writes)
         .map(|w| async move {
             let r = write_labels(&ctx.client, &w).await;
             (w, r)
         })
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .buffer_unordered(LABEL_WRITES_IN_FLIGHT)
         .collect()
         .await;
+    if write_count > 0 {
+        debug!(
+            writes = write_count,
+            plan_ms = planned.as_millis() as u64,
+            lock_wait_ms = lock_wait.as_millis() as u64,
+            write_ms = (started.elapsed() - planned).as_millis() as u64,
+            "labels written"
+        );
+    }
     let mut released: HashSet<String> = HashSet::new();
     // Bookkeeping after each write; its Events are only queued (see `publish`).
     let mut announcements = Vec::new();
@@ -496,7 +555,7 @@ async fn pass(ctx: &Arc<Context>) -> usize {
     }
 
     futures::stream::iter(announcements)
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
+        .buffer_unordered(LABEL_WRITES_IN_FLIGHT)
         .collect::<Vec<()>>()
         .await;
     // Status and metrics below describe the namespaces as our writes left them, so a repaired
@@ -505,7 +564,55 @@ async fn pass(ctx: &Arc<Context>) -> usize {
 
     failures += finalizers(ctx, &profiles, &plans, &observed, &owned, &released).await;
 
-    // Status and metrics.
+    ctx.reports.send_replace(Some(Arc::new(Report {
+        profiles,
+        views,
+        unreadable,
+        plans,
+        observed,
+    })));
+    failures
+}
+
+/// One pass's picture of profiles and namespaces, for the reporter.
+struct Report {
+    profiles: Vec<Arc<PodSecurityProfile>>,
+    views: HashMap<String, std::result::Result<ProfileView, String>>,
+    unreadable: Vec<InvalidObject>,
+    plans: BTreeMap<String, NamespacePlan>,
+    /// The namespaces' labels as our writes left them.
+    observed: BTreeMap<String, Labels>,
+}
+
+/// Writes statuses and publishes metrics from the latest pass's report. Runs beside the passes:
+/// at 50k Pods computing them takes ~100-250 ms, which a label repair must not wait for. Reports
+/// that arrive while one is being written are coalesced into the newest.
+async fn report_loop(ctx: Arc<Context>, mut reports: watch::Receiver<Option<Arc<Report>>>) {
+    let mut retry = Duration::from_secs(1);
+    while reports.changed().await.is_ok() {
+        let Some(latest) = reports.borrow_and_update().clone() else {
+            continue;
+        };
+        let started = std::time::Instant::now();
+        let failures = report(&ctx, &latest).await;
+        debug!(
+            report_ms = started.elapsed().as_millis() as u64,
+            "status and metrics reported"
+        );
+        if failures > 0 {
+            warn!(failures, retry_in = ?retry, "some status writes failed; retrying");
+            tokio::time::sleep(retry).await;
+            reports.mark_changed();
+            retry = (retry * 2).min(MAX_RETRY);
+        } else {
+            retry = Duration::from_secs(1);
+        }
+    }
+}
+
+/// Statuses and metrics of one report. Returns how many writes failed.
+async fn report(ctx: &Context, r: &Report) -> usize {
+    let mut failures = 0;
     let _timer = ctx.metrics.timer("podsecurityprofile");
     let now = Time(
         Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()),
@@ -513,16 +620,17 @@ async fn pass(ctx: &Arc<Context>) -> usize {
     let (statuses, values) = {
         let state = ctx.state();
         let obs = Observed {
-            plans: &plans,
-            labels: &observed,
+            plans: &r.plans,
+            labels: &r.observed,
             index: &state.index,
             drift: &state.drift,
             apply_errors: &state.apply_errors,
         };
-        let statuses: Vec<_> = profiles
+        let statuses: Vec<_> = r
+            .profiles
             .iter()
             .filter_map(|p| {
-                let view = views.get(&p.name_any())?;
+                let view = r.views.get(&p.name_any())?;
                 let status = profile_status(p, view.as_ref().map_err(String::as_str), &obs, &now);
                 (p.status.as_ref() != Some(&status)).then(|| (p.name_any(), status))
             })
@@ -532,12 +640,13 @@ async fn pass(ctx: &Arc<Context>) -> usize {
     let mut unreadable_statuses = Vec::new();
     {
         let mut state = ctx.state();
-        let names: HashSet<String> = unreadable
+        let names: HashSet<String> = r
+            .unreadable
             .iter()
             .filter_map(|u| u.metadata.name.clone())
             .collect();
         state.unreadable_written.retain(|n, _| names.contains(n));
-        for invalid in &unreadable {
+        for invalid in &r.unreadable {
             let Some(name) = invalid.metadata.name.clone() else {
                 continue;
             };
@@ -549,9 +658,9 @@ async fn pass(ctx: &Arc<Context>) -> usize {
             }
         }
     }
-    let profile_names: HashSet<String> = profiles.iter().map(|p| p.name_any()).collect();
+    let profile_names: HashSet<String> = r.profiles.iter().map(|p| p.name_any()).collect();
     ctx.metrics.publish(&values, |ns, profile| {
-        plans.contains_key(ns) && profile_names.contains(profile)
+        r.plans.contains_key(ns) && profile_names.contains(profile)
     });
     let api: Api<PodSecurityProfile> = Api::all(ctx.client.clone());
     for (name, status) in statuses {
@@ -930,13 +1039,9 @@ async fn announce(
             }
         }
     }
-    futures::stream::iter(events)
-        .map(|(ns, type_, reason, note)| async move {
-            publish(ctx, &namespace_ref(&ns, uids.get(&ns)), type_, reason, note).await;
-        })
-        .buffer_unordered(MAX_CONCURRENT_WRITES)
-        .collect::<Vec<()>>()
-        .await;
+    for (ns, type_, reason, note) in events {
+        publish(ctx, &namespace_ref(&ns, uids.get(&ns)), type_, reason, note).await;
+    }
 }
 
 async fn publish(
@@ -958,14 +1063,14 @@ async fn publish(
     let _ = ctx.events.send((reference.clone(), event));
 }
 
-/// Posts queued Events, up to `MAX_CONCURRENT_WRITES` at a time.
+/// Posts queued Events, up to `EVENTS_IN_FLIGHT` at a time.
 async fn post_events(
     client: Client,
     reporter: Reporter,
     queue: tokio::sync::mpsc::UnboundedReceiver<(ObjectReference, Event)>,
 ) {
     futures::stream::unfold(queue, |mut q| async move { q.recv().await.map(|e| (e, q)) })
-        .for_each_concurrent(MAX_CONCURRENT_WRITES, |(reference, event)| {
+        .for_each_concurrent(EVENTS_IN_FLIGHT, |(reference, event)| {
             // A fresh recorder per event: a shared one folds events with the same reason into
             // one series and keeps the first note, which would hide which label/value a later
             // drift was about. These events are only emitted on changes: nothing to fold.
