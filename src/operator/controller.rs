@@ -76,10 +76,15 @@ struct State {
     /// What was last announced by Event, to announce changes only.
     announced_pending: HashMap<String, Vec<String>>,
     announced_conflicts: HashMap<String, Vec<String>>,
-    /// The resourceVersion our last label write returned, per namespace, until the namespace
-    /// store has caught up with it: until then the store is older than our write, and its labels
-    /// must not be mistaken for drift.
-    applied_rv: HashMap<String, u64>,
+    /// The resourceVersion and labels our last label write returned, per namespace, until the
+    /// namespace store has caught up with it: until then the store is older than our write, and
+    /// its labels must not be mistaken for drift.
+    written: HashMap<String, (u64, Labels)>,
+    /// Namespaces with a label write queued, running or waiting for its retry; with the labels
+    /// a drift repair restores.
+    in_flight: HashMap<String, Option<Labels>>,
+    /// The delay before retrying after the last failed label write; `None` after a success.
+    write_retry: Option<Duration>,
     /// (generation, error) last written to unreadable profiles, to write each once.
     unreadable_written: HashMap<String, (Option<i64>, String)>,
 }
@@ -96,6 +101,8 @@ pub struct Context {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     state: Mutex<State>,
     wake: tokio::sync::Notify,
+    /// Label writes, for [`label_writer`].
+    writes: tokio::sync::mpsc::UnboundedSender<Queued>,
     /// The latest pass's picture, for [`report_loop`].
     reports: watch::Sender<Option<Arc<Report>>>,
     ready: Arc<AtomicBool>,
@@ -135,6 +142,7 @@ pub async fn run(
     };
     let (events, to_post) = tokio::sync::mpsc::unbounded_channel();
     let (reports, latest_report) = watch::channel(None);
+    let (writes, to_write) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
         events,
         client: client.clone(),
@@ -144,6 +152,7 @@ pub async fn run(
         namespaces,
         state: Mutex::new(State::default()),
         wake: tokio::sync::Notify::new(),
+        writes,
         reports,
         ready,
     });
@@ -205,6 +214,7 @@ pub async fn run(
     });
     tasks.spawn(pass_loop(ctx.clone()));
     tasks.spawn(report_loop(ctx.clone(), latest_report));
+    tasks.spawn(label_writer(ctx.clone(), to_write));
     tasks.spawn(post_events(client, reporter, to_post));
     if let Some(Err(e)) = tasks.join_next().await
         && e.is_panic()
@@ -374,6 +384,14 @@ enum Write {
     },
 }
 
+impl Write {
+    fn namespace(&self) -> &str {
+        match self {
+            Write::Apply { ns, .. } | Write::Release { ns } => ns,
+        }
+    }
+}
+
 fn namespace_ref(ns: &str, uid: Option<&String>) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
@@ -386,9 +404,9 @@ fn namespace_ref(ns: &str, uid: Option<&String>) -> ObjectReference {
     }
 }
 
-/// One level-based pass. Returns how many writes failed.
+/// One level-based pass: plans every namespace, queues the label writes that differ (see
+/// [`label_writer`]) and hands its picture to the reporter. Returns how many writes failed.
 async fn pass(ctx: &Arc<Context>) -> usize {
-    let mut failures = 0;
     let started = std::time::Instant::now();
     let mut profiles: Vec<Arc<PodSecurityProfile>> = Vec::new();
     let mut unreadable = Vec::new();
@@ -401,7 +419,7 @@ async fn pass(ctx: &Arc<Context>) -> usize {
     profiles.sort_by_key(|p| p.name_any());
     let mut ns_objects = ctx.namespaces.state();
     ns_objects.sort_by_key(|n| n.name_any());
-    let namespaces: Vec<NamespaceView> = ns_objects
+    let mut namespaces: Vec<NamespaceView> = ns_objects
         .iter()
         .map(|n| NamespaceView {
             name: n.name_any(),
@@ -419,10 +437,6 @@ async fn pass(ctx: &Arc<Context>) -> usize {
     let uids: HashMap<String, String> = ns_objects
         .iter()
         .filter_map(|n| Some((n.name_any(), n.uid()?)))
-        .collect();
-    let mut observed: BTreeMap<String, Labels> = namespaces
-        .iter()
-        .map(|n| (n.name.clone(), n.labels.clone()))
         .collect();
 
     let mut views: HashMap<String, std::result::Result<ProfileView, String>> = HashMap::new();
@@ -442,16 +456,28 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         .cloned()
         .collect();
 
-    let lock_wait;
-    let (plans, writes) = {
+    let (plans, writes, observed) = {
         let _timer = ctx.metrics.timer("namespace");
-        let waiting = std::time::Instant::now();
         let mut state = ctx.state();
-        lock_wait = waiting.elapsed();
         for p in &profiles {
             let seeded = p.status.as_ref().map_or(0, |s| s.drift_corrections);
             state.drift.entry(p.name_any()).or_insert(seeded);
         }
+        // Forget our write once the store shows it (or something newer); until then the store
+        // is older than our write: its labels are replaced by what our write returned, and the
+        // namespace gets no other write (its managedFields are old too).
+        state
+            .written
+            .retain(|ns, (ours, _)| observed_rv.get(ns).is_some_and(|seen| seen < ours));
+        for view in &mut namespaces {
+            if let Some((_, labels)) = state.written.get(&view.name) {
+                view.labels = labels.clone();
+            }
+        }
+        let mut observed: BTreeMap<String, Labels> = namespaces
+            .iter()
+            .map(|n| (n.name.clone(), n.labels.clone()))
+            .collect();
         let plans = {
             let index = &state.index;
             plan(&valid, &namespaces, &ctx.config.exclusions, &|ns, lv| {
@@ -465,104 +491,60 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         state.last_applied.retain(|ns, _| plans.contains_key(ns));
         state.last_declared.retain(|ns, _| plans.contains_key(ns));
         state.apply_errors.retain(|ns, _| plans.contains_key(ns));
-        // Forget our write once the store shows it (or something newer).
-        state
-            .applied_rv
-            .retain(|ns, ours| observed_rv.get(ns).is_some_and(|seen| seen < ours));
-        let stale: HashSet<String> = state.applied_rv.keys().cloned().collect();
+        let busy: HashSet<String> = state
+            .written
+            .keys()
+            .chain(state.in_flight.keys())
+            .cloned()
+            .collect();
         let writes = label_writes(
             &mut state,
             &plans,
             &observed,
             &profiles,
             &ctx.config.exclusions,
-            &stale,
+            &busy,
             &owned,
         );
-        (plans, writes)
-    };
-
-    let planned = started.elapsed();
-    announce(ctx, &plans, &uids).await;
-
-    // A new declaration meeting many namespaces (a fresh start, a new profile) means seconds of
-    // label applies: report what is known now (Pods evaluated against the declared levels, the
-    // namespaces not labelled yet) rather than after the last apply. Drift repairs do not: a
-    // repaired namespace would flap to Progressing in the status.
-    let applications = writes
-        .iter()
-        .filter(|w| matches!(w, Write::Apply { drift: false, .. }))
-        .count();
-    if applications > LABEL_WRITES_IN_FLIGHT {
-        ctx.reports.send_replace(Some(Arc::new(Report {
-            profiles: profiles.clone(),
-            views: views.clone(),
-            unreadable: unreadable.clone(),
-            plans: plans.clone(),
-            observed: observed.clone(),
-        })));
-    }
-
-    let write_count = writes.len();
-    let results: Vec<(Write, std::result::Result<Written, Error>)> = futures::stream::iter(writes)
-        .map(|w| async move {
-            let r = write_labels(&ctx.client, &w).await;
-            (w, r)
-        })
-        .buffer_unordered(LABEL_WRITES_IN_FLIGHT)
-        .collect()
-        .await;
-    if write_count > 0 {
-        debug!(
-            writes = write_count,
-            plan_ms = planned.as_millis() as u64,
-            lock_wait_ms = lock_wait.as_millis() as u64,
-            write_ms = (started.elapsed() - planned).as_millis() as u64,
-            "labels written"
-        );
-    }
-    let mut released: HashSet<String> = HashSet::new();
-    // Bookkeeping after each write; its Events are only queued (see `publish`).
-    let mut announcements = Vec::new();
-    let mut now_labelled = Vec::new();
-    for (w, r) in results {
-        let ns = match &w {
-            Write::Apply { ns, .. } | Write::Release { ns } => ns.clone(),
-        };
-        match r {
-            Ok(written) => {
-                {
-                    let mut state = ctx.state();
-                    state.apply_errors.remove(&ns);
-                    if let Some(rv) = written.resource_version {
-                        state.applied_rv.insert(ns.clone(), rv);
-                    }
-                }
-                if matches!(w, Write::Release { .. }) {
-                    released.insert(ns.clone());
-                }
-                let before = observed.get(&ns);
-                now_labelled.push((ns.clone(), written.labels.clone()));
-                announcements.push(after_write(ctx, w, uids.get(&ns), before, written.labels));
-            }
-            Err(e) => {
-                failures += 1;
-                warn!(namespace = %ns, error = %e, "writing labels");
-                ctx.metrics.error("namespace", &e);
-                ctx.state().apply_errors.insert(ns, e.to_string());
+        for w in &writes {
+            // A drift being repaired is reported as repaired, so Ready does not flap for the
+            // moment the repair takes (a failed repair shows as ApplyFailed instead).
+            let repairing = match w {
+                Write::Apply {
+                    drift: true,
+                    desired,
+                    ..
+                } => Some(desired.clone()),
+                _ => None,
+            };
+            state.in_flight.insert(w.namespace().to_owned(), repairing);
+        }
+        for (ns, repairing) in &state.in_flight {
+            if let (Some(labels), Some(o)) = (repairing, observed.get_mut(ns)) {
+                *o = labels.clone();
             }
         }
+        (plans, writes, observed)
+    };
+    let planned = started.elapsed();
+
+    announce(ctx, &plans, &uids).await;
+    if !writes.is_empty() {
+        debug!(
+            writes = writes.len(),
+            plan_ms = planned.as_millis() as u64,
+            "label writes queued"
+        );
+    }
+    for w in writes {
+        let uid = uids.get(w.namespace()).cloned();
+        let before = observed.get(w.namespace()).cloned().unwrap_or_default();
+        let _ = ctx.writes.send(Queued { write: w, uid, before });
     }
 
-    futures::stream::iter(announcements)
-        .buffer_unordered(LABEL_WRITES_IN_FLIGHT)
-        .collect::<Vec<()>>()
-        .await;
-    // Status and metrics below describe the namespaces as our writes left them, so a repaired
-    // drift does not flap Ready to Progressing for one pass.
-    observed.extend(now_labelled);
-
-    failures += finalizers(ctx, &profiles, &plans, &observed, &owned, &released).await;
+    // Released namespaces are known from the store (we no longer own labels there), so a
+    // finalizer goes on the pass after the last release landed.
+    let failures = finalizers(ctx, &profiles, &plans, &observed, &owned).await;
 
     ctx.reports.send_replace(Some(Arc::new(Report {
         profiles,
@@ -572,6 +554,72 @@ async fn pass(ctx: &Arc<Context>) -> usize {
         observed,
     })));
     failures
+}
+
+/// A label write with what its Events need.
+struct Queued {
+    write: Write,
+    uid: Option<String>,
+    /// The namespace's labels when the write was planned.
+    before: Labels,
+}
+
+/// Applies queued label writes, `LABEL_WRITES_IN_FLIGHT` at a time, and books each result as it
+/// lands. Passes never wait for writes: at 100 drifts/s a pass that waited for its slowest
+/// write made every later repair wait for it too.
+async fn label_writer(ctx: Arc<Context>, queue: tokio::sync::mpsc::UnboundedReceiver<Queued>) {
+    futures::stream::unfold(queue, |mut q| async move { q.recv().await.map(|w| (w, q)) })
+        .for_each_concurrent(LABEL_WRITES_IN_FLIGHT, |queued| {
+            let ctx = ctx.clone();
+            async move {
+                let result = write_labels(&ctx.client, &queued.write).await;
+                written(&ctx, queued, result).await;
+                ctx.wake.notify_one();
+            }
+        })
+        .await;
+}
+
+/// Books one label write: what it left, drift counts, Events; failures are retried by a later
+/// pass after a growing delay.
+async fn written(ctx: &Arc<Context>, queued: Queued, result: Result<Written>) {
+    let Queued { write, uid, before } = queued;
+    let ns = write.namespace().to_owned();
+    match result {
+        Ok(written) => {
+            {
+                let mut state = ctx.state();
+                state.in_flight.remove(&ns);
+                state.apply_errors.remove(&ns);
+                state.write_retry = None;
+                if let Some(rv) = written.resource_version {
+                    state.written.insert(ns, (rv, written.labels.clone()));
+                }
+            }
+            after_write(ctx, write, uid.as_ref(), Some(&before), written.labels).await;
+        }
+        Err(e) => {
+            warn!(namespace = %ns, error = %e, "writing labels");
+            ctx.metrics.error("namespace", &e);
+            // The namespace stays marked in flight until its retry is due, so the passes in
+            // between leave it alone.
+            let delay = {
+                let mut state = ctx.state();
+                state.apply_errors.insert(ns.clone(), e.to_string());
+                let delay = state
+                    .write_retry
+                    .map_or(Duration::from_secs(1), |d| (d * 2).min(MAX_RETRY));
+                state.write_retry = Some(delay);
+                delay
+            };
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                ctx.state().in_flight.remove(&ns);
+                ctx.wake.notify_one();
+            });
+        }
+    }
 }
 
 /// One pass's picture of profiles and namespaces, for the reporter.
@@ -1092,7 +1140,6 @@ async fn finalizers(
     plans: &BTreeMap<String, NamespacePlan>,
     observed: &BTreeMap<String, Labels>,
     owned: &HashMap<String, BTreeSet<String>>,
-    released: &HashSet<String>,
 ) -> usize {
     let api: Api<PodSecurityProfile> = Api::all(ctx.client.clone());
     let mut failures = 0;
@@ -1103,12 +1150,10 @@ async fn finalizers(
         if has == wants {
             continue;
         }
-        // Hold on until every namespace to release was released in this pass (a failed or
-        // skipped release is retried by the next pass).
+        // Hold on while any namespace to release still carries labels we own (the store shows
+        // our release landed; a failed release is retried by a later pass).
         if releasing(p)
-            && release_targets(p, plans, observed, &ctx.config.exclusions, owned)
-                .iter()
-                .any(|ns| !released.contains(*ns))
+            && !release_targets(p, plans, observed, &ctx.config.exclusions, owned).is_empty()
         {
             continue;
         }
