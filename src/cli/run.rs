@@ -13,8 +13,13 @@ use tracing::{error, info, warn};
 
 use crate::operator::controller::{self, Config};
 use crate::operator::desired::Exclusions;
+
 use crate::operator::metrics::Metrics;
 use crate::operator::{Error, Result, server};
+
+/// Leader Lease duration and how long before its expiry the leader renews it (seconds).
+const LEASE_DURATION: u64 = 15;
+const LEASE_GRACE: u64 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -132,6 +137,11 @@ async fn operate(args: RunArgs) -> Result<()> {
     let config = Config {
         exclusions,
         identity: identity.clone(),
+        // The Lease is renewed `LEASE_GRACE` seconds before it expires, so a standstill
+        // shorter than that cannot have let it expire.
+        pause_limit: args
+            .leader_elect
+            .then(|| std::time::Duration::from_secs(LEASE_GRACE - 1)),
     };
 
     let server = server::serve(args.metrics_addr, metrics.clone(), ready.clone());
@@ -146,8 +156,8 @@ async fn operate(args: RunArgs) -> Result<()> {
                     .unwrap_or_else(|| "default".into()),
             )
             .with_identity(&identity)
-            .with_duration(15)
-            .with_grace(5)
+            .with_duration(LEASE_DURATION)
+            .with_grace(LEASE_GRACE)
             // One field manager per replica: the library takes a free Lease by server-side
             // apply and relies on a conflict between distinct managers; a shared manager let two
             // replicas starting together both win.

@@ -34,6 +34,7 @@ use super::desired::{
     Exclusions, LabelChange, Labels, NamespacePlan, NamespaceView, ProfileView, label_changes, plan,
 };
 use super::error::{Error, Result};
+use super::fence::Fence;
 use super::index::PodIndex;
 use super::metrics::Metrics;
 use super::pods::{SlimPod, WatchedPod};
@@ -54,6 +55,9 @@ pub struct Config {
     pub exclusions: Exclusions,
     /// Reported in Events (`reportingInstance`).
     pub identity: String,
+    /// With leader election: the longest standstill after which the Lease may still be ours
+    /// (see [`Fence`]).
+    pub pause_limit: Option<Duration>,
 }
 
 /// Mutable state shared by the watch tasks and the pass.
@@ -101,6 +105,8 @@ pub struct Context {
     namespaces: Store<PartialObjectMeta<Namespace>>,
     state: Mutex<State>,
     wake: tokio::sync::Notify,
+    /// Every write checks it first.
+    fence: Fence,
     /// Label writes, for [`label_writer`].
     writes: tokio::sync::mpsc::UnboundedSender<Queued>,
     /// The latest pass's picture, for [`report_loop`].
@@ -144,6 +150,7 @@ pub async fn run(
     let (reports, latest_report) = watch::channel(None);
     let (writes, to_write) = tokio::sync::mpsc::unbounded_channel();
     let ctx = Arc::new(Context {
+        fence: Fence::new(config.pause_limit),
         events,
         client: client.clone(),
         metrics,
@@ -215,13 +222,16 @@ pub async fn run(
     tasks.spawn(pass_loop(ctx.clone()));
     tasks.spawn(report_loop(ctx.clone(), latest_report));
     tasks.spawn(label_writer(ctx.clone(), to_write));
-    tasks.spawn(post_events(client, reporter, to_post));
+    let c = ctx.clone();
+    tasks.spawn(post_events(c, client, reporter, to_post));
+    let c = ctx.clone();
+    tasks.spawn(async move { c.fence.heartbeat().await });
     if let Some(Err(e)) = tasks.join_next().await
         && e.is_panic()
     {
         std::panic::resume_unwind(e.into_panic());
     }
-    Ok(())
+    ctx.fence.check()
 }
 
 fn note_sync<K>(
@@ -572,7 +582,10 @@ async fn label_writer(ctx: Arc<Context>, queue: tokio::sync::mpsc::UnboundedRece
         .for_each_concurrent(LABEL_WRITES_IN_FLIGHT, |queued| {
             let ctx = ctx.clone();
             async move {
-                let result = write_labels(&ctx.client, &queued.write).await;
+                let result = match ctx.fence.check() {
+                    Ok(()) => write_labels(&ctx.client, &queued.write).await,
+                    Err(e) => Err(e),
+                };
                 written(&ctx, queued, result).await;
                 ctx.wake.notify_one();
             }
@@ -710,6 +723,9 @@ async fn report(ctx: &Context, r: &Report) -> usize {
     ctx.metrics.publish(&values, |ns, profile| {
         r.plans.contains_key(ns) && profile_names.contains(profile)
     });
+    if ctx.fence.check().is_err() {
+        return failures;
+    }
     let api: Api<PodSecurityProfile> = Api::all(ctx.client.clone());
     for (name, status) in statuses {
         let result = apply_status(&api, &name, &status).await;
@@ -1113,6 +1129,7 @@ async fn publish(
 
 /// Posts queued Events, up to `EVENTS_IN_FLIGHT` at a time.
 async fn post_events(
+    ctx: Arc<Context>,
     client: Client,
     reporter: Reporter,
     queue: tokio::sync::mpsc::UnboundedReceiver<(ObjectReference, Event)>,
@@ -1123,7 +1140,11 @@ async fn post_events(
             // one series and keeps the first note, which would hide which label/value a later
             // drift was about. These events are only emitted on changes: nothing to fold.
             let recorder = Recorder::new(client.clone(), reporter.clone());
+            let fenced = ctx.fence.check().is_err();
             async move {
+                if fenced {
+                    return;
+                }
                 if let Err(e) = recorder.publish(&event, &reference).await {
                     warn!(error = %e, reason = %event.reason, "publishing event");
                 }
@@ -1143,6 +1164,9 @@ async fn finalizers(
 ) -> usize {
     let api: Api<PodSecurityProfile> = Api::all(ctx.client.clone());
     let mut failures = 0;
+    if ctx.fence.check().is_err() {
+        return failures;
+    }
     for p in profiles {
         let has = p.finalizers().iter().any(|f| f == FINALIZER);
         let deleting = p.metadata.deletion_timestamp.is_some();

@@ -10,6 +10,7 @@ pub mod controller;
 pub mod crd;
 pub mod desired;
 pub mod error;
+pub mod fence;
 pub mod index;
 pub mod metrics;
 pub mod pods;
