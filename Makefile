@@ -4,7 +4,7 @@ SHELL := bash
 CARGO ?= cargo
 BIN := target/debug/pss-operator
 
-.PHONY: crds install run deploy undeploy docker-build help build test lint fmt-check clippy test-unit test-e2e demo bench bench-upstream bench-scale fixtures check-seed fuzz deny
+.PHONY: crds install run deploy undeploy docker-build help build test lint fmt-check clippy test-unit test-e2e demo bench bench-metrics bench-upstream bench-scale fixtures check-seed fuzz deny
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ docker-build: ## Build the container image (needs a Docker engine)
 
 bench: ## Criterion benchmark: evaluations/s over the conformance corpus
 	$(CARGO) bench --bench evaluate
+
+bench-metrics: ## /metrics at 2,000 namespaces: render and publish time, rendered size, RSS held and scrape peak
+	$(CARGO) bench --bench metrics --bench metrics_memory
 
 bench-upstream: ## Ours vs the upstream Go library: identical verdicts, pods/s per core (needs Go)
 	$(CARGO) bench --bench vs_upstream

@@ -1,43 +1,306 @@
-//! Prometheus metrics. Gauges are replaced wholesale from [`MetricValues`] after every pass, so the
-//! series of deleted namespaces and profiles disappear; drift counters are pruned the same way.
+//! Prometheus metrics. The gauges are the values of the last pass, kept compact and written to
+//! the text format on every scrape, so the series of deleted namespaces and profiles disappear
+//! with the pass that no longer has them. Counters and the duration histogram stay in a
+//! `prometheus` registry; drift series of deleted namespaces and profiles are pruned from it.
+//!
+//! (As `prometheus::IntGaugeVec`s, the gauges of 2,000 namespaces held ~30 MB, label pairs and a
+//! descriptor per series, and every scrape copied all their series in `Registry::gather`; see
+//! `benches/metrics_memory.rs`.)
 
-use std::collections::{BTreeSet, HashSet};
-use std::sync::Mutex;
+use std::borrow::Cow;
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+use prometheus::proto::{MetricFamily, MetricType};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
 
 use super::error::{Error, Result};
 use super::status::MetricValues;
 
 pub struct Metrics {
     registry: Registry,
-    namespace_level: IntGaugeVec,
-    violating_pods: IntGaugeVec,
-    pod_violations: IntGaugeVec,
-    privileged_containers: IntGaugeVec,
-    unprotected: IntGaugeVec,
-    conflict: IntGaugeVec,
-    rollout_pending: IntGaugeVec,
+    /// The gauges of the last pass: a scrape clones the `Arc` and renders without the lock.
+    gauges: Mutex<Arc<Gauges>>,
     label_drift: IntCounterVec,
     drift_series: Mutex<BTreeSet<[String; 3]>>,
-    /// The label values of every gauge series the last pass set, per gauge (in `gauges()`
-    /// order): the next pass updates these in place and removes only those that are gone.
-    /// (Resetting and re-creating every series made the `prometheus` crate rebuild a
-    /// descriptor per series per pass: half the CPU of a pass at 2,000 namespaces.)
-    gauge_series: Mutex<[HashSet<Vec<String>>; 7]>,
     reconcile_duration: HistogramVec,
     reconcile_errors: IntCounterVec,
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntGaugeVec> {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).map_err(Error::Metrics)?;
-    registry
-        .register(Box::new(g.clone()))
-        .map_err(Error::Metrics)?;
-    Ok(g)
+/// A gauge family written from [`MetricValues`].
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    /// Label names sorted, as the text format of the `prometheus` crate writes them.
+    labels: &'static [&'static str],
+}
+
+/// The gauge families, sorted by name as the exposition lists families.
+const FAMILIES: [Family; 7] = [
+    Family {
+        name: "pss_namespace_conflict",
+        help: "1 for a namespace selected by profiles of equal top priority",
+        labels: &["namespace"],
+    },
+    Family {
+        name: "pss_namespace_level",
+        help: "1 per written namespace and mode, labelled with the level and version in force",
+        labels: &["level", "mode", "namespace", "profile", "version"],
+    },
+    Family {
+        name: "pss_pod_violations",
+        help: "Running Pods failing a check at the level of a mode in their namespace",
+        labels: &["check", "mode", "namespace", "profile"],
+    },
+    Family {
+        name: "pss_privileged_containers",
+        help: "Containers of running Pods with securityContext.privileged=true, in every namespace",
+        labels: &["namespace"],
+    },
+    Family {
+        name: "pss_rollout_pending",
+        help: "Pods blocking a WhenCompliant enforce rollout",
+        labels: &["namespace", "profile"],
+    },
+    Family {
+        name: "pss_unprotected_namespace",
+        help: "1 for a namespace no profile selects whose enforce level is privileged or unset",
+        labels: &["namespace"],
+    },
+    Family {
+        name: "pss_violating_pods",
+        help: "Running Pods that violate the level of a mode in their namespace",
+        labels: &["mode", "namespace", "profile"],
+    },
+];
+
+/// The gauge series of one pass, compact and ready to write: label values are interned, and
+/// series are sorted as `Registry::gather` sorts them.
+#[derive(Default)]
+struct Gauges {
+    /// Every distinct label value, escaped for the text format, back to back: value `i` ends at
+    /// `ends[i]`. Ids are ranks in unescaped byte order, so comparing ids orders series the way
+    /// the `prometheus` crate compares label values.
+    strings: String,
+    ends: Vec<u32>,
+    /// Per family of [`FAMILIES`]: `labels.len()` value ids per series, in label name order.
+    ids: [Vec<u32>; 7],
+    values: [Vec<i32>; 7],
+    /// Length of the text exposition of these families, for the capacity of a render.
+    text_len: usize,
+}
+
+/// Label values to ids, in first-seen order.
+#[derive(Default)]
+struct Interner<'a> {
+    ids: HashMap<&'a str, u32>,
+    strings: Vec<&'a str>,
+}
+
+impl<'a> Interner<'a> {
+    fn id(&mut self, s: &'a str) -> u32 {
+        *self.ids.entry(s).or_insert_with(|| {
+            self.strings.push(s);
+            u32::try_from(self.strings.len() - 1).expect("fewer than 2^32 label values")
+        })
+    }
+
+    /// The series of one family, with first-seen ids.
+    fn series<const W: usize>(
+        &mut self,
+        series: impl Iterator<Item = ([&'a str; W], i32)>,
+    ) -> Vec<([u32; W], i32)> {
+        series
+            .map(|(labels, value)| (labels.map(|l| self.id(l)), value))
+            .collect()
+    }
+}
+
+impl Gauges {
+    fn new(v: &MetricValues) -> Gauges {
+        let mut interner = Interner::default();
+        // Each family's label values in the order of its (sorted) label names.
+        let conflict = interner.series(v.conflicted.iter().map(|ns| ([ns.as_str()], 1)));
+        let level = interner.series(v.namespace_level.iter().map(
+            |[ns, profile, mode, level, version]| {
+                ([level, mode, ns, profile, version].map(String::as_str), 1)
+            },
+        ));
+        let violations = interner.series(v.pod_violations.iter().map(
+            |([ns, profile, mode, check], n)| ([check, mode, ns, profile].map(String::as_str), *n),
+        ));
+        let privileged = interner.series(
+            v.privileged_containers
+                .iter()
+                .map(|(ns, n)| ([ns.as_str()], *n)),
+        );
+        let pending = interner.series(
+            v.rollout_pending
+                .iter()
+                .map(|([ns, profile], n)| ([ns.as_str(), profile.as_str()], *n)),
+        );
+        let unprotected = interner.series(v.unprotected.iter().map(|ns| ([ns.as_str()], 1)));
+        let violating = interner.series(
+            v.violating_pods
+                .iter()
+                .map(|([ns, profile, mode], n)| ([mode, ns, profile].map(String::as_str), *n)),
+        );
+
+        let mut order: Vec<u32> = (0..interner.strings.len())
+            .map(|i| u32::try_from(i).expect("fewer than 2^32 label values"))
+            .collect();
+        order.sort_unstable_by_key(|&i| interner.strings[i as usize]);
+        let mut rank = vec![0; order.len()];
+        let mut g = Gauges {
+            strings: String::with_capacity(interner.strings.iter().map(|s| s.len()).sum()),
+            ends: Vec::with_capacity(order.len()),
+            ..Gauges::default()
+        };
+        for (r, &i) in order.iter().enumerate() {
+            rank[i as usize] = u32::try_from(r).expect("fewer than 2^32 label values");
+            g.strings
+                .push_str(&escape(interner.strings[i as usize], true));
+            g.ends
+                .push(u32::try_from(g.strings.len()).expect("label values under 4 GiB"));
+        }
+        g.set(0, conflict, &rank);
+        g.set(1, level, &rank);
+        g.set(2, violations, &rank);
+        g.set(3, privileged, &rank);
+        g.set(4, pending, &rank);
+        g.set(5, unprotected, &rank);
+        g.set(6, violating, &rank);
+        g
+    }
+
+    /// Sets family `f` to `series` (first-seen ids), sorted by label values. Of series with the
+    /// same labels the last one counts, as it did when each was set on an `IntGaugeVec`.
+    fn set<const W: usize>(&mut self, f: usize, mut series: Vec<([u32; W], i32)>, rank: &[u32]) {
+        for (ids, _) in &mut series {
+            *ids = ids.map(|id| rank[id as usize]);
+        }
+        series.sort_by_key(|s| s.0);
+        series.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 = later.1;
+            }
+            same
+        });
+        let family = &FAMILIES[f];
+        if !series.is_empty() {
+            self.text_len += header_len(family);
+        }
+        // `name{` + `label="` `",` per label + ` ` + value + `\n`, with `,` of the last label as `}`.
+        let fixed =
+            family.name.len() + 1 + family.labels.iter().map(|l| l.len() + 4).sum::<usize>() + 2;
+        for (ids, value) in &series {
+            self.text_len += fixed
+                + ids.iter().map(|&id| self.string(id).len()).sum::<usize>()
+                + decimal_len(*value);
+        }
+        self.ids[f] = series.iter().flat_map(|(ids, _)| *ids).collect();
+        self.values[f] = series.iter().map(|(_, value)| *value).collect();
+    }
+
+    /// A label value, escaped.
+    fn string(&self, id: u32) -> &str {
+        let id = id as usize;
+        let start = if id == 0 {
+            0
+        } else {
+            self.ends[id - 1] as usize
+        };
+        &self.strings[start..self.ends[id] as usize]
+    }
+
+    /// Writes family `f` as the `prometheus` crate's `TextEncoder` does; nothing without series.
+    fn write(&self, f: usize, out: &mut String) {
+        let family = &FAMILIES[f];
+        let values = &self.values[f];
+        if values.is_empty() {
+            return;
+        }
+        write_header(family, out);
+        for (ids, value) in self.ids[f].chunks_exact(family.labels.len()).zip(values) {
+            out.push_str(family.name);
+            let mut separator = '{';
+            for (label, &id) in family.labels.iter().zip(ids) {
+                out.push(separator);
+                out.push_str(label);
+                out.push_str("=\"");
+                out.push_str(self.string(id));
+                out.push('"');
+                separator = ',';
+            }
+            // Integers print the same as the crate's `f64` values of `IntGauge`s.
+            let _ = writeln!(out, "}} {value}");
+        }
+    }
+}
+
+fn header_len(family: &Family) -> usize {
+    "# HELP ".len()
+        + family.name.len()
+        + 1
+        + escape(family.help, false).len()
+        + 1
+        + "# TYPE ".len()
+        + family.name.len()
+        + " gauge\n".len()
+}
+
+fn write_header(family: &Family, out: &mut String) {
+    out.push_str("# HELP ");
+    out.push_str(family.name);
+    out.push(' ');
+    out.push_str(&escape(family.help, false));
+    out.push_str("\n# TYPE ");
+    out.push_str(family.name);
+    out.push_str(" gauge\n");
+}
+
+fn decimal_len(n: i32) -> usize {
+    n.unsigned_abs().checked_ilog10().unwrap_or(0) as usize + 1 + usize::from(n < 0)
+}
+
+/// The text format's escaping: `\` and newline, and `"` in label values.
+fn escape(s: &str, quote: bool) -> Cow<'_, str> {
+    let special = |c: char| c == '\\' || c == '\n' || (quote && c == '"');
+    if !s.contains(special) {
+        return Cow::Borrowed(s);
+    }
+    let mut escaped = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            c if special(c) => {
+                escaped.push('\\');
+                escaped.push(c);
+            }
+            c => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+/// Rough text length of a family of the registry, for the capacity of a render.
+fn estimated_len(mf: &MetricFamily) -> usize {
+    let lines: usize = mf
+        .get_metric()
+        .iter()
+        .map(|m| match mf.get_field_type() {
+            MetricType::HISTOGRAM => m.get_histogram().get_bucket().len() + 3,
+            _ => 1,
+        })
+        .sum();
+    256 + lines * (mf.name().len() + 96)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
@@ -46,10 +309,6 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Resu
         .register(Box::new(c.clone()))
         .map_err(Error::Metrics)?;
     Ok(c)
-}
-
-fn int(n: i32) -> i64 {
-    i64::from(n)
 }
 
 impl Metrics {
@@ -67,48 +326,7 @@ impl Metrics {
         r.register(Box::new(reconcile_duration.clone()))
             .map_err(Error::Metrics)?;
         Ok(Metrics {
-            namespace_level: gauge(
-                &r,
-                "pss_namespace_level",
-                "1 per written namespace and mode, labelled with the level and version in force",
-                &["namespace", "profile", "mode", "level", "version"],
-            )?,
-            violating_pods: gauge(
-                &r,
-                "pss_violating_pods",
-                "Running Pods that violate the level of a mode in their namespace",
-                &["namespace", "profile", "mode"],
-            )?,
-            pod_violations: gauge(
-                &r,
-                "pss_pod_violations",
-                "Running Pods failing a check at the level of a mode in their namespace",
-                &["namespace", "profile", "mode", "check"],
-            )?,
-            privileged_containers: gauge(
-                &r,
-                "pss_privileged_containers",
-                "Containers of running Pods with securityContext.privileged=true, in every namespace",
-                &["namespace"],
-            )?,
-            unprotected: gauge(
-                &r,
-                "pss_unprotected_namespace",
-                "1 for a namespace no profile selects whose enforce level is privileged or unset",
-                &["namespace"],
-            )?,
-            conflict: gauge(
-                &r,
-                "pss_namespace_conflict",
-                "1 for a namespace selected by profiles of equal top priority",
-                &["namespace"],
-            )?,
-            rollout_pending: gauge(
-                &r,
-                "pss_rollout_pending",
-                "Pods blocking a WhenCompliant enforce rollout",
-                &["namespace", "profile"],
-            )?,
+            gauges: Mutex::new(Arc::default()),
             label_drift: counter(
                 &r,
                 "pss_label_drift_total",
@@ -116,7 +334,6 @@ impl Metrics {
                 &["namespace", "profile", "label"],
             )?,
             drift_series: Mutex::new(BTreeSet::new()),
-            gauge_series: Mutex::new(Default::default()),
             reconcile_duration,
             reconcile_errors: counter(
                 &r,
@@ -131,62 +348,12 @@ impl Metrics {
     /// Replaces every gauge with the values of the last pass; drops drift series of namespaces or
     /// profiles that are gone.
     pub fn publish(&self, v: &MetricValues, alive: impl Fn(&str, &str) -> bool) {
-        let mut previous = self
-            .gauge_series
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let [
-            level,
-            violating,
-            violations,
-            privileged,
-            unprotected,
-            conflict,
-            pending,
-        ] = &mut *previous;
-        replace(
-            &self.namespace_level,
-            level,
-            v.namespace_level.iter().map(|l| (&l[..], 1)),
-        );
-        replace(
-            &self.violating_pods,
-            violating,
-            v.violating_pods.iter().map(|(l, n)| (&l[..], int(*n))),
-        );
-        replace(
-            &self.pod_violations,
-            violations,
-            v.pod_violations.iter().map(|(l, n)| (&l[..], int(*n))),
-        );
-        replace(
-            &self.privileged_containers,
-            privileged,
-            v.privileged_containers
-                .iter()
-                .map(|(ns, n)| (std::slice::from_ref(ns), int(*n))),
-        );
-        replace(
-            &self.unprotected,
-            unprotected,
-            v.unprotected.iter().map(|ns| (std::slice::from_ref(ns), 1)),
-        );
-        replace(
-            &self.conflict,
-            conflict,
-            v.conflicted.iter().map(|ns| (std::slice::from_ref(ns), 1)),
-        );
-        replace(
-            &self.rollout_pending,
-            pending,
-            v.rollout_pending.iter().map(|(l, n)| (&l[..], int(*n))),
-        );
+        let gauges = Arc::new(Gauges::new(v));
+        // The lock is held for the swap only; the previous values are freed after it (or by the
+        // last scrape still rendering them).
+        let previous = std::mem::replace(&mut *lock(&self.gauges), gauges);
         drop(previous);
-        let mut series = self
-            .drift_series
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        series.retain(|l| {
+        lock(&self.drift_series).retain(|l| {
             let keep = alive(&l[0], &l[1]);
             if !keep {
                 let _ = self.label_drift.remove_label_values(&[&l[0], &l[1], &l[2]]);
@@ -199,10 +366,11 @@ impl Metrics {
         self.label_drift
             .with_label_values(&[namespace, profile, label])
             .inc();
-        self.drift_series
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert([namespace.to_owned(), profile.to_owned(), label.to_owned()]);
+        lock(&self.drift_series).insert([
+            namespace.to_owned(),
+            profile.to_owned(),
+            label.to_owned(),
+        ]);
     }
 
     pub fn error(&self, controller: &str, error: &Error) {
@@ -220,38 +388,31 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
+    /// The text exposition format: the gauges and the registry's families, in name order.
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
-            tracing::warn!(error = %e, "encoding metrics");
+        let gauges = Arc::clone(&lock(&self.gauges));
+        let others = self.registry.gather();
+        let mut out = String::with_capacity(
+            gauges.text_len + others.iter().map(estimated_len).sum::<usize>(),
+        );
+        let encoder = TextEncoder::new();
+        let mut others = others.iter().peekable();
+        let encode = |mf: &MetricFamily, out: &mut String| {
+            if let Err(e) = encoder.encode_utf8(std::slice::from_ref(mf), out) {
+                tracing::warn!(error = %e, "encoding metrics");
+            }
+        };
+        for (f, family) in FAMILIES.iter().enumerate() {
+            while let Some(mf) = others.next_if(|mf| mf.name() < family.name) {
+                encode(mf, &mut out);
+            }
+            gauges.write(f, &mut out);
         }
-        String::from_utf8_lossy(&buf).into_owned()
-    }
-}
-
-/// Sets `gauge` to exactly `values`: series seen last time are updated in place, new ones
-/// created, and those no longer present removed.
-fn replace<'a>(
-    gauge: &IntGaugeVec,
-    previous: &mut HashSet<Vec<String>>,
-    values: impl Iterator<Item = (&'a [String], i64)>,
-) {
-    let mut current = HashSet::with_capacity(previous.len());
-    for (labels, value) in values {
-        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-        gauge.with_label_values(&refs).set(value);
-        if let Some(known) = previous.take(labels) {
-            current.insert(known);
-        } else {
-            current.insert(labels.to_vec());
+        for mf in others {
+            encode(mf, &mut out);
         }
+        out
     }
-    for gone in previous.drain() {
-        let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
-        let _ = gauge.remove_label_values(&refs);
-    }
-    *previous = current;
 }
 
 pub struct ReconcileTimer<'a> {
@@ -272,6 +433,8 @@ impl Drop for ReconcileTimer<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus::{Encoder, IntGaugeVec};
+    use proptest::prelude::*;
 
     fn values(ns: &str) -> MetricValues {
         MetricValues {
@@ -299,6 +462,164 @@ mod tests {
         }
     }
 
+    /// The exposition as it was with the gauges as `IntGaugeVec`s in the registry: the values set
+    /// on fresh gauges (what updating them in place from pass to pass left), gathered with the
+    /// families of `m`'s registry and encoded by the crate's `TextEncoder`.
+    fn with_prometheus_gauges(m: &Metrics, v: &MetricValues) -> String {
+        let r = Registry::new();
+        let gauge = |f: usize| {
+            let family = &FAMILIES[f];
+            let g = IntGaugeVec::new(Opts::new(family.name, family.help), family.labels)
+                .expect("gauge");
+            r.register(Box::new(g.clone())).expect("register");
+            g
+        };
+        // The label order of the old `IntGaugeVec`s, not the sorted one.
+        let set = |g: &IntGaugeVec, labels: &[&String], value: i32| {
+            let labels: Vec<&str> = labels.iter().map(|l| l.as_str()).collect();
+            g.with_label_values(&labels).set(i64::from(value));
+        };
+        let conflict = gauge(0);
+        for ns in &v.conflicted {
+            set(&conflict, &[ns], 1);
+        }
+        let level = IntGaugeVec::new(
+            Opts::new(FAMILIES[1].name, FAMILIES[1].help),
+            &["namespace", "profile", "mode", "level", "version"],
+        )
+        .expect("gauge");
+        r.register(Box::new(level.clone())).expect("register");
+        for l in &v.namespace_level {
+            set(&level, &l.iter().collect::<Vec<_>>(), 1);
+        }
+        let violations = IntGaugeVec::new(
+            Opts::new(FAMILIES[2].name, FAMILIES[2].help),
+            &["namespace", "profile", "mode", "check"],
+        )
+        .expect("gauge");
+        r.register(Box::new(violations.clone())).expect("register");
+        for (l, n) in &v.pod_violations {
+            set(&violations, &l.iter().collect::<Vec<_>>(), *n);
+        }
+        let privileged = gauge(3);
+        for (ns, n) in &v.privileged_containers {
+            set(&privileged, &[ns], *n);
+        }
+        let pending = gauge(4);
+        for (l, n) in &v.rollout_pending {
+            set(&pending, &l.iter().collect::<Vec<_>>(), *n);
+        }
+        let unprotected = gauge(5);
+        for ns in &v.unprotected {
+            set(&unprotected, &[ns], 1);
+        }
+        let violating = IntGaugeVec::new(
+            Opts::new(FAMILIES[6].name, FAMILIES[6].help),
+            &["namespace", "profile", "mode"],
+        )
+        .expect("gauge");
+        r.register(Box::new(violating.clone())).expect("register");
+        for (l, n) in &v.violating_pods {
+            set(&violating, &l.iter().collect::<Vec<_>>(), *n);
+        }
+        let mut families = r.gather();
+        families.extend(m.registry.gather());
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&families, &mut buf)
+            .expect("encode");
+        String::from_utf8(buf).expect("utf-8")
+    }
+
+    /// Label values that escape, sort differently once escaped, are empty or not ASCII.
+    const ODD: [&str; 10] = [
+        "app", "app-1", "a\"b", "a\\b", "a\nb", "a#b", "", "ü-team", "b", "A",
+    ];
+
+    fn varied() -> MetricValues {
+        let mut v = MetricValues::default();
+        for (i, ns) in ODD.iter().enumerate() {
+            let ns = ns.to_string();
+            let profile = ODD[(i * 3 + 1) % ODD.len()].to_string();
+            let n = i32::try_from(i).expect("small") * 7 - 20;
+            v.privileged_containers.push((ns.clone(), n));
+            if i % 3 == 0 {
+                v.unprotected.push(ns.clone());
+            }
+            if i % 4 == 1 {
+                v.rollout_pending
+                    .push(([ns.clone(), profile.clone()], i32::MAX - i32::from(i == 1)));
+            }
+            for (mode, level) in [
+                ("enforce", "baseline"),
+                ("audit", "restricted"),
+                ("warn", "x\"y"),
+            ] {
+                v.namespace_level.push([
+                    ns.clone(),
+                    profile.clone(),
+                    mode.into(),
+                    level.into(),
+                    ODD[i % 5].into(),
+                ]);
+                v.violating_pods
+                    .push(([ns.clone(), profile.clone(), mode.into()], n));
+                for check in ["runAsNonRoot", "privileged", ODD[(i + 2) % ODD.len()]] {
+                    v.pod_violations
+                        .push(([ns.clone(), profile.clone(), mode.into(), check.into()], -n));
+                }
+            }
+        }
+        // The same labels twice: the last value counts.
+        v.privileged_containers.push(("app".into(), i32::MIN));
+        v
+    }
+
+    #[test]
+    fn families_and_labels_are_sorted_by_name() {
+        assert!(FAMILIES.is_sorted_by_key(|f| f.name));
+        for f in &FAMILIES {
+            assert!(f.labels.is_sorted(), "{}", f.name);
+        }
+    }
+
+    #[test]
+    fn text_is_byte_identical_to_the_prometheus_crate() {
+        let m = Metrics::new().expect("metrics");
+        m.drift("a\"b", "app", "pod-security.kubernetes.io/enforce");
+        m.error("namespace", &Error::LeadershipLost);
+        drop(m.timer("namespace"));
+        let mut cases = vec![varied(), values("app"), MetricValues::default()];
+        // Empty families between non-empty ones.
+        cases.push(MetricValues {
+            conflicted: vec![],
+            pod_violations: vec![],
+            rollout_pending: vec![],
+            ..varied()
+        });
+        for v in &cases {
+            m.publish(v, |_, _| true);
+            assert_eq!(m.render(), with_prometheus_gauges(&m, v));
+        }
+    }
+
+    #[test]
+    fn nothing_published_renders_nothing() {
+        let m = Metrics::new().expect("metrics");
+        assert_eq!(m.render(), "");
+        m.publish(&MetricValues::default(), |_, _| true);
+        assert_eq!(m.render(), "");
+    }
+
+    #[test]
+    fn capacity_is_the_length_of_the_gauges() {
+        let m = Metrics::new().expect("metrics");
+        m.publish(&varied(), |_, _| true);
+        let text = m.render();
+        assert_eq!(text.len(), lock(&m.gauges).text_len);
+    }
+
     #[test]
     fn series_follow_the_last_pass_and_deleted_ones_disappear() {
         let m = Metrics::new().expect("metrics");
@@ -323,6 +644,49 @@ mod tests {
     }
 
     #[test]
+    fn a_namespace_gone_from_the_values_is_gone_from_the_text() {
+        let m = Metrics::new().expect("metrics");
+        let mut both = values("app");
+        let other = values("other");
+        both.namespace_level.extend(other.namespace_level.clone());
+        both.violating_pods.extend(other.violating_pods.clone());
+        both.pod_violations.extend(other.pod_violations.clone());
+        both.privileged_containers
+            .extend(other.privileged_containers.clone());
+        both.unprotected.push("other".into());
+        both.conflicted.extend(other.conflicted.clone());
+        both.rollout_pending.extend(other.rollout_pending.clone());
+        m.publish(&both, |_, _| true);
+        let text = m.render();
+        assert_eq!(text, with_prometheus_gauges(&m, &both));
+        assert!(text.contains(r#"pss_unprotected_namespace{namespace="other"} 1"#));
+
+        m.publish(&values("app"), |_, _| true);
+        let text = m.render();
+        assert_eq!(text, with_prometheus_gauges(&m, &values("app")));
+        assert!(!text.contains("other"), "{text}");
+        // A family left without series is left out, headers included.
+        assert!(!text.contains("pss_unprotected_namespace"), "{text}");
+
+        m.publish(&MetricValues::default(), |_, _| true);
+        assert_eq!(m.render(), "");
+    }
+
+    #[test]
+    fn a_scrape_keeps_the_values_it_started_with() {
+        let m = Metrics::new().expect("metrics");
+        m.publish(&values("app"), |_, _| true);
+        let rendering = Arc::clone(&lock(&m.gauges));
+        m.publish(&values("other"), |_, _| true);
+        let mut text = String::new();
+        for f in 0..FAMILIES.len() {
+            rendering.write(f, &mut text);
+        }
+        assert!(text.contains(r#"namespace="app""#) && !text.contains("other"));
+        assert!(m.render().contains(r#"namespace="other""#));
+    }
+
+    #[test]
     fn errors_and_durations_are_recorded() {
         let m = Metrics::new().expect("metrics");
         m.error("namespace", &Error::LeadershipLost);
@@ -332,5 +696,63 @@ mod tests {
             r#"pss_reconcile_errors_total{controller="namespace",error="leadership_lost"} 1"#
         ));
         assert!(text.contains(r#"pss_reconcile_duration_seconds_count{controller="namespace"} 1"#));
+    }
+
+    /// Odd label values none of which is a prefix of another: the `prometheus` crate keyed a
+    /// series by a hash of its label values run together, so label sets that run together the
+    /// same (`"ab","c"` and `"a","bc"`) were one series there and are two here.
+    const PREFIX_FREE: [&str; 8] = ["x\"1", "x\\2", "x\n3", "ü4", "A5", "a6", "b7", "a#8"];
+
+    fn label() -> impl Strategy<Value = String> {
+        prop::sample::select(PREFIX_FREE.to_vec()).prop_map(String::from)
+    }
+
+    fn metric_values() -> impl Strategy<Value = MetricValues> {
+        let n = -3..1000i32;
+        (
+            prop::collection::vec(prop::array::uniform5(label()), 0..6),
+            prop::collection::vec((prop::array::uniform3(label()), n.clone()), 0..6),
+            prop::collection::vec((prop::array::uniform4(label()), n.clone()), 0..6),
+            prop::collection::vec((label(), n.clone()), 0..6),
+            prop::collection::vec(label(), 0..3),
+            prop::collection::vec(label(), 0..3),
+            prop::collection::vec((prop::array::uniform2(label()), n), 0..3),
+        )
+            .prop_map(
+                |(
+                    namespace_level,
+                    violating_pods,
+                    pod_violations,
+                    privileged_containers,
+                    unprotected,
+                    conflicted,
+                    rollout_pending,
+                )| MetricValues {
+                    namespace_level,
+                    violating_pods,
+                    pod_violations,
+                    privileged_containers,
+                    unprotected,
+                    conflicted,
+                    rollout_pending,
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        /// Any values, duplicates included, and any pass after any other.
+        #[test]
+        fn any_values_render_as_the_prometheus_crate_did(
+            first in metric_values(),
+            second in metric_values(),
+        ) {
+            let m = Metrics::new().expect("metrics");
+            m.publish(&first, |_, _| true);
+            prop_assert_eq!(m.render(), with_prometheus_gauges(&m, &first));
+            m.publish(&second, |_, _| true);
+            prop_assert_eq!(m.render(), with_prometheus_gauges(&m, &second));
+        }
     }
 }
