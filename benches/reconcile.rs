@@ -1,0 +1,192 @@
+//! CPU of one reconcile pass's pure stages at the scale benchmark's size (e2e/bench/scale.py:
+//! 2,000 namespaces in four tiers, its four profiles, 50,000 Pods round-robin): planning every
+//! namespace, setting the index policies, the metric values and the four profile statuses.
+//! No cluster, no I/O: what the operator computes per pass, without the machine's other load.
+//!
+//! Run: `cargo bench --bench reconcile [-- --pods N --namespaces N --rounds N]`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::core::DeserializeGuard;
+use pss_operator::operator::crd::PodSecurityProfile;
+use pss_operator::operator::desired::{Exclusions, Labels, NamespaceView, ProfileView, plan};
+use pss_operator::operator::index::PodIndex;
+use pss_operator::operator::pods::{SlimPod, WatchedPod};
+use pss_operator::operator::status::{Observed, metric_values, profile_status};
+use serde_json::json;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(default)
+}
+
+fn tier(i: usize) -> &'static str {
+    match i % 10 {
+        0..=4 => "web",
+        5..=7 => "batch",
+        8 => "strict",
+        _ => "none",
+    }
+}
+
+fn profiles() -> Vec<PodSecurityProfile> {
+    let mut out = Vec::new();
+    for (name, selector, priority, levels, rollout) in [
+        (
+            "web",
+            json!({"matchLabels": {"bench/tier": "web"}}),
+            10,
+            vec![("enforce", "baseline"), ("audit", "restricted"), ("warn", "restricted")],
+            None,
+        ),
+        (
+            "batch",
+            json!({"matchLabels": {"bench/tier": "batch"}}),
+            10,
+            vec![("enforce", "privileged"), ("audit", "baseline"), ("warn", "restricted")],
+            None,
+        ),
+        (
+            "strict",
+            json!({"matchLabels": {"bench/tier": "strict"}}),
+            10,
+            vec![("enforce", "restricted")],
+            Some("WhenCompliant"),
+        ),
+        (
+            "floor",
+            json!({"matchExpressions": [{"key": "bench/tier", "operator": "In",
+                                         "values": ["web", "batch", "strict"]}]}),
+            0,
+            vec![("enforce", "baseline"), ("audit", "baseline")],
+            None,
+        ),
+    ] {
+        let mut spec = json!({"namespaceSelector": selector, "priority": priority});
+        for (mode, level) in levels {
+            spec[mode] = json!({"level": level, "version": "latest"});
+        }
+        if let Some(r) = rollout {
+            spec["rollout"] = json!(r);
+        }
+        let p = json!({"apiVersion": "pss-operator.io/v1alpha1", "kind": "PodSecurityProfile",
+                       "metadata": {"name": name, "generation": 1}, "spec": spec});
+        out.push(serde_json::from_value(p).expect("profile"));
+    }
+    out
+}
+
+fn pod(ns: &str, ns_index: usize, k: usize) -> WatchedPod {
+    let kind = match k % 4 {
+        0 => "c",
+        3 if matches!(tier(ns_index), "batch" | "none") => "p",
+        _ => "b",
+    };
+    let mut container = json!({"name": "app", "image": "registry.example/app:1.2.3",
+                               "ports": [{"containerPort": 8080}]});
+    let mut spec = json!({"containers": [], "automountServiceAccountToken": false});
+    match kind {
+        "c" => {
+            spec["securityContext"] =
+                json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}});
+            container["securityContext"] =
+                json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
+        }
+        "p" => container["securityContext"] = json!({"privileged": true}),
+        _ => {}
+    }
+    spec["containers"] = json!([container]);
+    let guard: DeserializeGuard<WatchedPod> = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("pod-{k:05}"), "namespace": ns},
+        "spec": spec, "status": {"phase": "Pending"}}))
+    .expect("pod");
+    guard.0.expect("readable pod")
+}
+
+fn main() {
+    let n_ns = arg("--namespaces", 2_000);
+    let n_pods = arg("--pods", 50_000);
+    let rounds = arg("--rounds", 20);
+
+    let profiles = profiles();
+    let views: Vec<ProfileView> = profiles
+        .iter()
+        .map(|p| ProfileView::from_profile(p).expect("valid"))
+        .collect();
+    let namespaces: Vec<NamespaceView> = (0..n_ns)
+        .map(|i| NamespaceView {
+            name: format!("bench-{i:04}"),
+            labels: Labels::from([
+                ("bench/tier".to_owned(), tier(i).to_owned()),
+                (
+                    "kubernetes.io/metadata.name".to_owned(),
+                    format!("bench-{i:04}"),
+                ),
+            ]),
+        })
+        .collect();
+    let mut index: PodIndex<SlimPod> = PodIndex::default();
+    for k in 0..n_pods {
+        let i = k % n_ns;
+        if let Some((ns, name, slim)) = pod(&namespaces[i].name, i, k).into_slim() {
+            index.apply(&ns, &name, slim);
+        }
+    }
+    let exclusions = Exclusions::new(Exclusions::DEFAULT);
+    let now = Time(Timestamp::now());
+
+    let mut plan_t = Duration::ZERO;
+    let mut policy_t = Duration::ZERO;
+    let mut metrics_t = Duration::ZERO;
+    let mut status_t = Duration::ZERO;
+    let mut series = 0;
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let plans = plan(&views, &namespaces, &exclusions, &|ns, lv| {
+            index.blocking(ns, lv)
+        });
+        plan_t += t.elapsed();
+        let t = Instant::now();
+        for p in plans.values() {
+            index.set_policy(&p.name, p.policy);
+        }
+        policy_t += t.elapsed();
+        // As converged: the labels as desired.
+        let labels: BTreeMap<String, Labels> = plans
+            .values()
+            .map(|p| (p.name.clone(), p.desired.clone()))
+            .collect();
+        let (drift, errors) = (Default::default(), Default::default());
+        let obs = Observed {
+            plans: &plans,
+            labels: &labels,
+            index: &index,
+            drift: &drift,
+            apply_errors: &errors,
+        };
+        let t = Instant::now();
+        let values = metric_values(&obs);
+        metrics_t += t.elapsed();
+        series = values.violating_pods.len() + values.pod_violations.len();
+        let t = Instant::now();
+        for (p, view) in profiles.iter().zip(&views) {
+            std::hint::black_box(profile_status(p, Ok(view), &obs, &now));
+        }
+        status_t += t.elapsed();
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0 / rounds as f64;
+    println!(
+        "{n_ns} namespaces, {n_pods} Pods, {rounds} rounds; per pass: plan {:.1} ms, set_policy {:.1} ms, metric values {:.1} ms ({series} violation series), 4 statuses {:.1} ms",
+        ms(plan_t),
+        ms(policy_t),
+        ms(metrics_t),
+        ms(status_t)
+    );
+}
