@@ -42,14 +42,22 @@ fn profiles() -> Vec<PodSecurityProfile> {
             "web",
             json!({"matchLabels": {"bench/tier": "web"}}),
             10,
-            vec![("enforce", "baseline"), ("audit", "restricted"), ("warn", "restricted")],
+            vec![
+                ("enforce", "baseline"),
+                ("audit", "restricted"),
+                ("warn", "restricted"),
+            ],
             None,
         ),
         (
             "batch",
             json!({"matchLabels": {"bench/tier": "batch"}}),
             10,
-            vec![("enforce", "privileged"), ("audit", "baseline"), ("warn", "restricted")],
+            vec![
+                ("enforce", "privileged"),
+                ("audit", "baseline"),
+                ("warn", "restricted"),
+            ],
             None,
         ),
         (

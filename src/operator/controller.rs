@@ -550,7 +550,11 @@ async fn pass(ctx: &Arc<Context>) -> usize {
     for w in writes {
         let uid = uids.get(w.namespace()).cloned();
         let before = observed.get(w.namespace()).cloned().unwrap_or_default();
-        let _ = ctx.writes.send(Queued { write: w, uid, before });
+        let _ = ctx.writes.send(Queued {
+            write: w,
+            uid,
+            before,
+        });
     }
 
     // Released namespaces are known from the store (we no longer own labels there), so a
