@@ -13,10 +13,11 @@
 //! in the operator. Run: `cargo bench --bench index_memory [-- --pods N --namespaces N --no-token-volume --apply
 //! --distinct]`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use kube::core::DeserializeGuard;
-use pss_operator::operator::index::PodIndex;
+use pss_operator::operator::index::{Interner, PodIndex};
 use pss_operator::operator::pods::{SlimPod, WatchedPod};
 use pss_operator::pss::{LevelVersion, Mode, Policy};
 use serde_json::json;
@@ -239,14 +240,16 @@ fn feed(args: &Args, rng: &mut Rng) -> (PodIndex<SlimPod>, u128, u128) {
         }
         return (index, started.elapsed().as_millis(), 0);
     }
-    let mut initial: Vec<(String, String, SlimPod)> = Vec::new();
+    let mut initial: Vec<(String, String, Arc<SlimPod>)> = Vec::new();
+    let mut interner = Interner::default();
     for pod in listed_pods(args, rng) {
         if pod.is_running()
-            && let Some(slim) = pod.into_slim()
+            && let Some((ns, name, slim)) = pod.into_slim()
         {
-            initial.push(slim);
+            initial.push((ns, name, interner.intern(slim)));
         }
     }
+    drop(interner);
     let listed = started.elapsed().as_millis();
     let started = Instant::now();
     index.reset(initial);
@@ -312,6 +315,10 @@ fn main() {
     );
     println!(
         "  reported: violating pods enforce/audit/warn {violating:?}, failing checks {by_check}, privileged containers {privileged}"
+    );
+    println!(
+        "  distinct projections shared by the Pods: {}",
+        index.shared_projections()
     );
     drop(index);
 }
