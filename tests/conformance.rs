@@ -5,7 +5,11 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use pss_operator::pss::{self, CheckId, Level, LevelVersion, Version, model::Pod};
+use pss_operator::operator::pods::SlimPod;
+use pss_operator::pss::{
+    self, CheckId, Level, LevelVersion, NEWEST_KNOWN_MINOR, Version,
+    model::{Pod, Volume, VolumeSources},
+};
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/pss");
 
@@ -187,4 +191,68 @@ fn fixtures_evaluated_as_latest_match_the_newest_version() {
             f.path.display()
         );
     }
+}
+
+/// The operator's index shares one normalized projection between Pods of one template
+/// (`SlimPod::new`: no names, only checked annotations, no unchecked volumes). That must never
+/// change a verdict or a message: every distinct fixture, at every level and version, evaluates
+/// the same as its projection, and so does the fixture dressed as a real Pod (own name, per-Pod
+/// annotations, the kube-api-access volume ServiceAccount admission adds), whose projection must
+/// be the fixture's own.
+#[test]
+fn projection_normalization_never_changes_a_verdict_or_message() {
+    let mut texts = std::collections::BTreeMap::new();
+    for f in fixtures() {
+        let text = fs::read_to_string(&f.path).expect("fixture");
+        texts.entry(text).or_insert(f.path);
+    }
+    let versions: Vec<Version> = (0..=NEWEST_KNOWN_MINOR + 1)
+        .map(Version::V1)
+        .chain([Version::Latest])
+        .collect();
+    let mut compared = 0;
+    for path in texts.values() {
+        let pod = load(path);
+        let slim = SlimPod::new(pod.metadata.clone(), pod.spec.clone());
+        let mut real: Pod = pod.clone();
+        real.metadata.name = "web-7d9f8b6c5d-x2b4k".into();
+        real.metadata.generate_name = "web-7d9f8b6c5d-".into();
+        real.metadata.namespace = "app".into();
+        for (k, v) in [
+            ("cni.projectcalico.org/podIP", "10.0.0.7"),
+            ("kubectl.kubernetes.io/restartedAt", "2026-11-26T10:00:00Z"),
+            ("seccomp.security.alpha.kubernetes.io/podx", "unconfined"),
+        ] {
+            real.metadata.annotations.insert(k.into(), v.into());
+        }
+        for (name, source) in [
+            ("kube-api-access-7tq2n", "projected"),
+            ("cache", "emptyDir"),
+            ("config", "configMap"),
+        ] {
+            real.spec.volumes.push(Volume {
+                name: name.into(),
+                sources: VolumeSources::from_names([source]),
+            });
+        }
+        assert_eq!(
+            SlimPod::new(real.metadata.clone(), real.spec.clone()),
+            slim,
+            "{}",
+            path.display()
+        );
+        for level in [Level::Privileged, Level::Baseline, Level::Restricted] {
+            for &version in &versions {
+                let lv = LevelVersion::new(level, version);
+                let original = pss::evaluate(&pod.metadata, &pod.spec, lv);
+                let projected = pss::evaluate(slim.meta(), slim.spec(), lv);
+                assert_eq!(original, projected, "{} at {lv}", path.display());
+                let as_real = pss::evaluate(&real.metadata, &real.spec, lv);
+                assert_eq!(original, as_real, "{} at {lv}", path.display());
+                compared += 1;
+            }
+        }
+    }
+    assert_eq!(texts.len(), 380, "distinct fixtures");
+    println!("normalization: {compared} (fixture, level, version) evaluations unchanged");
 }

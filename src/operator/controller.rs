@@ -263,23 +263,31 @@ async fn feed_pods(
         Item = Result<watcher::Event<DeserializeGuard<WatchedPod>>, watcher::Error>,
     >,
 ) {
-    let mut initial: Vec<(String, String, SlimPod)> = Vec::new();
+    // Projections are interned as pages arrive: until the list completes, the Pods of one
+    // template already share one allocation instead of each holding a copy next to the index.
+    let mut initial: Vec<(String, String, Arc<SlimPod>)> = Vec::new();
+    let mut interner = super::index::Interner::default();
     let mut events = std::pin::pin!(events);
     while let Some(ev) = events.next().await {
         match ev {
-            Ok(watcher::Event::Init) => initial.clear(),
+            Ok(watcher::Event::Init) => {
+                initial.clear();
+                interner = Default::default();
+            }
             Ok(watcher::Event::InitApply(guard)) => {
                 let Some(pod) = readable(guard) else {
                     continue;
                 };
                 if pod.is_running()
-                    && let Some(slim) = pod.into_slim()
+                    && let Some((ns, name, slim)) = pod.into_slim()
                 {
-                    initial.push(slim);
+                    initial.push((ns, name, interner.intern(slim)));
                 }
             }
             Ok(watcher::Event::InitDone) => {
                 let listed = initial.len();
+                // The index's own table takes the projections over.
+                interner = Default::default();
                 let started = std::time::Instant::now();
                 let mut state = ctx.state();
                 state.index.reset(std::mem::take(&mut initial));

@@ -2,18 +2,23 @@
 //! `delete`, `reset`) and by the planner (`set_policy`). Pure and synchronous: no I/O, no clocks.
 //!
 //! Only projections are kept: whatever type `P` the caller chooses (the evaluator's slim pod model
-//! in the operator, small fakes in tests), plus the failing check ids per mode. Messages are
+//! in the operator, small fakes in tests). Pods with equal projections (the Pods of one
+//! ReplicaSet, Job or DaemonSet, once the watch has normalized them) share one allocation through
+//! a content-addressed [`Interner`]; per Pod the index keeps only its name, that shared
+//! projection, its privileged-container count and the failing checks per mode. Messages are
 //! recomputed on demand for the few samples a status shows.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::Hash;
+use std::sync::Arc;
 
-use crate::pss::{LevelVersion, Mode, Policy};
+use crate::pss::{CheckSet, LevelVersion, Mode, Policy};
 
 /// The outcome of evaluating one Pod at one level.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Verdict {
-    /// Failing check ids, in the evaluator's order; empty when allowed.
-    pub checks: Vec<&'static str>,
+    /// Failing check ids (iterating in the evaluator's order); empty when allowed.
+    pub checks: CheckSet,
     /// kube-apiserver's denial message; empty when allowed.
     pub message: String,
 }
@@ -29,24 +34,123 @@ pub trait Evaluate {
     fn evaluate(&self, level: LevelVersion) -> Verdict;
     /// Only the failing check ids: what the index keeps for every Pod, without rendering a
     /// message it would drop (messages are rendered on demand for the few samples).
-    fn failing_checks(&self, level: LevelVersion) -> Vec<&'static str> {
+    fn failing_checks(&self, level: LevelVersion) -> CheckSet {
         self.evaluate(level).checks
     }
     fn privileged_containers(&self) -> usize;
 }
 
-#[derive(Debug, Clone)]
-struct Entry<P> {
-    pod: P,
-    privileged: usize,
-    /// Failing checks per mode (indexed like `Mode::ALL`) against the namespace policy.
-    checks: [Vec<&'static str>; 3],
+/// A content-addressed table of shared projections: `intern` hands out one `Arc` per distinct
+/// projection. Entries are dropped by `release` (when the last Pod using one goes) or `sweep`.
+#[derive(Debug)]
+pub struct Interner<P> {
+    table: HashSet<Arc<P>>,
 }
 
-#[derive(Debug, Clone)]
+impl<P> Default for Interner<P> {
+    fn default() -> Self {
+        Interner {
+            table: HashSet::new(),
+        }
+    }
+}
+
+impl<P: Hash + Eq> Interner<P> {
+    /// The shared projection equal to `pod`, added if new.
+    pub fn intern(&mut self, pod: P) -> Arc<P> {
+        if let Some(shared) = self.table.get(&pod) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(pod);
+        self.table.insert(Arc::clone(&shared));
+        shared
+    }
+
+    /// Like `intern`, for a projection already shared (by another table): the equal one of this
+    /// table if there is one, else `pod` itself, added.
+    pub fn intern_shared(&mut self, pod: Arc<P>) -> Arc<P> {
+        if let Some(shared) = self.table.get(&*pod) {
+            return Arc::clone(shared);
+        }
+        self.table.insert(Arc::clone(&pod));
+        pod
+    }
+
+    /// Gives back a projection `intern` handed out: its entry goes when nothing else uses it.
+    fn release(&mut self, pod: Arc<P>) {
+        // Two references left: `pod` and the table's own.
+        if Arc::strong_count(&pod) == 2
+            && self.table.get(&*pod).is_some_and(|s| Arc::ptr_eq(s, &pod))
+        {
+            self.table.remove(&*pod);
+        }
+    }
+
+    /// Drops the entries only this table still uses.
+    fn sweep(&mut self) {
+        self.table.retain(|p| Arc::strong_count(p) > 1);
+    }
+}
+
+impl<P> Interner<P> {
+    /// Distinct projections held.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+}
+
+/// Failing checks already computed within one call, per (shared projection, level): the Pods of
+/// one template in one namespace share both, so `reset` and `set_policy` evaluate each pair once.
+/// Keys are the projections' addresses, valid because nothing is freed while a memo lives (the
+/// callers release nothing before they return).
+struct Memo(HashMap<(usize, LevelVersion), CheckSet>);
+
+impl Memo {
+    fn new() -> Self {
+        Memo(HashMap::new())
+    }
+
+    fn checks<P: Evaluate>(&mut self, pod: &Arc<P>, level: LevelVersion) -> CheckSet {
+        *self
+            .0
+            .entry((Arc::as_ptr(pod) as usize, level))
+            .or_insert_with(|| pod.failing_checks(level))
+    }
+
+    /// Failing checks per mode (indexed like `Mode::ALL`) against `policy`.
+    fn all_modes<P: Evaluate>(&mut self, pod: &Arc<P>, policy: &Policy) -> [CheckSet; 3] {
+        Mode::ALL.map(|mode| self.checks(pod, policy.get(mode)))
+    }
+}
+
+#[derive(Debug)]
+struct Entry<P> {
+    pod: Arc<P>,
+    privileged: u32,
+    /// Failing checks per mode (indexed like `Mode::ALL`) against the namespace policy.
+    checks: [CheckSet; 3],
+}
+
+impl<P: Evaluate> Entry<P> {
+    fn new(pod: Arc<P>, policy: &Policy, memo: &mut Memo) -> Self {
+        Entry {
+            privileged: u32::try_from(pod.privileged_containers()).unwrap_or(u32::MAX),
+            checks: memo.all_modes(&pod, policy),
+            pod,
+        }
+    }
+}
+
+#[derive(Debug)]
 pub struct PodIndex<P> {
-    pods: BTreeMap<String, BTreeMap<String, Entry<P>>>,
+    /// Pod names as boxed strings: 16 bytes a key instead of 24, at 50,000 Pods.
+    pods: BTreeMap<String, BTreeMap<Box<str>, Entry<P>>>,
     policies: HashMap<String, Policy>,
+    shared: Interner<P>,
 }
 
 impl<P> Default for PodIndex<P> {
@@ -54,6 +158,7 @@ impl<P> Default for PodIndex<P> {
         PodIndex {
             pods: BTreeMap::new(),
             policies: HashMap::new(),
+            shared: Interner::default(),
         }
     }
 }
@@ -62,39 +167,34 @@ impl<P> Default for PodIndex<P> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violator<'a> {
     pub pod: &'a str,
-    pub checks: &'a [&'static str],
+    pub checks: CheckSet,
     pub privileged: usize,
 }
 
-fn evaluate_all<P: Evaluate>(pod: &P, policy: &Policy) -> [Vec<&'static str>; 3] {
-    Mode::ALL.map(|mode| pod.failing_checks(policy.get(mode)))
-}
-
-impl<P: Evaluate> PodIndex<P> {
-    pub fn policy(&self, ns: &str) -> Policy {
-        self.policies.get(ns).copied().unwrap_or(Policy::DEFAULT)
-    }
-
+impl<P: Evaluate + Hash + Eq> PodIndex<P> {
     /// Adds or replaces a running Pod. Returns whether anything the index reports changed: most
     /// Pod updates are status changes that leave the projection as it was.
-    pub fn apply(&mut self, ns: &str, name: &str, pod: P) -> bool
-    where
-        P: PartialEq,
-    {
-        let pods = self.pods.entry(ns.to_owned()).or_default();
-        if pods.get(name).is_some_and(|e| e.pod == pod) {
+    pub fn apply(&mut self, ns: &str, name: &str, pod: P) -> bool {
+        let current = self.pods.get(ns).and_then(|pods| pods.get(name));
+        if current.is_some_and(|e| *e.pod == pod) {
             return false;
         }
-        let policy = self.policies.get(ns).copied().unwrap_or(Policy::DEFAULT);
-        let entry = Entry {
-            privileged: pod.privileged_containers(),
-            checks: evaluate_all(&pod, &policy),
-            pod,
+        let pod = self.shared.intern(pod);
+        let entry = Entry::new(pod, &self.policy(ns), &mut Memo::new());
+        if !self.pods.contains_key(ns) {
+            self.pods.insert(ns.to_owned(), BTreeMap::new());
+        }
+        let pods = self.pods.get_mut(ns).expect("inserted above");
+        let old = match pods.get_mut(name) {
+            Some(slot) => Some(std::mem::replace(slot, entry)),
+            None => pods.insert(name.into(), entry),
         };
-        let changed = pods
-            .get(name)
-            .is_none_or(|old| old.checks != entry.checks || old.privileged != entry.privileged);
-        pods.insert(name.to_owned(), entry);
+        let Some(old) = old else {
+            return true;
+        };
+        let new = &pods[name];
+        let changed = old.checks != new.checks || old.privileged != new.privileged;
+        self.shared.release(old.pod);
         changed
     }
 
@@ -103,22 +203,37 @@ impl<P: Evaluate> PodIndex<P> {
         let Some(pods) = self.pods.get_mut(ns) else {
             return false;
         };
-        let removed = pods.remove(name).is_some();
+        let removed = pods.remove(name);
         if pods.is_empty() {
             self.pods.remove(ns);
         }
-        removed
+        match removed {
+            Some(entry) => {
+                self.shared.release(entry.pod);
+                true
+            }
+            None => false,
+        }
     }
 
-    /// Replaces every Pod (after a relist); policies are kept.
-    pub fn reset(&mut self, pods: impl IntoIterator<Item = (String, String, P)>)
-    where
-        P: PartialEq,
-    {
+    /// Replaces every Pod (after a relist); policies are kept. Takes projections or shared
+    /// projections (as the initial list interns them while pages arrive).
+    pub fn reset<Q: Into<Arc<P>>>(&mut self, pods: impl IntoIterator<Item = (String, String, Q)>) {
+        // The table keeps its entries until the sweep below: a relist mostly brings the same
+        // projections back, and the memo needs every projection alive until then.
         self.pods.clear();
+        let mut memo = Memo::new();
         for (ns, name, pod) in pods {
-            self.apply(&ns, &name, pod);
+            let pod = self.shared.intern_shared(pod.into());
+            let policy = self.policy(&ns);
+            let entry = Entry::new(pod, &policy, &mut memo);
+            self.pods
+                .entry(ns)
+                .or_default()
+                .insert(name.into_boxed_str(), entry);
         }
+        drop(memo);
+        self.shared.sweep();
     }
 
     /// Sets the policy Pods of `ns` are checked against, re-evaluating them when it changed.
@@ -129,11 +244,18 @@ impl<P: Evaluate> PodIndex<P> {
         }
         self.policies.insert(ns.to_owned(), policy);
         if let Some(pods) = self.pods.get_mut(ns) {
+            let mut memo = Memo::new();
             for entry in pods.values_mut() {
-                entry.checks = evaluate_all(&entry.pod, &policy);
+                entry.checks = memo.all_modes(&entry.pod, &policy);
             }
         }
         true
+    }
+}
+
+impl<P: Evaluate> PodIndex<P> {
+    pub fn policy(&self, ns: &str) -> Policy {
+        self.policies.get(ns).copied().unwrap_or(Policy::DEFAULT)
     }
 
     /// Forgets policies of namespaces that are gone.
@@ -143,12 +265,13 @@ impl<P: Evaluate> PodIndex<P> {
 
     /// Sorted names of the Pods in `ns` that violate `level` (whatever the namespace policy).
     pub fn blocking(&self, ns: &str, level: LevelVersion) -> Vec<String> {
+        let mut memo = Memo::new();
         self.pods
             .get(ns)
             .into_iter()
             .flatten()
-            .filter(|(_, e)| !e.pod.failing_checks(level).is_empty())
-            .map(|(name, _)| name.clone())
+            .filter(|(_, e)| !memo.checks(&e.pod, level).is_empty())
+            .map(|(name, _)| (**name).to_owned())
             .collect()
     }
 
@@ -162,8 +285,8 @@ impl<P: Evaluate> PodIndex<P> {
             .filter(move |(_, e)| !e.checks[slot].is_empty())
             .map(move |(name, e)| Violator {
                 pod: name,
-                checks: &e.checks[slot],
-                privileged: e.privileged,
+                checks: e.checks[slot],
+                privileged: e.privileged as usize,
             })
     }
 
@@ -179,7 +302,7 @@ impl<P: Evaluate> PodIndex<P> {
             .get(ns)
             .into_iter()
             .flatten()
-            .map(|(_, e)| e.privileged)
+            .map(|(_, e)| e.privileged as usize)
             .sum()
     }
 
@@ -191,15 +314,20 @@ impl<P: Evaluate> PodIndex<P> {
     pub fn namespaces(&self) -> impl Iterator<Item = &str> {
         self.pods.keys().map(String::as_str)
     }
+
+    /// Distinct projections held for the Pods.
+    pub fn shared_projections(&self) -> usize {
+        self.shared.len()
+    }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::pss::Level;
+    use crate::pss::{CheckId, Level};
 
     /// A fake pod: the strictest level it passes, and how many privileged containers it has.
-    #[derive(Debug, Clone, PartialEq)]
+    #[derive(Debug, Clone, PartialEq, Eq, Hash)]
     pub(crate) struct FakePod {
         pub passes: Level,
         pub privileged: usize,
@@ -214,14 +342,14 @@ pub(crate) mod tests {
             if lv.level <= self.passes {
                 return Verdict::default();
             }
-            let checks = if self.privileged > 0 {
-                vec!["privileged"]
+            let check = if self.privileged > 0 {
+                CheckId::Privileged
             } else {
-                vec!["runAsNonRoot"]
+                CheckId::RunAsNonRoot
             };
             Verdict {
-                message: format!("violates PodSecurity \"{lv}\": {}", checks.join(", ")),
-                checks,
+                message: format!("violates PodSecurity \"{lv}\": {check}"),
+                checks: [check].into_iter().collect(),
             }
         }
         fn privileged_containers(&self) -> usize {
@@ -361,5 +489,85 @@ pub(crate) mod tests {
         index.retain_policies(|ns| ns == "kept");
         assert_eq!(index.policy("gone"), Policy::DEFAULT);
         assert_eq!(index.policy("kept"), strict);
+    }
+
+    #[test]
+    fn equal_projections_share_one_allocation_and_go_with_their_last_pod() {
+        let mut index = PodIndex::default();
+        index.set_policy(
+            "a",
+            policy("baseline:latest", "restricted:latest", "restricted:latest"),
+        );
+        for i in 0..10 {
+            index.apply("a", &format!("web-{i}"), mk_pod(Level::Baseline, 0));
+            index.apply("b", &format!("web-{i}"), mk_pod(Level::Baseline, 0));
+        }
+        index.apply("a", "priv", mk_pod(Level::Privileged, 1));
+        assert_eq!(index.shared_projections(), 2);
+        assert_eq!(
+            index.violators("a", Mode::Audit).count(),
+            11,
+            "each Pod still has its own verdict"
+        );
+        // An update to another projection releases the old one only with its last Pod.
+        index.apply("a", "priv", mk_pod(Level::Restricted, 0));
+        assert_eq!(
+            index.shared_projections(),
+            2,
+            "priv's old projection is gone"
+        );
+        for i in 0..10 {
+            index.delete("a", &format!("web-{i}"));
+        }
+        assert_eq!(index.shared_projections(), 2, "b still uses it");
+        for i in 0..10 {
+            index.delete("b", &format!("web-{i}"));
+        }
+        index.delete("a", "priv");
+        assert_eq!(index.shared_projections(), 0);
+    }
+
+    #[test]
+    fn churn_does_not_grow_the_table() {
+        let mut index = PodIndex::default();
+        // Many short-lived distinct projections (a fake's privileged count makes it distinct).
+        for i in 0..1000 {
+            let name = format!("job-{}", i % 7);
+            index.apply("a", &name, mk_pod(Level::Privileged, i));
+            if i % 3 == 0 {
+                index.delete("a", &name);
+            }
+            assert!(index.shared_projections() <= 7);
+        }
+        index.reset((0..5).map(|i| ("b".to_owned(), format!("p{i}"), mk_pod(Level::Baseline, 0))));
+        assert_eq!(
+            index.shared_projections(),
+            1,
+            "a relist drops what no Pod uses"
+        );
+        index.reset(Vec::<(String, String, FakePod)>::new());
+        assert_eq!(index.shared_projections(), 0);
+    }
+
+    #[test]
+    fn reset_takes_projections_shared_by_another_table() {
+        let mut interner = Interner::default();
+        let listed: Vec<_> = (0..4)
+            .map(|i| {
+                (
+                    "a".to_owned(),
+                    format!("p{i}"),
+                    interner.intern(mk_pod(Level::Privileged, 1)),
+                )
+            })
+            .collect();
+        assert_eq!(interner.len(), 1);
+        let mut index = PodIndex::default();
+        index.apply("a", "old", mk_pod(Level::Privileged, 1));
+        drop(interner);
+        index.reset(listed);
+        assert_eq!(index.shared_projections(), 1);
+        assert_eq!(index.pod_count("a"), 4);
+        assert_eq!(index.privileged_containers("a"), 4);
     }
 }

@@ -6,7 +6,7 @@ use kube::api::ObjectMeta;
 use serde::Deserialize;
 
 use super::index::{Evaluate, Verdict};
-use crate::pss::{self, LevelVersion, model};
+use crate::pss::{self, CheckSet, LevelVersion, model};
 
 /// A Pod as the watch deserializes it: full metadata (the watch machinery needs it), the slim
 /// spec, and the phase.
@@ -40,43 +40,61 @@ impl WatchedPod {
         let namespace = self.metadata.namespace?;
         let name = self.metadata.name?;
         let meta = model::PodMeta {
-            name: name.clone(),
-            generate_name: self.metadata.generate_name.unwrap_or_default(),
-            namespace: namespace.clone(),
             annotations: self.metadata.annotations.unwrap_or_default(),
+            ..Default::default()
         };
-        Some((
-            namespace,
-            name,
-            SlimPod {
-                meta,
-                spec: self.spec,
-            },
-        ))
+        Some((namespace, name, SlimPod::new(meta, self.spec)))
     }
 }
 
-/// What the index keeps per Pod.
-#[derive(Debug, Clone, PartialEq)]
+/// What the index shares between Pods: the part of a Pod its verdicts and messages depend on,
+/// normalized so that the Pods of one template are equal (see [`SlimPod::new`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SlimPod {
-    pub meta: model::PodMeta,
-    pub spec: model::PodSpec,
+    meta: model::PodMeta,
+    spec: model::PodSpec,
+}
+
+impl SlimPod {
+    /// Keeps only what can change a verdict or a message, so that Pods of one template project
+    /// to equal values (tests/conformance.rs checks, on every upstream fixture at every level and
+    /// version, that the evaluation is unchanged):
+    /// - no name, generateName or namespace: no check reads them (the index keys Pods by name);
+    /// - only the annotations a check reads (AppArmor, alpha seccomp): others such as a CNI's
+    ///   per-Pod IP would make every Pod distinct;
+    /// - no volume that no check reads (restricted-allowed sources, no hostPath): every Pod has a
+    ///   `kube-api-access-<random>` projected volume from ServiceAccount admission.
+    pub fn new(mut meta: model::PodMeta, mut spec: model::PodSpec) -> SlimPod {
+        meta.name = String::new();
+        meta.generate_name = String::new();
+        meta.namespace = String::new();
+        meta.annotations
+            .retain(|key, _| pss::annotation_is_checked(key));
+        spec.volumes.retain(pss::volume_is_checked);
+        spec.volumes.shrink_to_fit();
+        SlimPod { meta, spec }
+    }
+
+    pub fn meta(&self) -> &model::PodMeta {
+        &self.meta
+    }
+
+    pub fn spec(&self) -> &model::PodSpec {
+        &self.spec
+    }
 }
 
 impl Evaluate for SlimPod {
     fn evaluate(&self, level: LevelVersion) -> Verdict {
         let eval = pss::evaluate(&self.meta, &self.spec, level);
         Verdict {
-            checks: eval.failed_checks().map(|c| c.as_str()).collect(),
+            checks: eval.failed_check_set(),
             message: eval.denial_message(),
         }
     }
 
-    fn failing_checks(&self, level: LevelVersion) -> Vec<&'static str> {
-        pss::evaluate(&self.meta, &self.spec, level)
-            .failed_checks()
-            .map(|c| c.as_str())
-            .collect()
+    fn failing_checks(&self, level: LevelVersion) -> CheckSet {
+        pss::evaluate(&self.meta, &self.spec, level).failed_check_set()
     }
 
     fn privileged_containers(&self) -> usize {
@@ -87,7 +105,9 @@ impl Evaluate for SlimPod {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::operator::index::{Interner, PodIndex};
     use crate::pss::{Level, Version};
+    use std::sync::Arc;
 
     const SEED_POD: &str = r#"{
         "apiVersion": "v1", "kind": "Pod",
@@ -107,7 +127,7 @@ mod tests {
         assert_eq!((ns.as_str(), name.as_str()), ("app", "nginx-1"));
         assert_eq!(slim.privileged_containers(), 1);
         let v = slim.evaluate(LevelVersion::new(Level::Baseline, Version::Latest));
-        assert_eq!(v.checks, ["privileged"]);
+        assert_eq!(v.checks.ids().collect::<Vec<_>>(), ["privileged"]);
         assert_eq!(
             v.message,
             r#"violates PodSecurity "baseline:latest": privileged (container "nginx" must not set securityContext.privileged=true)"#
@@ -120,5 +140,65 @@ mod tests {
         let json = SEED_POD.replace("Running", "Succeeded");
         let pod: WatchedPod = serde_json::from_str(&json).expect("pod json");
         assert!(!pod.is_running());
+    }
+
+    /// A Pod of a ReplicaSet as the API server stores it: its own name, the random
+    /// kube-api-access volume ServiceAccount admission added, per-Pod annotations.
+    fn replica(name: &str, token_volume: &str, ip: &str) -> WatchedPod {
+        let json = serde_json::json!({
+            "metadata": {
+                "name": name, "generateName": "web-7d9f8b6c5d-", "namespace": "app",
+                "uid": name, "labels": {"app": "web", "pod-template-hash": "7d9f8b6c5d"},
+                "annotations": {"cni.projectcalico.org/podIP": ip,
+                                "container.apparmor.security.beta.kubernetes.io/web": "unconfined"}
+            },
+            "spec": {
+                "volumes": [
+                    {"name": "data", "hostPath": {"path": "/srv"}},
+                    {"name": "cache", "emptyDir": {}},
+                    {"name": token_volume, "projected": {"sources": [
+                        {"serviceAccountToken": {"path": "token"}},
+                        {"configMap": {"name": "kube-root-ca.crt"}}]}}
+                ],
+                "containers": [{"name": "web", "image": "nginx",
+                                "volumeMounts": [{"name": token_volume, "mountPath": "/var/run"}]}],
+                "nodeName": name
+            },
+            "status": {"phase": "Running", "podIP": ip}
+        });
+        serde_json::from_value(json).expect("pod json")
+    }
+
+    #[test]
+    fn replicas_of_one_template_share_one_projection() {
+        let a = replica("web-7d9f8b6c5d-x2b4k", "kube-api-access-7tq2n", "10.0.0.1");
+        let b = replica("web-7d9f8b6c5d-9wzcl", "kube-api-access-k8d4z", "10.0.0.2");
+        let (_, name_a, slim_a) = a.into_slim().expect("named");
+        let (_, name_b, slim_b) = b.into_slim().expect("named");
+        assert_ne!(name_a, name_b);
+        assert_eq!(slim_a, slim_b);
+        let mut interner = Interner::default();
+        let (shared_a, shared_b) = (interner.intern(slim_a.clone()), interner.intern(slim_b));
+        assert!(Arc::ptr_eq(&shared_a, &shared_b));
+        let mut index = PodIndex::default();
+        index.apply("app", &name_a, slim_a.clone());
+        index.apply("app", "web-7d9f8b6c5d-9wzcl", (*shared_b).clone());
+        assert_eq!(index.shared_projections(), 1);
+        // What a check reads stays: the hostPath volume and the AppArmor annotation.
+        assert_eq!(
+            slim_a
+                .spec()
+                .volumes
+                .iter()
+                .map(|v| v.name.as_str())
+                .collect::<Vec<_>>(),
+            ["data"]
+        );
+        assert_eq!(slim_a.meta().annotations.len(), 1);
+        let v = slim_a.evaluate(LevelVersion::new(Level::Baseline, Version::Latest));
+        assert_eq!(
+            v.message,
+            r#"violates PodSecurity "baseline:latest": forbidden AppArmor profile (annotation must not set AppArmor profile type to "container.apparmor.security.beta.kubernetes.io/web="unconfined""), hostPath volumes (volume "data")"#
+        );
     }
 }

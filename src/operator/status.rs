@@ -12,7 +12,7 @@ use super::crd::{
 };
 use super::desired::{Labels, NamespacePlan, ProfileView};
 use super::index::{Evaluate, PodIndex};
-use crate::pss::{Mode, Version};
+use crate::pss::{CheckSet, Mode, Version};
 
 pub const MAX_NAMESPACES: usize = 100;
 pub const MAX_SAMPLES: usize = 20;
@@ -295,13 +295,13 @@ fn mode_status<P: Evaluate>(
     };
     let mut namespaces = Vec::new();
     // (no privileged container, namespace, pod, checks): privileged containers first.
-    let mut samples: Vec<(bool, &str, &str, &[&'static str])> = Vec::new();
+    let mut samples: Vec<(bool, &str, &str, CheckSet)> = Vec::new();
     for plan in governed {
         let mut in_ns = 0;
         for v in index.violators(&plan.name, mode) {
             in_ns += 1;
-            for check in v.checks {
-                *status.by_check.entry((*check).to_owned()).or_default() += 1;
+            for check in v.checks.ids() {
+                *status.by_check.entry(check.to_owned()).or_default() += 1;
             }
             samples.push((v.privileged == 0, &plan.name, v.pod, v.checks));
         }
@@ -328,7 +328,7 @@ fn mode_status<P: Evaluate>(
         .map(|(_, ns, pod, checks)| SampleViolation {
             namespace: ns.to_owned(),
             pod: pod.to_owned(),
-            checks: checks.iter().map(|c| (*c).to_owned()).collect(),
+            checks: checks.ids().map(str::to_owned).collect(),
             message: truncate(
                 &index.message(ns, pod, mode).unwrap_or_default(),
                 MAX_MESSAGE_BYTES,
@@ -462,8 +462,8 @@ pub fn metric_values<P: Evaluate>(obs: &Observed<'_, P>) -> MetricValues {
             let mut violating = 0;
             for v in obs.index.violators(ns, mode) {
                 violating += 1;
-                for c in v.checks {
-                    *by_check.entry(*c).or_default() += 1;
+                for c in v.checks.ids() {
+                    *by_check.entry(c).or_default() += 1;
                 }
             }
             if violating > 0 || !plan.governed_by.is_empty() {

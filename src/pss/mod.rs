@@ -19,7 +19,9 @@ pub mod format;
 pub mod level;
 pub mod model;
 
-pub use checks::{CheckId, Violation, checks_for};
+pub use checks::{
+    CheckId, CheckSet, Violation, annotation_is_checked, checks_for, volume_is_checked,
+};
 pub use level::{
     LabelError, Level, LevelVersion, Mode, NEWEST_KNOWN_MINOR, ParseError, Policy, Version,
     policy_from_labels,
@@ -83,6 +85,11 @@ impl Evaluation {
     /// The ids of the failed checks, in order.
     pub fn failed_checks(&self) -> impl Iterator<Item = CheckId> + '_ {
         self.violations.iter().map(|v| v.check)
+    }
+
+    /// The ids of the failed checks as a set (iterating in the same order).
+    pub fn failed_check_set(&self) -> CheckSet {
+        self.failed_checks().collect()
     }
 }
 

@@ -33,7 +33,7 @@ where
 }
 
 /// A Pod (or an object with a `metadata` and a pod `spec`).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 pub struct Pod {
     #[serde(default, deserialize_with = "nullable")]
     pub metadata: PodMeta,
@@ -127,7 +127,7 @@ impl Pod {
 }
 
 /// The metadata evaluation reads: names for reports, annotations for AppArmor/seccomp checks.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 pub struct PodMeta {
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
@@ -139,7 +139,7 @@ pub struct PodMeta {
     pub annotations: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSpec {
     #[serde(default, deserialize_with = "nullable")]
@@ -199,13 +199,13 @@ impl PodSpec {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 pub struct PodOs {
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodSecurityContext {
     #[serde(default)]
@@ -224,7 +224,7 @@ pub struct PodSecurityContext {
     pub sysctls: Vec<Sysctl>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Container {
     #[serde(default, deserialize_with = "nullable")]
@@ -251,7 +251,7 @@ impl Container {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ContainerPort {
     #[serde(default, deserialize_with = "nullable")]
@@ -260,7 +260,7 @@ pub struct ContainerPort {
     pub host_port: i32,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecurityContext {
     #[serde(default)]
@@ -285,7 +285,7 @@ pub struct SecurityContext {
     pub windows_options: Option<WindowsOptions>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 pub struct Capabilities {
     #[serde(default, deserialize_with = "nullable")]
     pub add: Vec<String>,
@@ -293,7 +293,7 @@ pub struct Capabilities {
     pub drop: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 pub struct SeLinuxOptions {
     #[serde(default, rename = "type", deserialize_with = "nullable")]
     pub type_: String,
@@ -305,7 +305,7 @@ pub struct SeLinuxOptions {
 
 /// A `seccompProfile` or `appArmorProfile`: checks read only its `type`; `localhostProfile` is
 /// kept for the API server's AppArmor annotation-to-field copy, which compares whole profiles.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProfileType {
     #[serde(default, rename = "type", deserialize_with = "nullable")]
@@ -314,21 +314,21 @@ pub struct ProfileType {
     pub localhost_profile: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WindowsOptions {
     #[serde(default)]
     pub host_process: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 pub struct Sysctl {
     #[serde(default, deserialize_with = "nullable")]
     pub name: String,
 }
 
 /// A probe or lifecycle handler: only the `host` of `httpGet` and `tcpSocket` matters.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Handler {
     #[serde(default)]
@@ -348,7 +348,7 @@ impl Handler {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Lifecycle {
     #[serde(default)]
@@ -357,7 +357,7 @@ pub struct Lifecycle {
     pub pre_stop: Option<Handler>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
 pub struct HostField {
     #[serde(default, deserialize_with = "nullable")]
     pub host: String,
@@ -402,7 +402,7 @@ pub const VOLUME_SOURCES: [&str; 30] = [
 const ALLOWED_SOURCE_COUNT: usize = 9;
 
 /// The set of sources a volume sets (non-null), one bit per [`VOLUME_SOURCES`] entry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct VolumeSources(u32);
 
 impl VolumeSources {
@@ -445,7 +445,7 @@ impl VolumeSources {
 }
 
 /// A pod volume: its name and which sources it sets; the sources' contents are skipped.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Volume {
     pub name: String,
     pub sources: VolumeSources,

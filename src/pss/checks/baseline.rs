@@ -8,6 +8,15 @@ const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kuber
 const SECCOMP_POD_ANNOTATION: &str = "seccomp.security.alpha.kubernetes.io/pod";
 const SECCOMP_CONTAINER_ANNOTATION_PREFIX: &str = "container.seccomp.security.alpha.kubernetes.io/";
 
+/// Whether any check reads the annotation `key` (AppArmor per container; the alpha seccomp
+/// annotations, read before v1.19): every other annotation can be dropped without changing a
+/// verdict or a message.
+pub fn annotation_is_checked(key: &str) -> bool {
+    key.starts_with(APPARMOR_ANNOTATION_PREFIX)
+        || key == SECCOMP_POD_ANNOTATION
+        || key.starts_with(SECCOMP_CONTAINER_ANNOTATION_PREFIX)
+}
+
 fn profile_type_allowed(t: &str) -> bool {
     matches!(t, "RuntimeDefault" | "Localhost")
 }

@@ -8,9 +8,14 @@ use std::sync::LazyLock;
 
 use super::format::containers_phrase;
 use super::level::{Level, NEWEST_KNOWN_MINOR};
-use super::model::{Container, PodMeta, PodSpec};
+use super::model::{Container, PodMeta, PodSpec, Volume};
+
+pub use baseline::annotation_is_checked;
 
 /// An upstream check id; `Display` gives the id exactly as upstream spells it.
+///
+/// Declared in the evaluator's order (baseline ids sorted byte-wise, then restricted ids sorted
+/// byte-wise; tested): [`CheckSet`] iterates in discriminant order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CheckId {
     AppArmorProfile,
@@ -160,6 +165,90 @@ impl std::str::FromStr for CheckId {
             .find(|c| c.as_str() == s)
             .ok_or_else(|| format!("unknown check id {s:?}"))
     }
+}
+
+/// A set of check ids in one `u32` (one bit per [`CheckId`] discriminant). Iterates in the
+/// evaluator's order, the order [`Evaluation::failed_checks`](super::Evaluation::failed_checks)
+/// gives: the index keeps one per Pod and mode instead of a vector of ids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CheckSet(u32);
+
+impl CheckSet {
+    pub const EMPTY: CheckSet = CheckSet(0);
+
+    pub fn insert(&mut self, id: CheckId) {
+        self.0 |= 1 << id as u32;
+    }
+
+    pub fn contains(self, id: CheckId) -> bool {
+        self.0 & 1 << id as u32 != 0
+    }
+
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub fn len(self) -> usize {
+        self.0.count_ones() as usize
+    }
+
+    /// The ids, in the evaluator's order.
+    pub fn iter(self) -> CheckSetIter {
+        CheckSetIter(self.0)
+    }
+
+    /// The ids as upstream spells them, in the evaluator's order.
+    pub fn ids(self) -> impl Iterator<Item = &'static str> {
+        self.iter().map(CheckId::as_str)
+    }
+}
+
+impl FromIterator<CheckId> for CheckSet {
+    fn from_iter<I: IntoIterator<Item = CheckId>>(iter: I) -> Self {
+        let mut set = CheckSet::EMPTY;
+        for id in iter {
+            set.insert(id);
+        }
+        set
+    }
+}
+
+impl IntoIterator for CheckSet {
+    type Item = CheckId;
+    type IntoIter = CheckSetIter;
+    fn into_iter(self) -> CheckSetIter {
+        self.iter()
+    }
+}
+
+/// The ids of a [`CheckSet`], lowest bit first.
+#[derive(Debug, Clone)]
+pub struct CheckSetIter(u32);
+
+impl Iterator for CheckSetIter {
+    type Item = CheckId;
+    fn next(&mut self) -> Option<CheckId> {
+        if self.0 == 0 {
+            return None;
+        }
+        let bit = self.0.trailing_zeros() as usize;
+        self.0 &= self.0 - 1;
+        Some(CheckId::ALL[bit])
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.0.count_ones() as usize;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for CheckSetIter {}
+
+/// Whether any check reads `volume`: `hostPathVolumes` names the volumes with a hostPath source
+/// and `restrictedVolumes` those with no source restricted allows; no other check reads volumes.
+/// A volume no check reads can never change a verdict or a message.
+pub fn volume_is_checked(volume: &Volume) -> bool {
+    volume.sources.has_host_path() || !volume.sources.restricted_allows()
 }
 
 /// One failed check: upstream's reason and detail.
@@ -337,6 +426,46 @@ mod tests {
             checks_for(Level::Baseline, 99),
             checks_for(Level::Baseline, 37)
         );
+    }
+
+    #[test]
+    fn declaration_order_is_the_evaluators_order() {
+        for (i, id) in CheckId::ALL.into_iter().enumerate() {
+            assert_eq!(id as usize, i, "ALL lists {id} at its discriminant");
+        }
+        let mut sorted = CheckId::ALL;
+        sorted.sort_by_key(|c| (c.level(), c.as_str()));
+        assert_eq!(sorted, CheckId::ALL);
+        // So every level and version runs its checks in ascending discriminant order.
+        for minor in 0..=NEWEST_KNOWN_MINOR {
+            for level in [Level::Baseline, Level::Restricted] {
+                let checks = checks_for(level, minor);
+                assert!(checks.windows(2).all(|w| (w[0] as u32) < (w[1] as u32)));
+                let set: CheckSet = checks.iter().copied().collect();
+                assert_eq!(set.iter().collect::<Vec<_>>(), checks);
+            }
+        }
+    }
+
+    #[test]
+    fn check_sets_iterate_in_order_and_count() {
+        let set: CheckSet = [
+            CheckId::SeccompProfileRestricted,
+            CheckId::AppArmorProfile,
+            CheckId::Privileged,
+            CheckId::AppArmorProfile,
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            set.ids().collect::<Vec<_>>(),
+            ["appArmorProfile", "privileged", "seccompProfile_restricted"]
+        );
+        assert_eq!((set.len(), set.iter().len()), (3, 3));
+        assert!(set.contains(CheckId::Privileged) && !set.contains(CheckId::RunAsUser));
+        assert!(CheckSet::EMPTY.is_empty() && CheckSet::default().iter().next().is_none());
+        let all: CheckSet = CheckId::ALL.into_iter().collect();
+        assert_eq!(all.into_iter().collect::<Vec<_>>(), CheckId::ALL);
     }
 
     #[test]
