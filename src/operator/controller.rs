@@ -1,12 +1,19 @@
-//! The I/O edge: watches feed the stores and the Pod index; a level-based pass plans every
-//! namespace, applies labels (server-side apply, one field manager, only the PSA labels), repairs
-//! drift, writes changed statuses and publishes metrics.
+//! The I/O edge. Tasks, each on its own so they use every core:
+//! - watches feed the stores (profiles, namespaces) and the Pod index;
+//! - the *pass* (`pass_loop`) plans every namespace from the stores and queues the label writes
+//!   that differ (server-side apply, one field manager, only the PSA labels), drift repairs
+//!   included; it never waits for a write;
+//! - the *label writer* applies them, 32 in flight, and books each result as it lands;
+//! - the *reporter* writes changed statuses and publishes metrics from the latest pass's picture,
+//!   at most every 250 ms;
+//! - Events are posted in the background; a heartbeat fences writes after a standstill.
 //!
 //! Why one global pass rather than a per-object `Controller`: who governs a namespace depends on
 //! every profile (priorities, ties), and a profile's status depends on every namespace and Pod it
 //! governs, so per-object reconcilers would each need the whole picture anyway and would race on
-//! it. The pass recomputes everything from the stores (pure and cheap: microseconds per
-//! namespace) and only writes what differs, so it stays idempotent; wake-ups are coalesced.
+//! it. The pass recomputes everything from the stores (pure and cheap: ~5 ms for 2,000 namespaces
+//! and 50k Pods, `cargo bench --bench reconcile`) and only writes what differs, so it stays
+//! idempotent; wake-ups are coalesced.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
