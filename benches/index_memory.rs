@@ -22,6 +22,14 @@ use pss_operator::operator::pods::{SlimPod, WatchedPod};
 use pss_operator::pss::{LevelVersion, Mode, Policy};
 use serde_json::json;
 
+#[path = "common/proc_status.rs"]
+mod proc_status;
+#[path = "common/scale_pods.rs"]
+mod scale_pods;
+
+use proc_status::status_kb;
+use scale_pods::{pod_kind, secure, tier};
+
 struct Args {
     pods: usize,
     namespaces: usize,
@@ -61,16 +69,6 @@ fn args() -> Args {
     out
 }
 
-/// kB from a `/proc/self/status` line such as `VmRSS:   1234 kB`.
-fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
-}
-
 fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
@@ -89,25 +87,6 @@ impl Rng {
                 ALPHABET[(self.0 % ALPHABET.len() as u64) as usize] as char
             })
             .collect()
-    }
-}
-
-/// scale.py's `tier`.
-fn tier(i: usize) -> &'static str {
-    match i % 10 {
-        0..=4 => "web",
-        5..=7 => "batch",
-        8 => "strict",
-        _ => "none",
-    }
-}
-
-/// scale.py's `pod_kind`: c restricted-compliant, b baseline-only, p privileged.
-fn pod_kind(ns: usize, k: usize) -> char {
-    match k % 4 {
-        0 => 'c',
-        3 if matches!(tier(ns), "batch" | "none") => 'p',
-        _ => 'b',
     }
 }
 
@@ -145,16 +124,7 @@ fn pod_json(ns: &str, name: &str, kind: char, args: &Args, rng: &mut Rng) -> Str
         "enableServiceLinks": true,
         "preemptionPolicy": "PreemptLowerPriority",
     });
-    match kind {
-        'c' => {
-            spec["securityContext"] =
-                json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}});
-            container["securityContext"] =
-                json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
-        }
-        'p' => container["securityContext"] = json!({"privileged": true}),
-        _ => {}
-    }
+    secure(kind, &mut spec, &mut container);
     if args.token_volume {
         let volume = format!("kube-api-access-{}", rng.suffix(5));
         container["volumeMounts"] = json!([{

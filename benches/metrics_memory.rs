@@ -7,18 +7,12 @@ use pss_operator::operator::metrics::Metrics;
 
 #[path = "common/metric_values.rs"]
 mod common;
+#[path = "common/proc_status.rs"]
+mod proc_status;
+
+use proc_status::status_kb;
 
 const NAMESPACES: usize = 2000;
-
-/// A `kB` field of /proc/self/status.
-fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("status field")
-}
 
 /// Resets VmHWM to the current RSS.
 fn reset_peak() {

@@ -18,21 +18,17 @@ use pss_operator::operator::pods::{SlimPod, WatchedPod};
 use pss_operator::operator::status::{Observed, metric_values, profile_status};
 use serde_json::json;
 
+#[path = "common/scale_pods.rs"]
+mod scale_pods;
+
+use scale_pods::{pod_kind, secure, tier};
+
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(default)
-}
-
-fn tier(i: usize) -> &'static str {
-    match i % 10 {
-        0..=4 => "web",
-        5..=7 => "batch",
-        8 => "strict",
-        _ => "none",
-    }
 }
 
 fn profiles() -> Vec<PodSecurityProfile> {
@@ -91,24 +87,11 @@ fn profiles() -> Vec<PodSecurityProfile> {
 }
 
 fn pod(ns: &str, ns_index: usize, k: usize) -> WatchedPod {
-    let kind = match k % 4 {
-        0 => "c",
-        3 if matches!(tier(ns_index), "batch" | "none") => "p",
-        _ => "b",
-    };
+    let kind = pod_kind(ns_index, k);
     let mut container = json!({"name": "app", "image": "registry.example/app:1.2.3",
                                "ports": [{"containerPort": 8080}]});
     let mut spec = json!({"containers": [], "automountServiceAccountToken": false});
-    match kind {
-        "c" => {
-            spec["securityContext"] =
-                json!({"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}});
-            container["securityContext"] =
-                json!({"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}});
-        }
-        "p" => container["securityContext"] = json!({"privileged": true}),
-        _ => {}
-    }
+    secure(kind, &mut spec, &mut container);
     spec["containers"] = json!([container]);
     let guard: DeserializeGuard<WatchedPod> = serde_json::from_value(json!({
         "apiVersion": "v1", "kind": "Pod",
