@@ -775,9 +775,11 @@ async fn report(ctx: &Context, r: &Report) -> usize {
 /// Remembers what the governing profiles declare once the labels carry it in full.
 fn remember_declared(state: &mut State, plan: &NamespacePlan) {
     if plan.pending.is_none() {
-        state
-            .last_declared
-            .insert(plan.name.clone(), plan.declared.clone());
+        if state.last_declared.get(&plan.name) != Some(&plan.declared) {
+            state
+                .last_declared
+                .insert(plan.name.clone(), plan.declared.clone());
+        }
     } else {
         state.last_declared.remove(&plan.name);
     }
@@ -842,9 +844,13 @@ fn label_writes(
             .chain(last.into_iter().flat_map(|l| l.keys()))
             .any(|k| !plan.desired.contains_key(k));
         if changes.is_empty() && !dropped {
-            state
-                .last_applied
-                .insert(plan.name.clone(), plan.desired.clone());
+            // Copied only when it changed: every pass meets ~all namespaces converged, and two
+            // label-map copies per namespace per pass were most of a pass's allocations.
+            if last != Some(&plan.desired) {
+                state
+                    .last_applied
+                    .insert(plan.name.clone(), plan.desired.clone());
+            }
             remember_declared(state, plan);
             continue;
         }

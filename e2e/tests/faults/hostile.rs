@@ -421,10 +421,17 @@ async fn hand_edited_psa_labels_invalid_or_lowered_are_refused_or_reverted_and_a
             .filter(|v| *v >= 1.0))
     })
     .await?;
-    let p = Api::<PodSecurityProfile>::all(client.clone())
-        .get(&declared[0].profile)
-        .await?;
-    ensure!(p.status.as_ref().is_some_and(|s| s.drift_corrections >= 1));
+    // The status is written by the reporter after the repair has landed, so it may trail the
+    // counter (which the repair itself increments).
+    let profiles: Api<PodSecurityProfile> = Api::all(client.clone());
+    eventually("the drift counted in the profile status", LONG, || async {
+        let p = profiles.get(&declared[0].profile).await?;
+        Ok(p.status
+            .as_ref()
+            .is_some_and(|s| s.drift_corrections >= 1)
+            .then_some(()))
+    })
+    .await?;
     eprintln!(
         "faults: enforce=privileged by mallory reverted; Warning event: {note}; pss_label_drift_total={metric}"
     );
