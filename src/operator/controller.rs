@@ -662,7 +662,8 @@ struct Report {
     views: HashMap<String, std::result::Result<ProfileView, String>>,
     unreadable: Vec<InvalidObject>,
     plans: BTreeMap<String, NamespacePlan>,
-    /// The namespaces' labels as our writes left them.
+    /// The namespaces' labels: the store's, or what our last write returned while the store
+    /// has not shown it yet, or what a drift repair in flight restores.
     observed: BTreeMap<String, Labels>,
 }
 
