@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 import urllib.parse
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -175,9 +176,15 @@ def pod_kind(ns_index, k):
     return "b"
 
 
-def pod_object(name, kind):
+# --templates: how many distinct container names Pods are spread over (0: every Pod's container is
+# "app", so the Pods come in three shapes, one per kind). Pods of one Deployment share their
+# template; different names make the operator keep one projection per (name, kind).
+TEMPLATES = 0
+
+
+def pod_object(name, kind, ns=""):
     container = {
-        "name": "app",
+        "name": f"app-{zlib.crc32(f'{ns}/{name}'.encode()) % TEMPLATES}" if TEMPLATES else "app",
         "image": "registry.example/app:1.2.3",
         "ports": [{"containerPort": 8080}],
         "env": [{"name": "MODE", "value": "bench"}, {"name": "LOG_LEVEL", "value": "info"}],
@@ -401,7 +408,7 @@ class Bench:
         def create(item):
             i, name, kind = item
             status, data = self.admin.request("POST", f"/api/v1/namespaces/{ns_name(i)}/pods",
-                                              pod_object(name, kind))
+                                              pod_object(name, kind, ns_name(i)))
             if status not in (201, 409):
                 failed.append((ns_name(i), name, status, data[:200]))
 
@@ -661,7 +668,7 @@ class Bench:
             before = int(m.group(1)) if m else 0
             name = f"lat-{int(time.time() * 1000)}-{n}"
             t = time.time()
-            self.admin.json("POST", f"/api/v1/namespaces/{ns}/pods", pod_object(name, "p"))
+            self.admin.json("POST", f"/api/v1/namespaces/{ns}/pods", pod_object(name, "p", ns))
             while time.time() - t < 30:
                 s0 = time.time()
                 text = self.metrics_text()
@@ -730,10 +737,15 @@ def main():
     p.add_argument("--start-timeout", type=int, default=600)
     p.add_argument("--strip-labels", action="store_true",
                    help="remove the PSA labels first, so the operator labels every namespace as on a fresh cluster")
+    p.add_argument("--templates", type=int, default=0,
+                   help="spread the Pods' container names over this many values (0: one name; a number "
+                        "above --pods makes nearly every Pod distinct): memory when Pods do not share a template")
     p.add_argument("--setup-only", action="store_true", help="create the cluster and objects, measure nothing")
     p.add_argument("--out", help="write the JSON summary here too")
     p.add_argument("--down", action="store_true", help="stop the control plane at the end")
     a = p.parse_args()
+    global TEMPLATES
+    TEMPLATES = a.templates
     b = Bench(a)
     try:
         r = b.run()
