@@ -152,8 +152,10 @@ pub struct PodSpec {
     pub host_users: Option<bool>,
     #[serde(default)]
     pub os: Option<PodOs>,
+    /// Boxed, like the optional parts of [`Container`]: absent in many Pods, and inline they
+    /// made every distinct Pod the operator keeps ~400 bytes larger (BENCHMARKS.md, run D).
     #[serde(default)]
-    pub security_context: Option<PodSecurityContext>,
+    pub security_context: Option<Box<PodSecurityContext>>,
     #[serde(default, deserialize_with = "nullable")]
     pub volumes: Vec<Volume>,
     #[serde(default, deserialize_with = "nullable")]
@@ -232,15 +234,15 @@ pub struct Container {
     #[serde(default, deserialize_with = "nullable")]
     pub ports: Vec<ContainerPort>,
     #[serde(default)]
-    pub security_context: Option<SecurityContext>,
+    pub security_context: Option<Box<SecurityContext>>,
     #[serde(default)]
-    pub liveness_probe: Option<Handler>,
+    pub liveness_probe: Option<Box<Handler>>,
     #[serde(default)]
-    pub readiness_probe: Option<Handler>,
+    pub readiness_probe: Option<Box<Handler>>,
     #[serde(default)]
-    pub startup_probe: Option<Handler>,
+    pub startup_probe: Option<Box<Handler>>,
     #[serde(default)]
-    pub lifecycle: Option<Lifecycle>,
+    pub lifecycle: Option<Box<Lifecycle>>,
 }
 
 impl Container {

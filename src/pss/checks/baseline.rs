@@ -180,11 +180,11 @@ pub(super) fn host_ports(spec: &PodSpec) -> Option<Finding> {
 
 /// Probe and lifecycle handlers of a container, in upstream's visiting order.
 fn handlers(c: &Container) -> impl Iterator<Item = &Handler> {
-    let lifecycle = c.lifecycle.as_ref();
+    let lifecycle = c.lifecycle.as_deref();
     [
-        c.liveness_probe.as_ref(),
-        c.readiness_probe.as_ref(),
-        c.startup_probe.as_ref(),
+        c.liveness_probe.as_deref(),
+        c.readiness_probe.as_deref(),
+        c.startup_probe.as_deref(),
         lifecycle.and_then(|l| l.post_start.as_ref()),
         lifecycle.and_then(|l| l.pre_stop.as_ref()),
     ]
