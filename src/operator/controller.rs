@@ -107,6 +107,17 @@ struct State {
     unreadable_written: HashMap<String, (Option<i64>, String)>,
 }
 
+impl State {
+    /// Forgets the bookkeeping of namespaces that are gone.
+    fn retain_namespaces(&mut self, keep: impl Fn(&str) -> bool) {
+        self.last_applied.retain(|ns, _| keep(ns));
+        self.last_declared.retain(|ns, _| keep(ns));
+        self.apply_errors.retain(|ns, _| keep(ns));
+        self.announced_pending.retain(|ns, _| keep(ns));
+        self.announced_conflicts.retain(|ns, _| keep(ns));
+    }
+}
+
 /// The namespaces whose inputs changed since the last pass: their labels or managedFields (the
 /// namespace watch), their Pods (the Pod index), or our write on them landed or is due for a
 /// retry. `All` after a relist; a pass also plans all of them when the profiles changed and
@@ -532,6 +543,26 @@ struct ProfileKey {
     finalizers: Vec<String>,
 }
 
+impl Memory {
+    /// The plans of the namespaces a pass re-planned (`None`: all of them).
+    fn replanned<'a>(
+        &'a self,
+        names: Option<&'a HashSet<String>>,
+    ) -> Box<dyn Iterator<Item = &'a NamespacePlan> + Send + 'a> {
+        match names {
+            Some(names) => Box::new(names.iter().filter_map(|ns| self.plans.get(ns))),
+            None => Box::new(self.plans.values()),
+        }
+    }
+
+    /// A namespace that is gone.
+    fn forget(&mut self, ns: &str) {
+        self.plans.remove(ns);
+        self.labels.remove(ns);
+        self.owned.remove(ns);
+    }
+}
+
 impl ProfileKey {
     fn of(p: &PodSecurityProfile) -> Self {
         ProfileKey {
@@ -595,11 +626,8 @@ async fn pass(ctx: &Arc<Context>, memory: &mut Memory) -> usize {
         // Forget our write once the store shows it (or something newer); until then the store
         // is older than our write: its labels are replaced by what our write returned, and the
         // namespace gets no other write (its managedFields are old too).
-        let namespaces = &ctx.namespaces;
         state.written.retain(|ns, (ours, _)| {
-            let seen = namespaces
-                .get(&reflector::ObjectRef::new(ns))
-                .and_then(|n| resource_version(n.resource_version()));
+            let seen = stored_version(ctx, ns);
             let keep = seen.is_some_and(|seen| seen < *ours);
             if !keep {
                 dirty.mark(ns);
@@ -620,32 +648,31 @@ async fn pass(ctx: &Arc<Context>, memory: &mut Memory) -> usize {
                 None
             }
             Dirty::Some(names) => {
+                let mut gone = HashSet::new();
                 for ns in &names {
-                    match ctx.namespaces.get(&reflector::ObjectRef::new(ns)) {
+                    match stored_namespace(ctx, ns) {
                         Some(n) => replan(ctx, &mut state, memory, &valid, &index, &n),
-                        None => forget_namespace(&mut state, memory, ns),
+                        None => {
+                            memory.forget(ns);
+                            gone.insert(ns.as_str());
+                        }
                     }
+                }
+                if !gone.is_empty() {
+                    state.retain_namespaces(|ns| !gone.contains(ns));
                 }
                 Some(names)
             }
         };
         let plans = &memory.plans;
         if replanned.is_none() {
-            state.last_applied.retain(|ns, _| plans.contains_key(ns));
-            state.last_declared.retain(|ns, _| plans.contains_key(ns));
-            state.apply_errors.retain(|ns, _| plans.contains_key(ns));
-            state
-                .announced_pending
-                .retain(|ns, _| plans.contains_key(ns));
-            state
-                .announced_conflicts
-                .retain(|ns, _| plans.contains_key(ns));
+            state.retain_namespaces(|ns| plans.contains_key(ns));
         }
         let is_replanned = |ns: &str| replanned.as_ref().is_none_or(|r| r.contains(ns));
         // The policies the index checks Pods against, where they changed.
-        let policies: Vec<(String, crate::pss::Policy)> = plans
-            .values()
-            .filter(|p| is_replanned(&p.name) && index.policy(&p.name) != p.policy)
+        let policies: Vec<(String, crate::pss::Policy)> = memory
+            .replanned(replanned.as_ref())
+            .filter(|p| index.policy(&p.name) != p.policy)
             .map(|p| (p.name.clone(), p.policy))
             .collect();
         let busy: HashSet<String> = state
@@ -690,11 +717,7 @@ async fn pass(ctx: &Arc<Context>, memory: &mut Memory) -> usize {
     }
     let planned = started.elapsed();
 
-    let announced = memory
-        .plans
-        .values()
-        .filter(|p| replanned.as_ref().is_none_or(|r| r.contains(&p.name)));
-    announce(ctx, announced).await;
+    announce(ctx, memory.replanned(replanned.as_ref())).await;
     if !writes.is_empty() {
         debug!(
             writes = writes.len(),
@@ -763,22 +786,17 @@ fn replan(
     memory.labels.insert(view.name, view.labels);
 }
 
-/// A namespace that is gone.
-fn forget_namespace(state: &mut State, memory: &mut Memory, ns: &str) {
-    memory.plans.remove(ns);
-    memory.labels.remove(ns);
-    memory.owned.remove(ns);
-    state.last_applied.remove(ns);
-    state.last_declared.remove(ns);
-    state.apply_errors.remove(ns);
-    state.announced_pending.remove(ns);
-    state.announced_conflicts.remove(ns);
+fn stored_namespace(ctx: &Context, ns: &str) -> Option<Arc<PartialObjectMeta<Namespace>>> {
+    ctx.namespaces.get(&reflector::ObjectRef::new(ns))
+}
+
+/// The resourceVersion of the namespace as the store has it.
+fn stored_version(ctx: &Context, ns: &str) -> Option<u64> {
+    stored_namespace(ctx, ns).and_then(|n| resource_version(n.resource_version()))
 }
 
 fn namespace_uid(ctx: &Context, ns: &str) -> Option<String> {
-    ctx.namespaces
-        .get(&reflector::ObjectRef::new(ns))
-        .and_then(|n| n.uid())
+    stored_namespace(ctx, ns).and_then(|n| n.uid())
 }
 
 /// A label write with what its Events need.
@@ -832,10 +850,7 @@ async fn written(ctx: &Arc<Context>, queued: Queued, result: Result<Written>) {
             // pass. When it came first, the pass it woke found the namespace still in flight:
             // wake one now, or the drift count and the namespace's plan would wait for the next
             // event. (A wake per landed write kept passes running back to back.)
-            let seen = ctx
-                .namespaces
-                .get(&reflector::ObjectRef::new(&ns))
-                .and_then(|n| resource_version(n.resource_version()));
+            let seen = stored_version(ctx, &ns);
             if ours.is_none_or(|ours| seen.is_some_and(|seen| seen >= ours)) {
                 ctx.wake.notify_one();
             }
