@@ -1,11 +1,13 @@
 //! CPU of one reconcile pass's pure stages at the scale benchmark's size (e2e/bench/scale.py:
 //! 2,000 namespaces in four tiers, its four profiles, 50,000 Pods round-robin): planning every
-//! namespace, setting the index policies, the metric values and the four profile statuses.
-//! No cluster, no I/O: what the operator computes per pass, without the machine's other load.
+//! namespace, setting the index policies, the label diff (`labels::plan_writes`, as on a
+//! converged cluster and with every namespace's labels stripped), the metric values and the four
+//! profile statuses. The same functions the controller calls; no cluster, no I/O.
 //!
 //! Run: `cargo bench --bench reconcile [-- --pods N --namespaces N --rounds N]`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -14,8 +16,11 @@ use kube::core::DeserializeGuard;
 use pss_operator::operator::crd::PodSecurityProfile;
 use pss_operator::operator::desired::{Exclusions, Labels, NamespaceView, ProfileView, plan};
 use pss_operator::operator::index::PodIndex;
+use pss_operator::operator::labels::{Cluster, plan_writes};
+use pss_operator::operator::ledger::Ledger;
+use pss_operator::operator::metrics::MetricValues;
 use pss_operator::operator::pods::{SlimPod, WatchedPod};
-use pss_operator::operator::status::{Observed, metric_values, profile_status};
+use pss_operator::operator::status::{Observed, profile_status};
 use serde_json::json;
 
 #[path = "common/scale_pods.rs"]
@@ -132,12 +137,22 @@ fn main() {
     }
     let exclusions = Exclusions::new(Exclusions::DEFAULT);
     let now = Time(Timestamp::now());
+    let shared: Vec<Arc<PodSecurityProfile>> = profiles.iter().cloned().map(Arc::new).collect();
+    let owned = HashMap::new();
+    // The namespaces as listed (their tier labels, no PSA labels): every governed one gets a write.
+    let bare: BTreeMap<String, Labels> = namespaces
+        .iter()
+        .map(|n| (n.name.clone(), n.labels.clone()))
+        .collect();
 
     let mut plan_t = Duration::ZERO;
     let mut policy_t = Duration::ZERO;
+    let mut diff_t = Duration::ZERO;
+    let mut strip_t = Duration::ZERO;
     let mut metrics_t = Duration::ZERO;
     let mut status_t = Duration::ZERO;
     let mut series = 0;
+    let mut writes = 0;
     for _ in 0..rounds {
         let t = Instant::now();
         let plans = plan(&views, &namespaces, &exclusions, &|ns, lv| {
@@ -154,6 +169,24 @@ fn main() {
             .values()
             .map(|p| (p.name.clone(), p.desired.clone()))
             .collect();
+        // The label diff on a converged cluster (nothing to write), then on one whose labels were
+        // all stripped (a write per governed namespace).
+        let mut ledger = Ledger::default();
+        let mut cluster = Cluster {
+            plans: &plans,
+            labels: &labels,
+            owned: &owned,
+            profiles: &shared,
+            exclusions: &exclusions,
+        };
+        let t = Instant::now();
+        let none = plan_writes(&mut ledger, &cluster, &|_| false);
+        diff_t += t.elapsed();
+        assert!(none.is_empty(), "converged: {} writes", none.len());
+        cluster.labels = &bare;
+        let t = Instant::now();
+        writes = plan_writes(&mut ledger, &cluster, &|_| false).len();
+        strip_t += t.elapsed();
         let (drift, errors) = (Default::default(), Default::default());
         let obs = Observed {
             plans: &plans,
@@ -163,7 +196,7 @@ fn main() {
             apply_errors: &errors,
         };
         let t = Instant::now();
-        let values = metric_values(&obs);
+        let values = MetricValues::of(&obs);
         metrics_t += t.elapsed();
         series = values.violating_pods.len() + values.pod_violations.len();
         let t = Instant::now();
@@ -174,9 +207,11 @@ fn main() {
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0 / rounds as f64;
     println!(
-        "{n_ns} namespaces, {n_pods} Pods, {rounds} rounds; per pass: plan {:.1} ms, set_policy {:.1} ms, metric values {:.1} ms ({series} violation series), 4 statuses {:.1} ms",
+        "{n_ns} namespaces, {n_pods} Pods, {rounds} rounds; per pass: plan {:.1} ms, set_policy {:.1} ms, label diff {:.1} ms converged / {:.1} ms stripped ({writes} writes), metric values {:.1} ms ({series} violation series), 4 statuses {:.1} ms",
         ms(plan_t),
         ms(policy_t),
+        ms(diff_t),
+        ms(strip_t),
         ms(metrics_t),
         ms(status_t)
     );

@@ -2,7 +2,7 @@
 //! scale" issue): four tiers of namespaces as in `e2e/bench/scale.py`, every namespace with
 //! violating Pods in each mode and a few failing checks.
 
-use pss_operator::operator::status::MetricValues;
+use pss_operator::operator::metrics::MetricValues;
 
 const MODES: [&str; 3] = ["enforce", "audit", "warn"];
 

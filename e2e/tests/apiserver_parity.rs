@@ -488,13 +488,7 @@ async fn compare_template(client: &Client, ns: &str, case: &Case) -> Result<Outc
         &workload.pod.spec,
         LevelVersion::new(case.level, version),
     );
-    let ours = (!eval.allowed()).then(|| {
-        let denial = eval.denial_message();
-        match denial.strip_prefix("violates ") {
-            Some(rest) => format!("would violate {rest}"),
-            None => denial,
-        }
-    });
+    let ours = (!eval.allowed()).then(|| eval.warning_message());
     let mismatch = (ours != api).then(|| {
         format!(
             "MISMATCH {} (as a Deployment template) at {}:{}\n  deployment: {}\n  apiserver:  {}\n  evaluator:  {}",

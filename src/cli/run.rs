@@ -4,22 +4,17 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use clap::{Args, ValueEnum};
 use kube::Client;
-use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 
 use crate::operator::controller::{self, Config};
 use crate::operator::desired::Exclusions;
-
+use crate::operator::leader::{self, Leadership};
 use crate::operator::metrics::Metrics;
-use crate::operator::{Error, Result, server};
-
-/// Leader Lease duration and how long before its expiry the leader renews it (seconds).
-const LEASE_DURATION: u64 = 15;
-const LEASE_GRACE: u64 = 5;
+use crate::operator::{Result, server};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -137,58 +132,24 @@ async fn operate(args: RunArgs) -> Result<()> {
     let config = Config {
         exclusions,
         identity: identity.clone(),
-        // The Lease is renewed `LEASE_GRACE` seconds before it expires, so a standstill
-        // shorter than that cannot have let it expire.
-        pause_limit: args
-            .leader_elect
-            .then(|| std::time::Duration::from_secs(LEASE_GRACE - 1)),
+        pause_limit: args.leader_elect.then_some(leader::PAUSE_LIMIT),
     };
 
     let server = server::serve(args.metrics_addr, metrics.clone(), ready.clone());
-    let mut lease = None;
+    let mut leadership = None;
     if args.leader_elect {
-        // A standby replica is ready: it serves and waits (rollouts must not hang on it).
-        ready.store(true, Ordering::Relaxed);
-        let manager = LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-            .with_namespace(
-                args.operator_namespace
-                    .clone()
-                    .unwrap_or_else(|| "default".into()),
-            )
-            .with_identity(&identity)
-            .with_duration(LEASE_DURATION)
-            .with_grace(LEASE_GRACE)
-            // One field manager per replica: the library takes a free Lease by server-side
-            // apply and relies on a conflict between distinct managers; a shared manager let two
-            // replicas starting together both win.
-            .with_field_manager(format!("pss-operator-leader-election-{identity}"))
-            .build()
-            .await
-            .map_err(Error::Lease)?;
-        lease = Some(manager.watch().await);
+        let namespace = args
+            .operator_namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        leadership =
+            Some(Leadership::join(client.clone(), &args.lease_name, namespace, &identity).await?);
     }
     let work = async {
-        let Some((leader, _)) = lease.as_mut() else {
-            return controller::run(client, config, metrics, ready.clone()).await;
-        };
-        info!(lease = %args.lease_name, "waiting for the leader lease");
-        while !*leader.borrow_and_update() {
-            if leader.changed().await.is_err() {
-                return Err(Error::LeadershipLost);
-            }
-        }
-        info!("became leader");
-        ready.store(false, Ordering::Relaxed);
-        let lost = async {
-            loop {
-                if leader.changed().await.is_err() || !*leader.borrow_and_update() {
-                    return;
-                }
-            }
-        };
-        tokio::select! {
-            r = controller::run(client, config, metrics, ready.clone()) => r,
-            _ = lost => Err(Error::LeadershipLost),
+        let controller = controller::run(client, config, metrics, ready.clone());
+        match leadership.as_mut() {
+            Some(l) => l.lead(&ready, controller).await,
+            None => controller.await,
         }
     };
     let result = tokio::select! {
@@ -199,16 +160,8 @@ async fn operate(args: RunArgs) -> Result<()> {
             Ok(())
         }
     };
-    if let Some((leader, task)) = lease {
-        // Closing the channel makes the lease task release the Lease (holder cleared), so no
-        // replica believes we still lead; a standby takes it at its next check, within one lease
-        // duration (15 s; measured 14.4 s in the e2e leader test).
-        drop(leader);
-        match tokio::time::timeout(std::time::Duration::from_secs(3), task).await {
-            Ok(Ok(Ok(_))) => info!("leader lease released"),
-            Ok(Ok(Err(e))) => warn!(error = %e, "releasing the leader lease"),
-            _ => warn!("the leader lease was not released in time; it expires on its own"),
-        }
+    if let Some(l) = leadership {
+        l.release().await;
     }
     result
 }

@@ -106,6 +106,30 @@ fn level_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     })
 }
 
+impl PodSecurityProfile {
+    /// Whether the profile is being deleted.
+    pub fn deleting(&self) -> bool {
+        self.metadata.deletion_timestamp.is_some()
+    }
+
+    /// Whether our [`FINALIZER`] is on it.
+    pub fn has_finalizer(&self) -> bool {
+        self.metadata
+            .finalizers
+            .iter()
+            .flatten()
+            .any(|f| f == FINALIZER)
+    }
+
+    /// Being deleted with `deletionPolicy: Remove` and still held by our finalizer: its labels
+    /// come off first.
+    pub fn releasing(&self) -> bool {
+        self.deleting()
+            && self.spec.deletion_policy == DeletionPolicy::Remove
+            && self.has_finalizer()
+    }
+}
+
 impl LevelSpec {
     /// The level and version to write, `None` when the mode is left alone.
     pub fn level_version(&self) -> Result<Option<LevelVersion>, String> {

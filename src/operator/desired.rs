@@ -67,15 +67,7 @@ impl ProfileView {
     }
 
     pub fn level(&self, mode: Mode) -> Option<LevelVersion> {
-        self.levels[mode_index(mode)]
-    }
-}
-
-pub fn mode_index(mode: Mode) -> usize {
-    match mode {
-        Mode::Enforce => 0,
-        Mode::Audit => 1,
-        Mode::Warn => 2,
+        self.levels[mode.index()]
     }
 }
 
@@ -241,14 +233,14 @@ pub fn plan_namespace(
 
     let mut targets = [None; 3];
     for mode in Mode::ALL {
-        targets[mode_index(mode)] = governing
+        targets[mode.index()] = governing
             .iter()
             .filter_map(|p| p.level(mode))
             .max_by(|a, b| strictness(*a).cmp(&strictness(*b)));
     }
 
     for mode in Mode::ALL {
-        let Some(target) = targets[mode_index(mode)] else {
+        let Some(target) = targets[mode.index()] else {
             continue;
         };
         let (level_key, version_key) = mode.label_keys();
@@ -264,7 +256,7 @@ pub fn plan_namespace(
         plan.desired.insert(version_key.to_owned(), value.1);
     }
 
-    if when_compliant && let Some(target) = targets[mode_index(Mode::Enforce)] {
+    if when_compliant && let Some(target) = targets[Mode::Enforce.index()] {
         let (level_key, version_key) = Mode::Enforce.label_keys();
         let already = observed_level(&ns.labels, Mode::Enforce).is_some_and(|l| l >= target.level);
         let blockers = if already {
@@ -282,7 +274,7 @@ pub fn plan_namespace(
                 };
             }
             for mode in [Mode::Audit, Mode::Warn] {
-                let current = targets[mode_index(mode)];
+                let current = targets[mode.index()];
                 if current.is_none_or(|c| strictness(c) < strictness(target)) {
                     let (l, v) = mode.label_keys();
                     plan.desired.insert(l.to_owned(), target.level.to_string());
@@ -331,42 +323,21 @@ fn stricter_observed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::crd::{LevelName, LevelSpec, PodSecurityProfileSpec};
+    use crate::operator::crd::LevelSpec;
+    use crate::operator::testing;
     use crate::pss::level::labels as psa;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
     fn lv(s: &str) -> LevelVersion {
         s.parse().expect("level:version")
     }
 
     fn level_spec(s: &str) -> Option<LevelSpec> {
-        let (level, version) = s.split_once(':').unwrap_or((s, ""));
-        Some(LevelSpec {
-            level: Some(match level {
-                "privileged" => LevelName::Privileged,
-                "baseline" => LevelName::Baseline,
-                _ => LevelName::Restricted,
-            }),
-            version: (!version.is_empty()).then(|| version.to_owned()),
-        })
+        Some(testing::level_spec(s))
     }
 
     /// A profile selecting `team=<team>` (or everything for `""`).
     fn mk_profile(name: &str, team: &str, enforce: &str) -> PodSecurityProfile {
-        let mut selector = LabelSelector::default();
-        if !team.is_empty() {
-            selector.match_labels = Some([("team".to_owned(), team.to_owned())].into());
-        }
-        let mut p = PodSecurityProfile::new(
-            name,
-            PodSecurityProfileSpec {
-                namespace_selector: selector,
-                enforce: level_spec(enforce),
-                ..Default::default()
-            },
-        );
-        p.metadata.generation = Some(1);
-        p
+        testing::profile(name).team(team).enforce(enforce).build()
     }
 
     fn view(p: &PodSecurityProfile) -> ProfileView {

@@ -1,23 +1,40 @@
 //! The operator: keeps PSA labels on the namespaces `PodSecurityProfile`s select, repairs drift,
 //! and reports the running Pods that break each level as status and metrics.
 //!
-//! Pure core (no I/O, unit-tested): [`crd`] (the resource), [`desired`] (who governs a namespace
-//! and which labels it gets), [`index`] (Pod verdicts), [`status`] (bounded status and metric
-//! values). I/O edges: [`controller`] (watches, label apply, status writes, events), [`server`]
-//! (`/metrics`, `/healthz`, `/readyz`), [`leader`] (Lease-based leader election).
+//! Pure core (no I/O, unit-tested), one room each:
+//! - [`crd`]: the `PodSecurityProfile` resource and its status types;
+//! - [`desired`]: the planner, who governs each namespace and which labels it should carry;
+//! - [`labels`]: the label rules, which writes a pass makes, what is drift, which labels we own;
+//! - [`ledger`]: what is remembered per namespace between passes (applied, declared, errors);
+//! - [`pods`]: the slim Pod projection the watch keeps; [`index`]: Pod verdicts per namespace;
+//! - [`status`]: the bounded profile status; [`metrics`]: metric values and their exposition;
+//! - [`backoff`]: the retry delay; [`fence`]: no writes after a standstill that may have cost
+//!   the leader Lease; [`error`]: the operator's errors.
+//!
+//! I/O edges: [`controller`] (watches, the pass, label writes, status and metrics, Events),
+//! [`leader`] (Lease-based leader election), [`server`] (`/metrics`, `/healthz`, `/readyz`).
 
+pub mod backoff;
 pub mod controller;
 pub mod crd;
 pub mod desired;
 pub mod error;
 pub mod fence;
 pub mod index;
+pub mod labels;
+pub mod leader;
+pub mod ledger;
 pub mod metrics;
 pub mod pods;
 #[cfg(test)]
 mod properties;
 pub mod server;
 pub mod status;
+#[cfg(test)]
+mod testing;
+
+/// The one field manager for labels and status.
+pub const MANAGER: &str = "pss-operator";
 
 pub use error::{Error, Result};
 

@@ -3,26 +3,22 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
 
-use super::crd::{
-    LevelName, LevelSpec, PodSecurityProfile, PodSecurityProfileSpec, ProfileMode, Rollout,
-};
+use super::crd::{PodSecurityProfile, ProfileMode, Rollout};
 use super::desired::{Exclusions, Labels, NamespaceView, ProfileView, plan};
 use super::index::PodIndex;
 use super::index::tests::{FakePod, mk_pod};
-use super::status::{MAX_STATUS_BYTES, Observed, metric_values, profile_status};
+use super::metrics::MetricValues;
+use super::status::{MAX_STATUS_BYTES, Observed, profile_status};
+use super::testing::profile;
 use crate::pss::level::labels as psa;
 use crate::pss::{Level, Mode};
 
 const TEAMS: [&str; 3] = ["a", "b", "c"];
-const LEVELS: [LevelName; 3] = [
-    LevelName::Privileged,
-    LevelName::Baseline,
-    LevelName::Restricted,
-];
+const LEVELS: [&str; 3] = ["privileged", "baseline", "restricted"];
 const PASSES: [Level; 3] = [Level::Privileged, Level::Baseline, Level::Restricted];
 
 #[derive(Debug, Clone)]
@@ -61,40 +57,26 @@ fn gen_profile() -> impl Strategy<Value = GenProfile> {
 }
 
 fn to_profile(i: usize, g: &GenProfile) -> PodSecurityProfile {
-    let mut selector = LabelSelector::default();
-    if let Some(t) = g.team {
-        selector.match_labels = Some([("team".to_owned(), TEAMS[t].to_owned())].into());
-    }
-    let spec_of = |l: Option<usize>| {
-        l.map(|l| LevelSpec {
-            level: Some(LEVELS[l]),
-            version: None,
+    let mut p = profile(&format!("p{i}"))
+        .team(g.team.map_or("", |t| TEAMS[t]))
+        .priority(g.priority)
+        .allow_stricter(g.allow_stricter)
+        .mode(if g.audit_mode {
+            ProfileMode::Audit
+        } else {
+            ProfileMode::Enforce
         })
-    };
-    let mut p = PodSecurityProfile::new(
-        &format!("p{i}"),
-        PodSecurityProfileSpec {
-            namespace_selector: selector,
-            enforce: spec_of(g.levels[0]),
-            audit: spec_of(g.levels[1]),
-            warn: spec_of(g.levels[2]),
-            priority: g.priority,
-            allow_stricter: g.allow_stricter,
-            mode: if g.audit_mode {
-                ProfileMode::Audit
-            } else {
-                ProfileMode::Enforce
-            },
-            rollout: if g.when_compliant {
-                Rollout::WhenCompliant
-            } else {
-                Rollout::Immediate
-            },
-            ..Default::default()
-        },
-    );
-    p.metadata.generation = Some(1);
-    p
+        .rollout(if g.when_compliant {
+            Rollout::WhenCompliant
+        } else {
+            Rollout::Immediate
+        });
+    for (mode, level) in Mode::ALL.into_iter().zip(g.levels) {
+        if let Some(l) = level {
+            p = p.level(mode, LEVELS[l]);
+        }
+    }
+    p.build()
 }
 
 /// (team, enforce label level) per namespace; pods as (namespace, passes, privileged).
@@ -203,7 +185,7 @@ proptest! {
         let drift = HashMap::new();
         let errors = BTreeMap::new();
         let obs = Observed { plans: &plans, labels: &labels, index: &index, drift: &drift, apply_errors: &errors };
-        let metrics = metric_values(&obs);
+        let metrics = MetricValues::of(&obs);
         let now = Time(Timestamp::from_second(1_000).expect("time"));
         for p in &profiles {
             let view = ProfileView::from_profile(p);

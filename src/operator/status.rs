@@ -1,4 +1,4 @@
-//! Profile status and metric values, built from the plan and the Pod index. Pure, bounded and
+//! Profile status, built from the plan and the Pod index. Pure, bounded and
 //! deterministic: sorted everywhere, capped everywhere, and timestamps carried over from the
 //! previous status unless a condition really changed, so the same cluster gives the same status.
 
@@ -11,8 +11,8 @@ use super::crd::{
     PodSecurityProfileStatus, ProfileMode, SampleViolation,
 };
 use super::desired::{Labels, NamespacePlan, ProfileView};
-use super::index::{Evaluate, PodIndex};
-use crate::pss::{CheckSet, Mode, Version};
+use super::index::{Evaluate, PodIndex, Tally};
+use crate::pss::{CheckSet, Mode};
 
 pub const MAX_NAMESPACES: usize = 100;
 pub const MAX_SAMPLES: usize = 20;
@@ -296,26 +296,22 @@ fn mode_status<P: Evaluate>(
     let mut namespaces = Vec::new();
     // (no privileged container, namespace, pod, checks): privileged containers first.
     let mut samples: Vec<(bool, &str, &str, CheckSet)> = Vec::new();
-    // Counted by static id, owned once at the end: at 50k Pods, a String per violation per
-    // check was most of the time of a status.
-    let mut by_check: BTreeMap<&'static str, i32> = BTreeMap::new();
+    let mut tally = Tally::default();
     for plan in governed {
-        let mut in_ns = 0;
+        let before = tally.pods;
         for v in index.violators(&plan.name, mode) {
-            in_ns += 1;
-            for check in v.checks.ids() {
-                *by_check.entry(check).or_default() += 1;
-            }
+            tally.add(&v);
             samples.push((v.privileged == 0, &plan.name, v.pod, v.checks));
         }
+        let in_ns = tally.pods - before;
         if in_ns > 0 {
-            status.violating_pods += in_ns;
             namespaces.push(NamespaceViolations {
                 namespace: plan.name.clone(),
                 violating_pods: in_ns,
             });
         }
     }
+    status.violating_pods = tally.pods;
     namespaces.sort_by(|a, b| {
         b.violating_pods
             .cmp(&a.violating_pods)
@@ -324,7 +320,8 @@ fn mode_status<P: Evaluate>(
     status.omitted_namespaces = count(namespaces.len().saturating_sub(MAX_NAMESPACES));
     namespaces.truncate(MAX_NAMESPACES);
     status.namespaces = namespaces;
-    status.by_check = by_check
+    status.by_check = tally
+        .by_check
         .into_iter()
         .map(|(check, n)| (check.to_owned(), n))
         .collect();
@@ -387,7 +384,7 @@ fn fit(status: &mut PodSecurityProfileStatus) {
     }
 }
 
-fn count(n: usize) -> i32 {
+pub(crate) fn count(n: usize) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
 }
 
@@ -416,94 +413,14 @@ fn name_list<'a>(names: impl Iterator<Item = &'a str>) -> String {
     out
 }
 
-/// Metric values of one pass; the exporter replaces every gauge with these, so series of deleted
-/// namespaces and profiles disappear.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct MetricValues {
-    /// (namespace, profile, mode, level, version) for each written namespace and mode.
-    pub namespace_level: Vec<[String; 5]>,
-    /// (namespace, profile, mode) → violating Pods; every governed namespace and mode, and other
-    /// namespaces when not zero (profile `""`).
-    pub violating_pods: Vec<([String; 3], i32)>,
-    /// (namespace, profile, mode, check) → violating Pods, when not zero.
-    pub pod_violations: Vec<([String; 4], i32)>,
-    /// Every namespace, excluded ones too.
-    pub privileged_containers: Vec<(String, i32)>,
-    pub unprotected: Vec<String>,
-    pub conflicted: Vec<String>,
-    /// (namespace, profile) → blocking Pods.
-    pub rollout_pending: Vec<([String; 2], i32)>,
-}
-
-pub fn metric_values<P: Evaluate>(obs: &Observed<'_, P>) -> MetricValues {
-    let mut m = MetricValues::default();
-    for plan in obs.plans.values() {
-        let ns = &plan.name;
-        m.privileged_containers
-            .push((ns.clone(), count(obs.index.privileged_containers(ns))));
-        if plan.excluded {
-            continue;
-        }
-        if plan.unprotected {
-            m.unprotected.push(ns.clone());
-        }
-        if plan.conflicted() {
-            m.conflicted.push(ns.clone());
-        }
-        let profile = plan.primary().unwrap_or_default().to_owned();
-        if let Some(pending) = &plan.pending {
-            m.rollout_pending
-                .push(([ns.clone(), profile.clone()], count(pending.blocking.len())));
-        }
-        for mode in Mode::ALL {
-            if plan.write {
-                let lv = plan.policy.get(mode);
-                let version = match lv.version {
-                    Version::Latest => "latest".to_owned(),
-                    v => v.to_string(),
-                };
-                m.namespace_level.push([
-                    ns.clone(),
-                    profile.clone(),
-                    mode.to_string(),
-                    lv.level.to_string(),
-                    version,
-                ]);
-            }
-            let mut by_check: BTreeMap<&str, i32> = BTreeMap::new();
-            let mut violating = 0;
-            for v in obs.index.violators(ns, mode) {
-                violating += 1;
-                for c in v.checks.ids() {
-                    *by_check.entry(c).or_default() += 1;
-                }
-            }
-            if violating > 0 || !plan.governed_by.is_empty() {
-                m.violating_pods
-                    .push(([ns.clone(), profile.clone(), mode.to_string()], violating));
-            }
-            for (check, n) in by_check {
-                m.pod_violations.push((
-                    [
-                        ns.clone(),
-                        profile.clone(),
-                        mode.to_string(),
-                        check.to_owned(),
-                    ],
-                    n,
-                ));
-            }
-        }
-    }
-    m
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::operator::crd::{LevelName, LevelSpec, PodSecurityProfileSpec};
+    use crate::operator::crd::LevelSpec;
     use crate::operator::desired::{Exclusions, NamespaceView, plan};
     use crate::operator::index::tests::{FakePod, mk_pod};
+    use crate::operator::metrics::MetricValues;
+    use crate::operator::testing::profile;
     use crate::pss::Level;
     use k8s_openapi::jiff::Timestamp;
 
@@ -511,19 +428,8 @@ mod tests {
         Time(Timestamp::from_second(secs).expect("timestamp"))
     }
 
-    fn mk_profile(name: &str, enforce: LevelName) -> PodSecurityProfile {
-        let mut p = PodSecurityProfile::new(
-            name,
-            PodSecurityProfileSpec {
-                enforce: Some(LevelSpec {
-                    level: Some(enforce),
-                    version: None,
-                }),
-                ..Default::default()
-            },
-        );
-        p.metadata.generation = Some(3);
-        p
+    fn mk_profile(name: &str, enforce: &str) -> PodSecurityProfile {
+        profile(name).enforce(enforce).generation(3).build()
     }
 
     struct World {
@@ -596,7 +502,7 @@ mod tests {
                     profile_status(p, view.as_ref().map_err(String::as_str), &obs, &time(100))
                 })
                 .collect();
-            (statuses, metric_values(&obs))
+            (statuses, MetricValues::of(&obs))
         }
     }
 
@@ -609,7 +515,7 @@ mod tests {
 
     #[test]
     fn a_privileged_pod_created_before_enforcement_shows_in_status_and_metrics() {
-        let mut w = World::new(vec![mk_profile("apps", LevelName::Baseline)], &["app"]);
+        let mut w = World::new(vec![mk_profile("apps", "baseline")], &["app"]);
         w.index
             .apply("app", "nginx-1", mk_pod(Level::Privileged, 1));
         w.index.apply("app", "ok", mk_pod(Level::Restricted, 0));
@@ -670,7 +576,7 @@ mod tests {
 
     #[test]
     fn the_same_cluster_gives_the_same_status() {
-        let mut w = World::new(vec![mk_profile("apps", LevelName::Restricted)], &["b", "a"]);
+        let mut w = World::new(vec![mk_profile("apps", "restricted")], &["b", "a"]);
         for (ns, pod) in [("b", "z"), ("a", "y"), ("b", "x"), ("a", "w")] {
             w.index.apply(ns, pod, mk_pod(Level::Baseline, 0));
         }
@@ -693,7 +599,7 @@ mod tests {
 
     #[test]
     fn conditions_keep_their_transition_time_until_they_change() {
-        let p = mk_profile("apps", LevelName::Baseline);
+        let p = mk_profile("apps", "baseline");
         let mut w = World::new(vec![p], &["app"]);
         let (s, _) = w.run(false);
         assert_eq!(cond(&s[0], "Ready").reason, "Progressing");
@@ -708,7 +614,7 @@ mod tests {
 
     #[test]
     fn samples_put_privileged_containers_first_and_are_capped() {
-        let mut w = World::new(vec![mk_profile("apps", LevelName::Restricted)], &["app"]);
+        let mut w = World::new(vec![mk_profile("apps", "restricted")], &["app"]);
         for i in 0..50 {
             w.index
                 .apply("app", &format!("pod-{i:02}"), mk_pod(Level::Baseline, 0));
@@ -729,7 +635,7 @@ mod tests {
             .map(|i| format!("{}-{i:03}", "n".repeat(58)))
             .collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        let mut w = World::new(vec![mk_profile("apps", LevelName::Restricted)], &refs);
+        let mut w = World::new(vec![mk_profile("apps", "restricted")], &refs);
         for ns in &names {
             for i in 0..5 {
                 let pod = format!("{}-{i}", "p".repeat(250));
@@ -750,8 +656,8 @@ mod tests {
 
     #[test]
     fn conflicts_are_reported_on_both_profiles() {
-        let a = mk_profile("a", LevelName::Baseline);
-        let b = mk_profile("b", LevelName::Restricted);
+        let a = mk_profile("a", "baseline");
+        let b = mk_profile("b", "restricted");
         let mut w = World::new(vec![a, b], &["x", "y"]);
         let (s, m) = w.run(true);
         for (status, other) in [(&s[0], "b"), (&s[1], "a")] {
@@ -776,12 +682,12 @@ mod tests {
 
     #[test]
     fn invalid_profiles_are_degraded_and_do_not_stop_others() {
-        let mut bad = mk_profile("bad", LevelName::Baseline);
+        let mut bad = mk_profile("bad", "baseline");
         bad.spec.enforce = Some(LevelSpec {
             level: None,
             version: Some("v1.3".into()),
         });
-        let good = mk_profile("good", LevelName::Baseline);
+        let good = mk_profile("good", "baseline");
         let mut w = World::new(vec![bad, good], &["x"]);
         let (s, _) = w.run(true);
         assert_eq!(cond(&s[0], "Degraded").status, "True");
@@ -792,7 +698,7 @@ mod tests {
 
     #[test]
     fn pending_rollouts_list_their_blocking_pods() {
-        let mut p = mk_profile("apps", LevelName::Baseline);
+        let mut p = mk_profile("apps", "baseline");
         p.spec.rollout = crate::operator::crd::Rollout::WhenCompliant;
         let mut w = World::new(vec![p], &["app"]);
         w.index.apply("app", "nginx", mk_pod(Level::Privileged, 1));

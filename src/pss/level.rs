@@ -189,6 +189,15 @@ pub enum Mode {
 impl Mode {
     pub const ALL: [Mode; 3] = [Mode::Enforce, Mode::Audit, Mode::Warn];
 
+    /// The position of this mode in [`Mode::ALL`], for arrays indexed by mode.
+    pub fn index(self) -> usize {
+        match self {
+            Mode::Enforce => 0,
+            Mode::Audit => 1,
+            Mode::Warn => 2,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Enforce => "enforce",
@@ -361,6 +370,13 @@ mod tests {
         assert_eq!(Version::Latest.effective_minor(), NEWEST_KNOWN_MINOR);
         assert!(Version::V1(37).equivalent(Version::Latest));
         assert!(Version::V1(3) < Version::V1(20) && Version::V1(1000) < Version::Latest);
+    }
+
+    #[test]
+    fn a_mode_indexes_its_place_in_all() {
+        for (i, mode) in Mode::ALL.into_iter().enumerate() {
+            assert_eq!(mode.index(), i, "{mode}");
+        }
     }
 
     #[test]

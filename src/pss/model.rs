@@ -153,7 +153,7 @@ pub struct PodSpec {
     #[serde(default)]
     pub os: Option<PodOs>,
     /// Boxed, like the optional parts of [`Container`]: absent in many Pods, and inline they
-    /// made every distinct Pod the operator keeps ~400 bytes larger (BENCHMARKS.md, run D).
+    /// made every distinct Pod the operator keeps ~400 bytes larger.
     #[serde(default)]
     pub security_context: Option<Box<PodSecurityContext>>,
     #[serde(default, deserialize_with = "nullable")]

@@ -36,7 +36,7 @@ pub const EVENTUALLY: Duration = Duration::from_secs(60);
 /// The label every operator test puts on its namespaces; its profiles select on it.
 pub const TEST_LABEL: &str = "e2e.pss-operator.io/test";
 /// The operator's field manager (labels and status).
-pub use pss_operator::operator::controller::MANAGER;
+pub use pss_operator::operator::MANAGER;
 pub const OPERATOR_NAMESPACE: &str = "pss-system";
 pub const SERVICE_ACCOUNT: &str = "pss-operator";
 

@@ -1,0 +1,260 @@
+//! What the controller's tasks share: the configuration, the stores the watches fill, the Pod
+//! index, the state behind one mutex, and the messages between the tasks.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
+use kube::api::PartialObjectMeta;
+use kube::core::DeserializeGuard;
+use kube::core::error_boundary::InvalidObject;
+use kube::runtime::events::Event;
+use kube::runtime::reflector::{self, Store};
+use kube::{Client, ResourceExt};
+use tokio::sync::{mpsc, watch};
+
+use crate::operator::backoff::Backoff;
+use crate::operator::crd::PodSecurityProfile;
+use crate::operator::desired::{Exclusions, Labels, NamespacePlan, ProfileView};
+use crate::operator::fence::Fence;
+use crate::operator::index::PodIndex;
+use crate::operator::labels::LabelWrite;
+use crate::operator::ledger::Ledger;
+use crate::operator::metrics::Metrics;
+use crate::operator::pods::SlimPod;
+
+/// The longest wait before retrying a failed write.
+pub(super) const MAX_RETRY: Duration = Duration::from_secs(30);
+
+pub struct Config {
+    pub exclusions: Exclusions,
+    /// Reported in Events (`reportingInstance`).
+    pub identity: String,
+    /// With leader election: the longest standstill after which the Lease may still be ours
+    /// (see [`Fence`]).
+    pub pause_limit: Option<Duration>,
+}
+
+pub(super) struct Context {
+    pub client: Client,
+    pub config: Config,
+    pub metrics: Arc<Metrics>,
+    /// Guarded: a profile that no longer deserializes (stored before a schema change) is kept
+    /// as an error and reported Degraded instead of breaking the watch.
+    pub profiles: Store<DeserializeGuard<PodSecurityProfile>>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    /// Apart from `shared`, and async: the reporter reads it for ~10-100 ms per report (50k
+    /// Pods) while passes plan beside it, and a task waiting for it must not hold up a thread
+    /// the label writes need. Lock order: `index` before `shared`.
+    pub index: tokio::sync::RwLock<PodIndex<SlimPod>>,
+    pub shared: Mutex<Shared>,
+    /// Wakes the pass loop.
+    pub wake: tokio::sync::Notify,
+    /// Every write checks it first.
+    pub fence: Fence,
+    /// Label writes, for the label writer.
+    pub writes: mpsc::UnboundedSender<QueuedWrite>,
+    /// Events, for the poster: a pass never waits for them.
+    pub events: mpsc::UnboundedSender<(ObjectReference, Event)>,
+    /// The latest pass's picture, for the reporter.
+    pub pictures: watch::Sender<Option<Arc<Picture>>>,
+    /// True after the first complete pass.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// The receiving ends of [`Context`]'s channels, one per task that drains them.
+pub(super) struct Receivers {
+    pub writes: mpsc::UnboundedReceiver<QueuedWrite>,
+    pub events: mpsc::UnboundedReceiver<(ObjectReference, Event)>,
+    pub pictures: watch::Receiver<Option<Arc<Picture>>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        config: Config,
+        metrics: Arc<Metrics>,
+        ready: Arc<AtomicBool>,
+        profiles: Store<DeserializeGuard<PodSecurityProfile>>,
+        namespaces: Store<PartialObjectMeta<Namespace>>,
+    ) -> (Context, Receivers) {
+        let (writes, to_write) = mpsc::unbounded_channel();
+        let (events, to_post) = mpsc::unbounded_channel();
+        let (pictures, latest) = watch::channel(None);
+        let ctx = Context {
+            client,
+            fence: Fence::new(config.pause_limit),
+            config,
+            metrics,
+            profiles,
+            namespaces,
+            index: Default::default(),
+            shared: Mutex::new(Shared::default()),
+            wake: tokio::sync::Notify::new(),
+            writes,
+            events,
+            pictures,
+            ready,
+        };
+        let receivers = Receivers {
+            writes: to_write,
+            events: to_post,
+            pictures: latest,
+        };
+        (ctx, receivers)
+    }
+
+    pub fn shared(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding the lock cannot leave the state half-updated in a way that
+        // matters: the next relist resets it.
+        self.shared.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks a namespace for the next pass and wakes it.
+    pub fn mark_dirty(&self, ns: &str) {
+        self.shared().dirty.mark(ns);
+        self.wake.notify_one();
+    }
+
+    pub fn stored_namespace(&self, ns: &str) -> Option<Arc<PartialObjectMeta<Namespace>>> {
+        self.namespaces.get(&reflector::ObjectRef::new(ns))
+    }
+
+    /// The resourceVersion of the namespace as the store has it.
+    pub fn stored_version(&self, ns: &str) -> Option<u64> {
+        self.stored_namespace(ns)
+            .and_then(|n| resource_version(n.resource_version()))
+    }
+
+    pub fn namespace_uid(&self, ns: &str) -> Option<String> {
+        self.stored_namespace(ns).and_then(|n| n.uid())
+    }
+}
+
+/// Mutable state shared by the watch tasks, the pass, the label writer and the reporter.
+pub(super) struct Shared {
+    /// The namespaces the next pass re-plans.
+    pub dirty: Dirty,
+    pub pods_synced: bool,
+    pub profiles_synced: bool,
+    pub namespaces_synced: bool,
+    pub ledger: Ledger,
+    /// The resourceVersion and labels our last label write returned, per namespace, until the
+    /// namespace store has caught up with it: until then the store is older than our write, and
+    /// its labels must not be mistaken for drift.
+    pub unseen_writes: HashMap<String, (u64, Labels)>,
+    /// Namespaces with a label write queued, running or waiting for its retry; with the labels
+    /// a drift repair restores.
+    pub in_flight: HashMap<String, Option<Labels>>,
+    pub write_retry: Backoff,
+    /// (generation, error) last written to unreadable profiles, to write each once.
+    pub unreadable_written: HashMap<String, (Option<i64>, String)>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            dirty: Dirty::default(),
+            pods_synced: false,
+            profiles_synced: false,
+            namespaces_synced: false,
+            ledger: Ledger::default(),
+            unseen_writes: HashMap::new(),
+            in_flight: HashMap::new(),
+            write_retry: Backoff::new(Duration::from_secs(1), MAX_RETRY),
+            unreadable_written: HashMap::new(),
+        }
+    }
+}
+
+impl Shared {
+    pub fn synced(&self) -> bool {
+        self.pods_synced && self.profiles_synced && self.namespaces_synced
+    }
+}
+
+/// The namespaces whose inputs changed since the last pass: their labels or managedFields (the
+/// namespace watch), their Pods (the Pod index), or our write on them landed or is due for a
+/// retry. `All` after a relist; a pass also plans all of them when the profiles changed and
+/// every resync.
+#[derive(Debug, Default, PartialEq)]
+pub(super) enum Dirty {
+    #[default]
+    All,
+    Some(HashSet<String>),
+}
+
+impl Dirty {
+    pub fn mark(&mut self, ns: &str) {
+        if let Dirty::Some(set) = self
+            && !set.contains(ns)
+        {
+            set.insert(ns.to_owned());
+        }
+    }
+
+    pub fn take(&mut self) -> Dirty {
+        std::mem::replace(self, Dirty::Some(HashSet::new()))
+    }
+}
+
+/// A label write with what its Events need.
+pub(super) struct QueuedWrite {
+    pub write: LabelWrite,
+    pub uid: Option<String>,
+    /// The namespace's labels when the write was planned.
+    pub before: Labels,
+}
+
+/// One pass's picture of profiles and namespaces, for the reporter.
+pub(super) struct Picture {
+    pub profiles: Vec<Arc<PodSecurityProfile>>,
+    pub views: HashMap<String, Result<ProfileView, String>>,
+    pub unreadable: Vec<InvalidObject>,
+    pub plans: BTreeMap<String, NamespacePlan>,
+    /// The namespaces' labels: the store's, or what our last write returned while the store
+    /// has not shown it yet, or what a drift repair in flight restores.
+    pub observed: BTreeMap<String, Labels>,
+}
+
+/// Resource versions are opaque to clients in general, but kube-apiserver's are etcd revisions:
+/// numbers that only grow. Anything else is treated as unknown (never stale).
+pub(super) fn resource_version(rv: Option<String>) -> Option<u64> {
+    rv?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_takes_the_dirty_namespaces_and_starts_with_all() {
+        let mut shared = Shared::default();
+        assert_eq!(
+            shared.dirty.take(),
+            Dirty::All,
+            "the first pass plans everything"
+        );
+        assert_eq!(shared.dirty.take(), Dirty::Some(HashSet::new()));
+        shared.dirty.mark("a");
+        shared.dirty.mark("b");
+        shared.dirty.mark("a");
+        assert_eq!(
+            shared.dirty.take(),
+            Dirty::Some(["a".into(), "b".into()].into())
+        );
+        // A relist marks everything; single namespaces marked after it change nothing.
+        shared.dirty = Dirty::All;
+        shared.dirty.mark("a");
+        assert_eq!(shared.dirty.take(), Dirty::All);
+    }
+
+    #[test]
+    fn resource_versions_compare_as_numbers_or_not_at_all() {
+        assert_eq!(resource_version(Some("1234".into())), Some(1234));
+        assert_eq!(resource_version(Some("opaque-v1".into())), None);
+        assert_eq!(resource_version(None), None);
+    }
+}

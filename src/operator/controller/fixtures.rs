@@ -1,0 +1,70 @@
+//! Test fixtures of the controller's unit tests: a mock API server that answers one request, and
+//! a context whose client is never answered (for code that only books results).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::PartialObjectMeta;
+use kube::runtime::reflector::{self, store::Writer};
+
+use super::context::{Config, Context, Dirty};
+use crate::operator::desired::Exclusions;
+use crate::operator::metrics::Metrics;
+
+type Handle =
+    tower_test::mock::Handle<http::Request<kube::client::Body>, http::Response<kube::client::Body>>;
+
+/// Serves one request to `check`, answering with `response`.
+pub async fn serve_one(
+    mut handle: Handle,
+    check: impl FnOnce(&http::Request<()>, serde_json::Value),
+    response: serde_json::Value,
+) {
+    let (request, send) = handle.next_request().await.expect("one request");
+    let (parts, body) = request.into_parts();
+    let body = body.collect_bytes().await.expect("request body");
+    let json: serde_json::Value = serde_json::from_slice(&body).expect("json body");
+    check(&http::Request::from_parts(parts, ()), json);
+    let bytes = serde_json::to_vec(&response).expect("json");
+    send.send_response(
+        http::Response::builder()
+            .body(kube::client::Body::from(bytes))
+            .expect("response"),
+    );
+}
+
+/// A context whose client is never answered (the code under test books results only), after its
+/// first pass (nothing dirty), and the writer of its namespace store.
+pub fn booking_context() -> (Arc<Context>, Writer<PartialObjectMeta<Namespace>>) {
+    let (mock, _) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let (profiles, _) = reflector::store();
+    let (namespaces, writer) = reflector::store();
+    let config = Config {
+        exclusions: Exclusions::new(Exclusions::DEFAULT),
+        identity: "test".into(),
+        pause_limit: None,
+    };
+    let metrics = Arc::new(Metrics::new().expect("metrics"));
+    let (ctx, _) = Context::new(
+        Client::new(mock, "default"),
+        config,
+        metrics,
+        Default::default(),
+        profiles,
+        namespaces,
+    );
+    ctx.shared().dirty = Dirty::Some(Default::default());
+    (Arc::new(ctx), writer)
+}
+
+/// Whether the pass loop is woken within 50 ms.
+pub async fn woken(ctx: &Context) -> bool {
+    tokio::time::timeout(Duration::from_millis(50), ctx.wake.notified())
+        .await
+        .is_ok()
+}

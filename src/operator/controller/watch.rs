@@ -1,0 +1,219 @@
+//! The watches: profiles and namespaces into their stores, Pods into the Pod index. Each marks
+//! the namespaces whose inputs changed (see [`Dirty`]) and wakes the pass.
+
+use std::sync::Arc;
+
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, PartialObjectMeta};
+use kube::core::DeserializeGuard;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::watcher::{self, watcher};
+use kube::{Resource, ResourceExt};
+use tracing::{info, warn};
+
+use super::context::{Context, Dirty, Shared};
+use crate::operator::crd::PodSecurityProfile;
+use crate::operator::index::Interner;
+use crate::operator::labels::is_our_apply;
+use crate::operator::pods::WatchedPod;
+
+/// Feeds the profile store. A profile change re-plans every namespace; the pass finds it by
+/// comparing the profiles (their status updates, our own writes, change nothing it plans from).
+pub(super) async fn profiles(
+    ctx: Arc<Context>,
+    store: Writer<DeserializeGuard<PodSecurityProfile>>,
+) {
+    watcher(
+        Api::<DeserializeGuard<PodSecurityProfile>>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|p: &mut DeserializeGuard<PodSecurityProfile>| p.managed_fields_mut().clear())
+    .reflect(store)
+    .for_each(|ev| {
+        note(
+            &ctx,
+            &ev,
+            |s| s.profiles_synced = true,
+            |_, _| {},
+            "podsecurityprofiles",
+        );
+        async {}
+    })
+    .await
+}
+
+/// Feeds the namespace store, metadata only, keeping of the managedFields only our own entry (it
+/// says which labels we own).
+pub(super) async fn namespaces(ctx: Arc<Context>, store: Writer<PartialObjectMeta<Namespace>>) {
+    watcher(
+        Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|n: &mut PartialObjectMeta<Namespace>| {
+        n.managed_fields_mut().retain(is_our_apply);
+        n.annotations_mut().clear();
+    })
+    .reflect(store)
+    .for_each(|ev| {
+        let changed = |s: &mut Shared, ns: Option<&PartialObjectMeta<Namespace>>| match ns {
+            Some(ns) => s.dirty.mark(&ns.name_any()),
+            None => s.dirty = Dirty::All,
+        };
+        note(
+            &ctx,
+            &ev,
+            |s| s.namespaces_synced = true,
+            changed,
+            "namespaces",
+        );
+        async {}
+    })
+    .await
+}
+
+/// Books a watch event: the list complete, `changed` with the object that changed (`None`
+/// after a relist), and wakes the pass.
+fn note<K>(
+    ctx: &Context,
+    ev: &Result<watcher::Event<K>, watcher::Error>,
+    synced: impl FnOnce(&mut Shared),
+    changed: impl FnOnce(&mut Shared, Option<&K>),
+    what: &str,
+) {
+    match ev {
+        Ok(watcher::Event::InitDone) => {
+            let mut shared = ctx.shared();
+            synced(&mut shared);
+            changed(&mut shared, None);
+            drop(shared);
+            // The benchmark (e2e/bench/scale.py) times the start from these lines.
+            info!("list of {what} complete");
+        }
+        Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => return,
+        Ok(watcher::Event::Apply(k) | watcher::Event::Delete(k)) => {
+            changed(&mut ctx.shared(), Some(k))
+        }
+        Err(e) => {
+            warn!(error = %e, "watching {what}");
+            return;
+        }
+    }
+    ctx.wake.notify_one();
+}
+
+/// Feeds the Pod index: running Pods as slim projections, the initial list in one `reset`.
+pub(super) async fn pods(ctx: Arc<Context>) {
+    let events = watcher(
+        Api::<DeserializeGuard<WatchedPod>>::all(ctx.client.clone()),
+        // Paginated LIST (not `streaming_lists()`): WatchList is refused by API servers older
+        // than 1.34 or with the gate off, and the seed's cluster was 1.31.
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    feed_pods(&ctx, events).await
+}
+
+async fn feed_pods(
+    ctx: &Context,
+    events: impl Stream<Item = Result<watcher::Event<DeserializeGuard<WatchedPod>>, watcher::Error>>,
+) {
+    // Projections are interned as pages arrive: until the list completes, the Pods of one
+    // template already share one allocation instead of each holding a copy next to the index.
+    let mut initial = Vec::new();
+    let mut interner = Interner::default();
+    let mut events = std::pin::pin!(events);
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => {
+                initial.clear();
+                interner = Default::default();
+            }
+            Ok(watcher::Event::InitApply(guard)) => {
+                let Some(pod) = readable(guard) else {
+                    continue;
+                };
+                if pod.is_running()
+                    && let Some((ns, name, slim)) = pod.into_slim()
+                {
+                    initial.push((ns, name, interner.intern(slim)));
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed = initial.len();
+                // The index's own table takes the projections over.
+                interner = Default::default();
+                let started = std::time::Instant::now();
+                ctx.index.write().await.reset(std::mem::take(&mut initial));
+                info!(
+                    running = listed,
+                    index_ms = started.elapsed().as_millis() as u64,
+                    "list of pods complete"
+                );
+                let mut shared = ctx.shared();
+                shared.pods_synced = true;
+                shared.dirty = Dirty::All;
+                drop(shared);
+                ctx.wake.notify_one();
+            }
+            Ok(watcher::Event::Apply(guard)) => {
+                let (ns, name) = (guard.namespace(), guard.meta().name.clone());
+                let Some(pod) = readable(guard) else {
+                    if let (Some(ns), Some(name)) = (ns, name) {
+                        forget(ctx, &ns, &name).await;
+                    }
+                    continue;
+                };
+                let running = pod.is_running();
+                let Some((ns, name, slim)) = pod.into_slim() else {
+                    continue;
+                };
+                let changed = {
+                    let mut index = ctx.index.write().await;
+                    if running {
+                        index.apply(&ns, &name, slim)
+                    } else {
+                        index.delete(&ns, &name)
+                    }
+                };
+                // Most Pod events are status updates: no pass unless a verdict moved.
+                if changed {
+                    ctx.mark_dirty(&ns);
+                }
+            }
+            Ok(watcher::Event::Delete(pod)) => {
+                if let (Some(ns), Some(name)) = (pod.namespace(), pod.meta().name.clone()) {
+                    forget(ctx, &ns, &name).await;
+                }
+            }
+            Err(e) => warn!(error = %e, "watching pods"),
+        }
+    }
+}
+
+/// Takes a Pod out of the index; its namespace's plan (a `WhenCompliant` rollout waits for its
+/// Pods), status and metrics follow.
+async fn forget(ctx: &Context, ns: &str, name: &str) {
+    if ctx.index.write().await.delete(ns, name) {
+        ctx.mark_dirty(ns);
+    }
+}
+
+/// The Pod, or `None` (logged) when it does not deserialize into the slim model.
+fn readable(guard: DeserializeGuard<WatchedPod>) -> Option<WatchedPod> {
+    match guard.0 {
+        Ok(pod) => Some(pod),
+        Err(invalid) => {
+            warn!(
+                namespace = invalid.metadata.namespace.as_deref().unwrap_or_default(),
+                pod = invalid.metadata.name.as_deref().unwrap_or_default(),
+                error = %invalid.error,
+                "pod skipped: cannot read its spec"
+            );
+            None
+        }
+    }
+}
