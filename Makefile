@@ -2,7 +2,7 @@
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
-BIN := target/debug/pss-operator
+BIN := $(or $(CARGO_TARGET_DIR),target)/debug/pss-operator
 
 .PHONY: crds install run deploy undeploy docker-build help build test lint fmt-check clippy test-unit test-e2e demo bench bench-metrics bench-upstream bench-scale fixtures check-seed fuzz deny
 
