@@ -2,7 +2,7 @@
 # Checks, in a second or two, what `make test` / `make demo` need from the system and cannot
 # provide themselves (everything else is built or installed into the cache by `make tools`).
 # Prints one line per missing thing, with the command that installs it, and exits 1; prints one
-# summary line and exits 0 when all is there. Takes no more than a second or two.
+# summary line and exits 0 when all is there.
 #   preflight.sh test   Rust (cargo, rustfmt, clippy), a C toolchain, Go, openssl, python3 with venv, node/npm
 #   preflight.sh demo   Rust (cargo), a C toolchain, Go, openssl, python3, curl
 set -uo pipefail
