@@ -48,7 +48,7 @@ tmp="$BIN_DIR/.tmp"
 rm -rf "$tmp"
 mkdir -p "$tmp"
 log "building promtool and prometheus $PROMETHEUS_VERSION (github.com/prometheus/prometheus $MODULE_VERSION)" \
-  "from the Go module proxy; a cold build takes a few minutes on 2 cores..."
+  "from the Go module proxy; a cold build takes 10-12 min on 2 cores..."
 start=$(date +%s)
 # `go install module@version` builds with Prometheus' own go.mod (its pinned dependencies), outside
 # any module of ours; a Go older than that go.mod asks for fetches the newer toolchain (GOTOOLCHAIN=auto).
