@@ -2,9 +2,10 @@
 SHELL := bash
 .SHELLFLAGS := -euo pipefail -c
 CARGO ?= cargo
-BIN := target/debug/pss-operator
+BIN := $(or $(CARGO_TARGET_DIR),target)/debug/pss-operator
 
 .PHONY: crds install run deploy undeploy docker-build help build test lint fmt-check clippy test-unit test-e2e demo bench bench-metrics bench-upstream bench-scale fixtures check-seed fuzz deny
+.PHONY: tools preflight preflight-demo tool-prometheus tool-python
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -12,7 +13,7 @@ help: ## List the targets
 build: ## Build the pss-operator binary
 	$(CARGO) build --bin pss-operator
 
-test: lint test-unit test-e2e test-observability ## Run every test: fmt, clippy, unit, conformance, CLI, properties, end-to-end, alerts/dashboard
+test: tools lint test-unit test-e2e test-observability ## Run every test: fmt, clippy, unit, conformance, CLI, properties, end-to-end, alerts/dashboard
 
 lint: fmt-check clippy
 
@@ -39,7 +40,54 @@ check-seed: build ## Evaluate the seed article's manifests offline
 	-$(BIN) check --level baseline examples/seed/
 	-$(BIN) check --level restricted examples/seed/
 
-demo: check-seed demo-cluster demo-operator ## The main job: the seed scenario offline, on a real control plane, then with the operator
+demo: preflight-demo check-seed demo-cluster demo-operator ## The main job: the seed scenario offline, on a real control plane, then with the operator
+
+# ---- Tools -------------------------------------------------------------------------------------
+# `make test` and `make demo` provide what they need. preflight.sh checks first, in about a second,
+# what only the system can provide (cargo with rustfmt/clippy, a C toolchain, Go, openssl, python3
+# with venv, node/npm; curl for the demo) and stops with one line per missing thing and the command
+# that installs it. The rest is built or installed once, keyed by version, into the cache
+# ${PSS_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/pss-operator} and reused: the control plane
+# (e2e/scripts/build-binaries.sh), promtool and prometheus (e2e/scripts/build-prometheus.sh), a
+# Python virtual environment with requirements.txt (e2e/scripts/python-env.sh); the dashboard
+# check's npm packages go to config/observability/schema-check/node_modules (npm ci).
+# PROMTOOL=, PROMETHEUS_BIN=, PYTHON= (make variables or environment) use your own copies instead.
+# PSS_REQUIRE_CACHED_TOOLS=1 (set by .ci/run) makes `make tools` fail unless the three are the
+# cached copies, so CI proves they are what the tests ran with.
+PROM_BIN_DIR := $(shell e2e/scripts/build-prometheus.sh --print-dir)
+PY_BIN_DIR := $(shell e2e/scripts/python-env.sh --print-dir)
+PROMTOOL ?= $(PROM_BIN_DIR)/promtool
+PROMETHEUS_BIN ?= $(PROM_BIN_DIR)/prometheus
+PYTHON ?= $(PY_BIN_DIR)/python
+
+tools: preflight e2e-binaries tool-prometheus tool-python tool-npm ## Check the system, then build/install (once, cached by version) every tool `make test` uses; lists them
+	@printf '  %-15s %s\n' \
+	  control-plane "$$(e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1)" \
+	  promtool "$(PROMTOOL) ($$($(PROMTOOL) --version 2>&1 | head -n1))" \
+	  prometheus "$(PROMETHEUS_BIN) ($$($(PROMETHEUS_BIN) --version 2>&1 | head -n1))" \
+	  python "$(PYTHON) ($$($(PYTHON) -c 'import platform, yaml; print("Python", platform.python_version(), "with PyYAML", yaml.__version__)'))" \
+	  npm "$(OBS_SCHEMA)/node_modules (npm ci, package-lock.json)"
+	@if [[ -n "$${PSS_REQUIRE_CACHED_TOOLS:-}" ]]; then \
+	  for pair in "$(PROMTOOL)=$(PROM_BIN_DIR)/promtool" "$(PROMETHEUS_BIN)=$(PROM_BIN_DIR)/prometheus" "$(PYTHON)=$(PY_BIN_DIR)/python"; do \
+	    [[ "$${pair%%=*}" == "$${pair#*=}" ]] || { echo "PSS_REQUIRE_CACHED_TOOLS: $${pair%%=*} is not the cached $${pair#*=}" >&2; exit 1; }; \
+	  done; \
+	  yaml=$$($(PYTHON) -c 'import yaml; print(yaml.__file__)'); \
+	  [[ "$$yaml" == "$(PY_BIN_DIR:%/bin=%)"/* ]] || { echo "PSS_REQUIRE_CACHED_TOOLS: PyYAML comes from $$yaml, not the cached environment" >&2; exit 1; }; \
+	  echo "  (PSS_REQUIRE_CACHED_TOOLS: promtool, prometheus and python are the cached copies)"; \
+	fi
+
+preflight: ## Check, in about a second, what `make test` needs from the system (one line per missing thing, with its install command)
+	@e2e/scripts/preflight.sh test
+
+preflight-demo:
+	@e2e/scripts/preflight.sh demo
+
+# Built only when the variable still names the cached copy.
+tool-prometheus:
+	@$(if $(filter $(PROM_BIN_DIR)/%,$(PROMTOOL) $(PROMETHEUS_BIN)),e2e/scripts/build-prometheus.sh >/dev/null,:)
+
+tool-python:
+	@$(if $(filter $(PY_BIN_DIR)/%,$(PYTHON)),e2e/scripts/python-env.sh >/dev/null,:)
 
 # Operator targets use $KUBECONFIG, or the local control plane (started if needed) when it is unset.
 KUBE_ENV = if [[ -z "$${KUBECONFIG:-}" ]]; then export KUBECONFIG=$$(e2e/scripts/cluster-up.sh | tail -n1); \
