@@ -8,10 +8,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::crd::{
     ModeStatus, NamespaceViolations, PendingNamespace, PodSecurityProfile,
-    PodSecurityProfileStatus, ProfileMode, SampleViolation,
+    PodSecurityProfileStatus, ProfileMode, SampleViolation, WorkloadViolation,
 };
 use super::desired::{Labels, NamespacePlan, ProfileView};
 use super::index::{Evaluate, PodIndex, Tally};
+use super::workloads::TemplateIndex;
 use crate::pss::{CheckSet, Mode};
 
 pub const MAX_NAMESPACES: usize = 100;
@@ -30,6 +31,8 @@ pub struct Observed<'a, P> {
     /// Namespace labels as observed.
     pub labels: &'a BTreeMap<String, Labels>,
     pub index: &'a PodIndex<P>,
+    /// The templates of the reported workloads.
+    pub templates: &'a TemplateIndex<P>,
     /// Drift corrections per profile since it was created.
     pub drift: &'a HashMap<String, i64>,
     /// Namespaces whose labels could not be applied, and why.
@@ -225,6 +228,7 @@ pub fn profile_status<P: Evaluate>(
         pending_namespaces: count(pending.len()),
         conflicted_namespaces: count(conflicted.len()),
         drift_corrections,
+        blocked_workloads: 0,
         pending: pending
             .iter()
             .take(MAX_PENDING)
@@ -243,10 +247,11 @@ pub fn profile_status<P: Evaluate>(
                 })
             })
             .collect(),
-        enforce: Some(mode_status(view, Mode::Enforce, &governed, obs.index)),
-        audit: Some(mode_status(view, Mode::Audit, &governed, obs.index)),
-        warn: Some(mode_status(view, Mode::Warn, &governed, obs.index)),
+        enforce: Some(mode_status(view, Mode::Enforce, &governed, obs)),
+        audit: Some(mode_status(view, Mode::Audit, &governed, obs)),
+        warn: Some(mode_status(view, Mode::Warn, &governed, obs)),
     };
+    status.blocked_workloads = status.enforce.as_ref().map_or(0, |e| e.violating_workloads);
     fit(&mut status);
     status
 }
@@ -287,8 +292,9 @@ fn mode_status<P: Evaluate>(
     view: &ProfileView,
     mode: Mode,
     governed: &[&NamespacePlan],
-    index: &PodIndex<P>,
+    obs: &Observed<'_, P>,
 ) -> ModeStatus {
+    let index = obs.index;
     let mut status = ModeStatus {
         level: view.level(mode).map(|lv| lv.to_string()),
         ..Default::default()
@@ -344,7 +350,54 @@ fn mode_status<P: Evaluate>(
             ),
         })
         .collect();
+    workload_status(&mut status, mode, governed, obs.templates);
     status
+}
+
+/// The workloads of the governed namespaces whose template violates the mode's level.
+fn workload_status<P: Evaluate>(
+    status: &mut ModeStatus,
+    mode: Mode,
+    governed: &[&NamespacePlan],
+    templates: &TemplateIndex<P>,
+) {
+    // (no privileged container, kind, namespace, name, checks): privileged containers first.
+    let mut samples = Vec::new();
+    for plan in governed {
+        for w in templates.violators(&plan.name, mode) {
+            status.violating_workloads += 1;
+            *status
+                .workloads_by_kind
+                .entry(w.kind.as_str().to_owned())
+                .or_default() += 1;
+            let v = w.violator;
+            samples.push((
+                v.privileged == 0,
+                w.kind,
+                plan.name.as_str(),
+                v.pod,
+                v.checks,
+            ));
+        }
+    }
+    if samples.len() > MAX_SAMPLES {
+        samples.select_nth_unstable(MAX_SAMPLES - 1);
+        samples.truncate(MAX_SAMPLES);
+    }
+    samples.sort_unstable();
+    status.workload_samples = samples
+        .into_iter()
+        .map(|(_, kind, ns, name, checks)| WorkloadViolation {
+            kind: kind.as_str().to_owned(),
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            checks: checks.ids().map(str::to_owned).collect(),
+            message: truncate(
+                &templates.message(kind, ns, name, mode).unwrap_or_default(),
+                MAX_MESSAGE_BYTES,
+            ),
+        })
+        .collect();
 }
 
 /// Trims samples, then namespace breakdowns, then pending lists, from the end, until the
@@ -361,10 +414,14 @@ fn fit(status: &mut PodSecurityProfileStatus) {
         let mut modes: Vec<&mut ModeStatus> = modes.into_iter().flatten().collect();
         let saved = if let Some(m) = modes
             .iter_mut()
-            .filter(|m| !m.samples.is_empty())
-            .max_by_key(|m| m.samples.len())
+            .filter(|m| !m.samples.is_empty() || !m.workload_samples.is_empty())
+            .max_by_key(|m| m.samples.len().max(m.workload_samples.len()))
         {
-            m.samples.pop().map_or(0, |x| json_len(&x))
+            if m.samples.len() >= m.workload_samples.len() {
+                m.samples.pop().map_or(0, |x| json_len(&x))
+            } else {
+                m.workload_samples.pop().map_or(0, |x| json_len(&x))
+            }
         } else if let Some(m) = modes
             .iter_mut()
             .filter(|m| !m.namespaces.is_empty())
@@ -436,6 +493,7 @@ mod tests {
         profiles: Vec<PodSecurityProfile>,
         namespaces: Vec<NamespaceView>,
         index: PodIndex<FakePod>,
+        templates: TemplateIndex<FakePod>,
         drift: HashMap<String, i64>,
         errors: BTreeMap<String, String>,
     }
@@ -452,6 +510,7 @@ mod tests {
                     })
                     .collect(),
                 index: PodIndex::default(),
+                templates: TemplateIndex::default(),
                 drift: HashMap::new(),
                 errors: BTreeMap::new(),
             }
@@ -474,6 +533,7 @@ mod tests {
             );
             for p in plans.values() {
                 self.index.set_policy(&p.name, p.policy);
+                self.templates.set_policy(&p.name, p.policy);
             }
             if converge {
                 for ns in &mut self.namespaces {
@@ -491,6 +551,7 @@ mod tests {
                 plans: &plans,
                 labels: &labels,
                 index: &self.index,
+                templates: &self.templates,
                 drift: &self.drift,
                 apply_errors: &self.errors,
             };

@@ -1,4 +1,5 @@
-//! The watches: profiles and namespaces into their stores, Pods into the Pod index. Each marks
+//! The watches: profiles and namespaces into their stores, Pods into the Pod index, workloads'
+//! templates into the template index. Each marks
 //! the namespaces whose inputs changed (see [`Dirty`]) and wakes the pass.
 
 use std::sync::Arc;
@@ -15,9 +16,11 @@ use tracing::{info, warn};
 
 use super::context::{Context, Dirty, Shared};
 use crate::operator::crd::PodSecurityProfile;
+use crate::operator::error::Error;
 use crate::operator::index::Interner;
 use crate::operator::labels::is_our_apply;
 use crate::operator::pods::WatchedPod;
+use crate::operator::workloads::{Reported, WatchedWorkload, WorkloadKind, reported};
 
 /// Feeds the profile store. A profile change re-plans every namespace; the pass finds it by
 /// comparing the profiles (their status updates, our own writes, change nothing it plans from).
@@ -213,6 +216,115 @@ fn readable(guard: DeserializeGuard<WatchedPod>) -> Option<WatchedPod> {
                 error = %invalid.error,
                 "pod skipped: cannot read its spec"
             );
+            None
+        }
+    }
+}
+
+/// Feeds the template index with the reported workloads of one kind (see
+/// [`crate::operator::workloads::reported`]); the initial list replaces that kind's entries.
+pub(super) async fn workloads<W>(ctx: Arc<Context>)
+where
+    W: WatchedWorkload + serde::de::DeserializeOwned + 'static,
+{
+    let kind = W::KIND;
+    let events = watcher(
+        Api::<DeserializeGuard<W>>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let mut initial = Vec::new();
+    let mut events = std::pin::pin!(events);
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => initial.clear(),
+            Ok(watcher::Event::InitApply(guard)) => {
+                if let Some(Reported::Template(ns, name, slim)) = template(&ctx, kind, guard) {
+                    initial.push((ns, name, slim));
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                let listed = initial.len();
+                ctx.templates
+                    .write()
+                    .await
+                    .kind_mut(kind)
+                    .reset(std::mem::take(&mut initial));
+                info!(reported = listed, "list of {kind}s complete");
+                let mut shared = ctx.shared();
+                shared.workloads_synced[kind.index()] = true;
+                shared.dirty = Dirty::All;
+                drop(shared);
+                ctx.wake.notify_one();
+            }
+            Ok(watcher::Event::Apply(guard)) => {
+                let (ns, name) = (guard.namespace(), guard.meta().name.clone());
+                let changed = match template(&ctx, kind, guard) {
+                    Some(Reported::Template(ns, name, slim)) => {
+                        let changed = ctx
+                            .templates
+                            .write()
+                            .await
+                            .kind_mut(kind)
+                            .apply(&ns, &name, slim);
+                        changed.then_some(ns)
+                    }
+                    // Folded into its owner now, or unreadable: not reported any more.
+                    _ => match (ns, name) {
+                        (Some(ns), Some(name)) => {
+                            let gone = ctx
+                                .templates
+                                .write()
+                                .await
+                                .kind_mut(kind)
+                                .delete(&ns, &name);
+                            gone.then_some(ns)
+                        }
+                        _ => None,
+                    },
+                };
+                if let Some(ns) = changed {
+                    ctx.mark_dirty(&ns);
+                }
+            }
+            Ok(watcher::Event::Delete(guard)) => {
+                if let (Some(ns), Some(name)) = (guard.namespace(), guard.meta().name.clone())
+                    && ctx
+                        .templates
+                        .write()
+                        .await
+                        .kind_mut(kind)
+                        .delete(&ns, &name)
+                {
+                    ctx.mark_dirty(&ns);
+                }
+            }
+            Err(e) => warn!(error = %e, "watching {kind}s"),
+        }
+    }
+}
+
+/// What a watched workload reports, or `None` (logged and counted) when it does not
+/// deserialize into the slim model.
+fn template<W: WatchedWorkload>(
+    ctx: &Context,
+    kind: WorkloadKind,
+    guard: DeserializeGuard<W>,
+) -> Option<Reported> {
+    match guard.0 {
+        Ok(w) => {
+            let (meta, spec) = w.into_parts();
+            Some(reported(kind, meta, spec))
+        }
+        Err(invalid) => {
+            let error = Error::Unreadable {
+                kind: kind.as_str(),
+                namespace: invalid.metadata.namespace.unwrap_or_default(),
+                name: invalid.metadata.name.unwrap_or_default(),
+                reason: invalid.error,
+            };
+            warn!(error = %error, "workload skipped");
+            ctx.metrics.error("workload", &error);
             None
         }
     }
