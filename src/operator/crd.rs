@@ -278,6 +278,19 @@ pub struct ModeStatus {
     /// privileged containers first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub workload_samples: Vec<WorkloadViolation>,
+    /// The workloads that own violating Pods, most Pods first (at most 20): one thing to fix
+    /// each. A Deployment's Pods are counted at the Deployment, a CronJob's at the CronJob.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<OwnerViolations>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerViolations {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+    pub violating_pods: i32,
 }
 
 #[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Eq, Default)]
@@ -289,6 +302,10 @@ pub struct WorkloadViolation {
     pub checks: Vec<String>,
     /// What kube-apiserver warns when the workload is applied (`would violate PodSecurity ...`).
     pub message: String,
+    /// The refusal the cluster already shows for its Pods (a `FailedCreate` Event of it, or of a
+    /// ReplicaSet/Job folded into it), in the API server's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 fn is_zero(n: &i32) -> bool {

@@ -7,6 +7,7 @@
 //! kube-apiserver will refuse its next Pod (a rollout, a scale-up, a CronJob's next run), even
 //! while its running Pods, admitted before the level was raised, are all there.
 
+use std::collections::HashMap;
 use std::fmt;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -167,22 +168,26 @@ impl WatchedWorkload for WatchedCronJob {
 pub enum Reported {
     /// (namespace, name, template projection).
     Template(String, String, SlimPod),
-    /// Controlled by a workload whose own template is evaluated (a Deployment's ReplicaSet, a
-    /// CronJob's Job): not reported itself.
-    Folded,
+    /// (namespace, name, controller name): controlled by a workload whose own template is
+    /// evaluated (a Deployment's ReplicaSet, a CronJob's Job), not reported itself.
+    Folded(String, String, String),
     /// No namespace, name or template: nothing to evaluate.
     Nothing,
 }
 
 /// Whether and as what a workload is reported.
 pub fn reported(kind: WorkloadKind, meta: ObjectMeta, spec: TemplateSpec) -> Reported {
-    let controlled = meta
+    let controller = meta
         .owner_references
         .iter()
         .flatten()
-        .any(|o| o.controller == Some(true) && Some(o.kind.as_str()) == kind.folded_into());
-    if controlled {
-        return Reported::Folded;
+        .find(|o| o.controller == Some(true) && Some(o.kind.as_str()) == kind.folded_into())
+        .map(|o| o.name.clone());
+    if let Some(controller) = controller {
+        return match (meta.namespace, meta.name) {
+            (Some(ns), Some(name)) => Reported::Folded(ns, name, controller),
+            _ => Reported::Nothing,
+        };
     }
     let (Some(ns), Some(name), Some(template)) = (meta.namespace, meta.name, spec.template) else {
         return Reported::Nothing;
@@ -195,12 +200,19 @@ pub fn reported(kind: WorkloadKind, meta: ObjectMeta, spec: TemplateSpec) -> Rep
 #[derive(Debug)]
 pub struct TemplateIndex<P> {
     kinds: [PodIndex<P>; 7],
+    /// Per kind, the objects folded into their controller: (namespace, name) -> controller name.
+    folded: [HashMap<(String, String), String>; 7],
+    /// Pods the cluster refused by PodSecurity (`FailedCreate` Events), per (namespace,
+    /// `Kind/name` of the object that tried): the API server's message.
+    refusals: HashMap<(String, String), String>,
 }
 
 impl<P> Default for TemplateIndex<P> {
     fn default() -> Self {
         TemplateIndex {
             kinds: Default::default(),
+            folded: Default::default(),
+            refusals: HashMap::new(),
         }
     }
 }
@@ -224,6 +236,93 @@ impl<P: Evaluate + std::hash::Hash + Eq> TemplateIndex<P> {
             changed |= index.set_policy(ns, policy);
         }
         changed
+    }
+}
+
+impl<P> TemplateIndex<P> {
+    /// Books `ns/name` of `kind` as folded into `controller` (`None`: not folded). Returns
+    /// whether that changed.
+    pub fn fold(
+        &mut self,
+        kind: WorkloadKind,
+        ns: &str,
+        name: &str,
+        controller: Option<String>,
+    ) -> bool {
+        let key = (ns.to_owned(), name.to_owned());
+        let folded = &mut self.folded[kind.index()];
+        match controller {
+            Some(c) if folded.get(&key) == Some(&c) => false,
+            Some(c) => {
+                folded.insert(key, c);
+                true
+            }
+            None => folded.remove(&key).is_some(),
+        }
+    }
+
+    /// Replaces what is folded of `kind` (after a relist): (namespace, name, controller).
+    pub fn reset_folded(&mut self, kind: WorkloadKind, folded: Vec<(String, String, String)>) {
+        self.folded[kind.index()] = folded
+            .into_iter()
+            .map(|(ns, name, controller)| ((ns, name), controller))
+            .collect();
+    }
+
+    /// The workload reported for a Pod's controller (`Kind/name`): a ReplicaSet's Deployment, a
+    /// Job's CronJob, or the controller itself.
+    pub fn owner_of(&self, ns: &str, controller: &str) -> String {
+        let Some((kind, name)) = controller.split_once('/') else {
+            return controller.to_owned();
+        };
+        let folded = match kind {
+            "ReplicaSet" => Some((WorkloadKind::ReplicaSet, "Deployment")),
+            "Job" => Some((WorkloadKind::Job, "CronJob")),
+            _ => None,
+        };
+        folded
+            .and_then(|(kind, into)| {
+                let c = self.folded[kind.index()].get(&(ns.to_owned(), name.to_owned()))?;
+                Some(format!("{into}/{c}"))
+            })
+            .unwrap_or_else(|| controller.to_owned())
+    }
+
+    /// Books (`Some`) or forgets a refusal of a Pod of `object` (`Kind/name`) in `ns`.
+    pub fn set_refusal(&mut self, ns: &str, object: &str, message: Option<String>) {
+        let key = (ns.to_owned(), object.to_owned());
+        match message {
+            Some(m) => self.refusals.insert(key, m),
+            None => self.refusals.remove(&key),
+        };
+    }
+
+    pub fn reset_refusals(&mut self, refusals: Vec<(String, String, String)>) {
+        self.refusals = refusals
+            .into_iter()
+            .map(|(ns, object, message)| ((ns, object), message))
+            .collect();
+    }
+
+    /// The refusal the cluster shows for a reported workload's Pods: its own, or one of the
+    /// objects folded into it (a Deployment's ReplicaSets, a CronJob's Jobs).
+    pub fn refusal(&self, kind: WorkloadKind, ns: &str, name: &str) -> Option<&str> {
+        let own = self
+            .refusals
+            .get(&(ns.to_owned(), format!("{kind}/{name}")));
+        let child = match kind {
+            WorkloadKind::Deployment => Some(WorkloadKind::ReplicaSet),
+            WorkloadKind::CronJob => Some(WorkloadKind::Job),
+            _ => None,
+        };
+        own.or_else(|| {
+            let child = child?;
+            self.folded[child.index()]
+                .iter()
+                .filter(|((n, _), controller)| n == ns && controller.as_str() == name)
+                .find_map(|((_, c), _)| self.refusals.get(&(ns.to_owned(), format!("{child}/{c}"))))
+        })
+        .map(String::as_str)
     }
 }
 
@@ -368,11 +467,11 @@ mod tests {
         let folded = |kind, owner| reported(kind, meta("", owner), template());
         assert_eq!(
             folded(WorkloadKind::ReplicaSet, Some(("Deployment", true))),
-            Reported::Folded
+            Reported::Folded("app".into(), "w".into(), "o".into())
         );
         assert_eq!(
             folded(WorkloadKind::Job, Some(("CronJob", true))),
-            Reported::Folded
+            Reported::Folded("app".into(), "w".into(), "o".into())
         );
         // Standalone, owned by another kind, or an owner that is not the controller: reported.
         for (kind, owner) in [
@@ -396,6 +495,48 @@ mod tests {
             ),
             Reported::Nothing
         );
+    }
+
+    #[test]
+    fn pods_and_refusals_of_folded_objects_are_reported_at_their_owner() {
+        let mut index: TemplateIndex<SlimPod> = TemplateIndex::default();
+        index.fold(
+            WorkloadKind::ReplicaSet,
+            "app",
+            "web-7d9",
+            Some("web".into()),
+        );
+        index.fold(
+            WorkloadKind::Job,
+            "app",
+            "nightly-290",
+            Some("nightly".into()),
+        );
+        assert_eq!(
+            index.owner_of("app", "ReplicaSet/web-7d9"),
+            "Deployment/web"
+        );
+        assert_eq!(index.owner_of("app", "Job/nightly-290"), "CronJob/nightly");
+        assert_eq!(
+            index.owner_of("other", "ReplicaSet/web-7d9"),
+            "ReplicaSet/web-7d9"
+        );
+        assert_eq!(index.owner_of("app", "StatefulSet/db"), "StatefulSet/db");
+        let refused =
+            r#"pods "web-7d9-x" is forbidden: violates PodSecurity "baseline:latest": privileged"#;
+        index.set_refusal("app", "ReplicaSet/web-7d9", Some(refused.into()));
+        index.set_refusal("app", "StatefulSet/db", Some("sts".into()));
+        assert_eq!(
+            index.refusal(WorkloadKind::Deployment, "app", "web"),
+            Some(refused)
+        );
+        assert_eq!(
+            index.refusal(WorkloadKind::StatefulSet, "app", "db"),
+            Some("sts")
+        );
+        assert_eq!(index.refusal(WorkloadKind::CronJob, "app", "nightly"), None);
+        index.fold(WorkloadKind::ReplicaSet, "app", "web-7d9", None);
+        assert_eq!(index.refusal(WorkloadKind::Deployment, "app", "web"), None);
     }
 
     #[test]

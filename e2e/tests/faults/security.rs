@@ -86,6 +86,7 @@ fn granted() -> BTreeSet<String> {
     add("/namespaces", "*", &["list", "watch", "patch"]);
     add("/pods", "*", &["list", "watch"]);
     add("/replicationcontrollers", "*", &["list", "watch"]);
+    add("/events", "*", &["list", "watch"]);
     for workload in ["daemonsets", "deployments", "replicasets", "statefulsets"] {
         add(&format!("apps/{workload}"), "*", &["list", "watch"]);
     }

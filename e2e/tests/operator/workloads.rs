@@ -276,3 +276,90 @@ async fn a_when_compliant_rollout_waits_for_a_cron_job_template() -> Result<()> 
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_the_cluster_shows_are_reported_with_the_api_servers_words_for_each_kind()
+-> Result<()> {
+    run_test("refused-kinds", async |t: &OpTest| {
+        let ns = t.namespace("ns", &[]).await?;
+        let profile = t
+            .profile("p", t.spec(&[], json!({"enforce": {"level": "baseline"}}))?)
+            .await?;
+        t.wait_labels(&ns, &[(ENFORCE, "baseline")], &[]).await?;
+        // Applied after enforcement, each wanting a Pod now: their controllers' Pods are refused.
+        let kinds = ["Deployment", "ReplicaSet", "StatefulSet", "ReplicationController", "Job"];
+        for w in one_of_each_kind(&ns) {
+            let kind = w["kind"].as_str().unwrap_or_default().to_owned();
+            if !kinds.contains(&kind.as_str()) {
+                continue;
+            }
+            let mut w = w;
+            if kind == "Job" {
+                w["spec"]["suspend"] = json!(false);
+            } else {
+                w["spec"]["replicas"] = json!(1);
+            }
+            apply(t, &w).await.with_context(|| kind.clone())?;
+        }
+        let p = t
+            .wait_status(&profile, "five blocked workloads, each refused", |p| {
+                enforce_of(p).is_some_and(|e| {
+                    e.workload_samples.len() == kinds.len()
+                        && e.workload_samples.iter().all(|s| s.refused.is_some())
+                })
+            })
+            .await?;
+        let enforce = enforce_of(&p).ok_or_else(|| anyhow!("no enforce status"))?;
+        for s in &enforce.workload_samples {
+            let refused = s.refused.as_deref().unwrap_or_default();
+            ensure!(
+                refused.contains(r#"is forbidden: violates PodSecurity "baseline:latest": privileged (container "c" must not set securityContext.privileged=true)"#),
+                "{} {}: {refused}",
+                s.kind,
+                s.name
+            );
+        }
+        // The Deployment's refusal is its ReplicaSet's, reported at the Deployment.
+        ensure!(
+            enforce.workload_samples.iter().any(|s| s.kind == "Deployment"),
+            "{:?}",
+            enforce.workload_samples
+        );
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pods_of_a_three_replica_deployment_are_one_thing_to_fix() -> Result<()> {
+    run_test("owner-grouping", async |t: &OpTest| {
+        let ns = t.namespace("ns", &[]).await?;
+        // Admitted before enforcement: three privileged Pods (Pending: no kubelet here).
+        apply(t, &seed_deployment(&ns, "web", true, 3)).await?;
+        let pods = t.pods(&ns);
+        eventually("three Pods of the Deployment", EVENTUALLY, || {
+            let pods = pods.clone();
+            async move { Ok((pods.list(&ListParams::default()).await?.items.len() == 3).then_some(())) }
+        })
+        .await?;
+        let profile = t
+            .profile("p", t.spec(&[], json!({"enforce": {"level": "baseline"}}))?)
+            .await?;
+        let p = t
+            .wait_status(&profile, "three Pods grouped under the Deployment", |p| {
+                enforce_of(p).is_some_and(|e| e.violating_pods == 3 && !e.owners.is_empty())
+            })
+            .await?;
+        let enforce = enforce_of(&p).ok_or_else(|| anyhow!("no enforce status"))?;
+        let owners: Vec<_> = enforce
+            .owners
+            .iter()
+            .map(|o| (o.namespace.as_str(), o.kind.as_str(), o.name.as_str(), o.violating_pods))
+            .collect();
+        assert_eq!(owners, [(ns.as_str(), "Deployment", "web", 3)]);
+        // Its template is what the next Pod comes from: blocked too.
+        assert_eq!(blocked(&p), 1);
+        Ok(())
+    })
+    .await
+}

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::context::Context;
 use crate::operator::MANAGER;
@@ -63,12 +63,25 @@ pub(super) async fn post(
                 if fenced {
                     return;
                 }
-                if let Err(e) = recorder.publish(&event, &reference).await {
-                    warn!(error = %e, reason = %event.reason, "publishing event");
+                match recorder.publish(&event, &reference).await {
+                    Ok(()) => {}
+                    // The namespace is being deleted: nothing left to tell about it.
+                    Err(kube::Error::Api(s)) if namespace_terminating(&s) => {
+                        debug!(reason = %event.reason, "event dropped: its namespace is being deleted")
+                    }
+                    Err(e) => warn!(error = %e, reason = %event.reason, "publishing event"),
                 }
             }
         })
         .await;
+}
+
+/// Whether the API server refused a write because its namespace is being deleted.
+fn namespace_terminating(s: &kube::core::Status) -> bool {
+    s.details
+        .iter()
+        .flat_map(|d| &d.causes)
+        .any(|c| c.reason == "NamespaceTerminating")
 }
 
 pub(super) fn namespace_ref(ns: &str, uid: Option<String>) -> ObjectReference {

@@ -99,6 +99,7 @@ pub async fn run(
         ctx.clone(),
     ));
     tasks.spawn(watch::workloads::<WatchedStatefulSet>(ctx.clone()));
+    tasks.spawn(watch::refusals(ctx.clone()));
     tasks.spawn(pass::pass_loop(ctx.clone()));
     tasks.spawn(reporter::report_loop(ctx.clone(), receivers.pictures));
     tasks.spawn(writer::label_writer(ctx.clone(), receivers.writes));
