@@ -21,6 +21,7 @@ use pss_operator::operator::ledger::Ledger;
 use pss_operator::operator::metrics::MetricValues;
 use pss_operator::operator::pods::{SlimPod, WatchedPod};
 use pss_operator::operator::status::{Observed, profile_status};
+use pss_operator::operator::workloads::TemplateIndex;
 use serde_json::json;
 
 #[path = "common/scale_pods.rs"]
@@ -137,6 +138,7 @@ fn main() {
     }
     let exclusions = Exclusions::new(Exclusions::DEFAULT);
     let now = Time(Timestamp::now());
+    let templates: TemplateIndex<SlimPod> = TemplateIndex::default();
     let shared: Vec<Arc<PodSecurityProfile>> = profiles.iter().cloned().map(Arc::new).collect();
     let owned = HashMap::new();
     // The namespaces as listed (their tier labels, no PSA labels): every governed one gets a write.
@@ -192,6 +194,7 @@ fn main() {
             plans: &plans,
             labels: &labels,
             index: &index,
+            templates: &templates,
             drift: &drift,
             apply_errors: &errors,
         };

@@ -230,6 +230,24 @@ kind: Namespace
 metadata: {name: obs-frozen, labels: {team: obs, obs-e2e/frozen: "true"}}
 """
 
+# Applied once obs-app enforces baseline: the API server only warns, and its ReplicaSet's Pods
+# are refused (the seed article's outage); the operator reports it blocked.
+BLOCKED_DEPLOYMENT = """
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: blocked, namespace: obs-app}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: blocked}}
+  template:
+    metadata: {labels: {app: blocked}}
+    spec:
+      containers:
+      - name: nginx
+        image: registry.example/nginx:1
+        securityContext: {privileged: true}
+"""
+
 # Created before any profile enforces anything, so the API server admits them.
 PODS = """
 apiVersion: v1
@@ -295,6 +313,7 @@ EXPECTED_FIRING = [
     ("PssRolloutPendingTooLong", {"namespace": "obs-gradual", "profile": "obs-gradual"}),
     ("PssNamespaceConflict", {"namespace": "obs-shared"}),
     ("PssReconcileErrors", {"controller": "namespace"}),
+    ("PssWorkloadBlockedByPodSecurity", {"namespace": "obs-app", "profile": "obs-baseline", "kind": "Deployment"}),
 ]
 EXPECTED_SILENT = ["PssOperatorDown", "PssOperatorAbsent", "PssOperatorNotReconciling"]
 
@@ -470,6 +489,9 @@ scrape_configs:
     wait_until("pss_label_drift_total counts the obs-app drift", drift_counted)
     run.check("drift repaired and counted in /metrics")
 
+    run.apply(BLOCKED_DEPLOYMENT)
+    log("applied a privileged Deployment to obs-app (enforce=baseline): its Pods are refused")
+
     # ---- every panel query returns data -----------------------------------------------------------
     dashboard = obs.load_dashboard()
     queries = obs.panel_queries(dashboard)
@@ -499,6 +521,8 @@ scrape_configs:
         'count(pss_violating_pods{mode="enforce", profile!=""})': 4,
         'sum(pss_violating_pods{mode="enforce", namespace="obs-app"})': 1,
         'sum(pss_pod_violations{mode="enforce", namespace="obs-app", check="privileged"})': 1,
+        'sum(pss_blocked_workloads{namespace="obs-app", kind="Deployment"})': 1,
+        'sum(pss_violating_workloads{mode="enforce", namespace="obs-app", kind="Deployment"})': 1,
     }
 
     def values_match():
@@ -515,7 +539,7 @@ scrape_configs:
         return not wrong, "\n".join(wrong)
     wait_until("the overview values match the scenario", values_match)
     run.check("overview values match the scenario (1 privileged container, 1 pending, 1 conflict, "
-              "4 managed, unprotected obs-open and default)")
+              "4 managed, unprotected obs-open and default, 1 blocked Deployment)")
 
     # ---- alerts -----------------------------------------------------------------------------------
     def alerts_firing():

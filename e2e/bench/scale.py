@@ -202,6 +202,49 @@ def pod_object(name, kind, ns=""):
             "spec": spec}
 
 
+# --workloads: Pod-template workloads spread round-robin over the namespaces, none of which runs a
+# Pod (Deployments, ReplicaSets, StatefulSets and ReplicationControllers at 0 replicas, suspended
+# Jobs and CronJobs, DaemonSets with no Node to target), so the Pod counts stay --pods. Each
+# Deployment also gets its ReplicaSet from kube-controller-manager (folded into it by the operator).
+WORKLOAD_KINDS = [  # (share of 10, apiVersion, kind, plural)
+    (6, "apps/v1", "Deployment", "deployments"),
+    (1, "batch/v1", "CronJob", "cronjobs"),
+    (1, "apps/v1", "StatefulSet", "statefulsets"),
+    (1, "batch/v1", "Job", "jobs"),
+    (1, "apps/v1", "DaemonSet", "daemonsets"),
+]
+
+
+def workload_kind(w):
+    r = w % 10
+    for share, api_version, kind, plural in WORKLOAD_KINDS:
+        if r < share:
+            return api_version, kind, plural
+        r -= share
+    raise AssertionError("shares add up to 10")
+
+
+def workload_object(w, ns_index):
+    api_version, kind, plural = workload_kind(w)
+    name = f"wl-{w:05d}"
+    pod = pod_object(name, pod_kind(ns_index, w), ns_name(ns_index))
+    template = {"metadata": {"labels": {"app": name}}, "spec": pod["spec"]}
+    selector = {"matchLabels": {"app": name}}
+    if kind in ("Job", "CronJob"):
+        template["spec"] = dict(template["spec"], restartPolicy="Never")
+    spec = {
+        "Deployment": {"replicas": 0, "selector": selector, "template": template},
+        "StatefulSet": {"replicas": 0, "serviceName": name, "selector": selector, "template": template},
+        "DaemonSet": {"selector": selector, "template": template},
+        "Job": {"suspend": True, "template": template},
+        "CronJob": {"schedule": "0 3 * * *", "suspend": True, "jobTemplate": {"spec": {"template": template}}},
+    }[kind]
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    path = f"{base}/namespaces/{ns_name(ns_index)}/{plural}"
+    return path, {"apiVersion": api_version, "kind": kind,
+                  "metadata": {"name": name, "namespace": ns_name(ns_index)}, "spec": spec}
+
+
 def expected_totals(pods_by_ns, n_namespaces):
     """What the operator must report, from the Pods that exist (name -> kind per namespace)."""
     priv = 0
@@ -422,6 +465,35 @@ class Bench:
         log(f"{len(todo)} Pods created in {dt:.1f}s ({len(todo) / max(dt, 1e-9):.0f}/s, load {loadavg()})")
         self.results["populate"] = {"namespaces_created": len(todo), "pods_created": len(todo),
                                     "pods_create_s": round(dt, 1)}
+        if a.workloads:
+            self.populate_workloads()
+
+    def populate_workloads(self):
+        a = self.a
+        t0 = time.time()
+        failed = []
+
+        def create(w):
+            path, obj = workload_object(w, w % a.namespaces)
+            status, data = self.admin.request("POST", path, obj)
+            if status not in (201, 409):
+                failed.append((path, obj["metadata"]["name"], status, data[:200]))
+
+        with ThreadPoolExecutor(a.concurrency) as ex:
+            list(ex.map(create, range(a.workloads)))
+        if failed:
+            raise RuntimeError(f"{len(failed)} workloads refused, e.g. {failed[:3]}")
+        deployments = sum(1 for w in range(a.workloads) if workload_kind(w)[1] == "Deployment")
+        log(f"{a.workloads} workloads created in {time.time() - t0:.1f}s; waiting for the "
+            f"ReplicaSets of {deployments} Deployments (kube-controller-manager)")
+        while True:
+            rs, _ = list_all(self.admin, "/apis/apps/v1/replicasets", meta_only=True)
+            n = sum(1 for r in rs if r["metadata"]["namespace"].startswith("bench-"))
+            if n >= deployments:
+                break
+            time.sleep(2)
+        log(f"workloads ready in {time.time() - t0:.1f}s (load {loadavg()})")
+        self.results["populate"]["workloads"] = a.workloads
 
     def pods_by_ns(self):
         pods, _ = list_all(self.admin, "/api/v1/pods", meta_only=True)
@@ -740,6 +812,9 @@ def main():
     p.add_argument("--templates", type=int, default=0,
                    help="spread the Pods' container names over this many values (0: one name; a number "
                         "above --pods makes nearly every Pod distinct): memory when Pods do not share a template")
+    p.add_argument("--workloads", type=int, default=0,
+                   help="Pod-template workloads (Deployments with their ReplicaSets, CronJobs, StatefulSets, "
+                        "Jobs, DaemonSets) that run no Pod, spread over the namespaces")
     p.add_argument("--setup-only", action="store_true", help="create the cluster and objects, measure nothing")
     p.add_argument("--out", help="write the JSON summary here too")
     p.add_argument("--down", action="store_true", help="stop the control plane at the end")

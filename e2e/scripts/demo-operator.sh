@@ -4,7 +4,8 @@
 #   the CRD installed, `pss-operator run` started in the background;
 #   the sample profile `app` (config/samples) applied: the PSA labels appear on `app`;
 #   a label removed by hand is put back, with a Warning Event;
-#   the privileged Pod reported in the profile status and in /metrics.
+#   the privileged Pod reported in the profile status and in /metrics;
+#   the seed's privileged Deployment applied after enforcement: reported blocked, then fixed.
 # The operator is stopped when the script exits; the cluster is left running.
 #
 # Uses the cluster KUBECONFIG points at when it is set; otherwise starts (or reuses) the local control
@@ -162,10 +163,55 @@ note "status.enforce (the exact message kube-apiserver would answer for that Pod
 kubectl get podsecurityprofile "$profile" -o jsonpath='{.status.enforce}' | python3 -m json.tool
 note "status.driftCorrections: $(kubectl get podsecurityprofile "$profile" -o jsonpath='{.status.driftCorrections}')"
 printf '%s$ %s%s\n' "$bold" "curl -s $metrics/metrics | grep namespace=\"$NS\"" "$reset"
-curl -fsS "$metrics/metrics" | grep -E "^pss_(privileged_containers|violating_pods|pod_violations|label_drift_total|namespace_level)\{" | grep "namespace=\"$NS\"" || true
+curl -fsS "$metrics/metrics" | grep -E "^pss_(privileged_containers|violating_pods|pod_violations|label_drift_total|namespace_level|blocked_workloads|violating_workloads)\{" | grep "namespace=\"$NS\"" || true
 note "A new privileged Pod is now rejected by enforce=baseline:"
 printf '%s$ %s%s\n' "$bold" "kubectl -n $NS run again --image=nginx:1.27 --privileged" "$reset"
 kubectl -n "$NS" run again --image=nginx:1.27 --privileged 2>&1 | sed 's/^/  /' || true
+
+say "6. The seed's Deployment, applied now that $NS enforces baseline: blocked"
+note "kube-apiserver only warns on the Deployment; its ReplicaSet's Pods are refused (FailedCreate), the app is down:"
+seed_deployment() {
+  cat <<EOF
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx
+  namespace: $NS
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: nginx}}
+  template:
+    metadata: {labels: {app: nginx}}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.27
+        securityContext:
+          privileged: $1
+EOF
+}
+seed_deployment true | run kubectl apply -f -
+started=$(date +%s)
+until [[ "$(kubectl get podsecurityprofile "$profile" -o jsonpath='{.status.blockedWorkloads}')" == 1 ]]; do
+  (($(date +%s) - started < HANG_GUARD)) || die "the Deployment was not reported blocked within ${HANG_GUARD}s"
+  sleep 0.2
+done
+note "... and the operator reports it blocked (the BLOCKED column), with kube-apiserver's own words:"
+run kubectl get podsecurityprofile "$profile"
+kubectl get podsecurityprofile "$profile" -o jsonpath='{.status.enforce.workloadSamples}' | python3 -m json.tool
+until [[ -n "$(kubectl -n "$NS" get events --field-selector reason=PodSecurityBlocked -o name)" ]]; do
+  (($(date +%s) - started < HANG_GUARD)) || die "no PodSecurityBlocked event within ${HANG_GUARD}s"
+  sleep 0.2
+done
+run kubectl -n "$NS" get events --field-selector reason=PodSecurityBlocked -o 'custom-columns=OBJECT:.involvedObject.kind,NAME:.involvedObject.name,MESSAGE:.message'
+note "The fix: privileged: false. The Deployment is no longer blocked:"
+seed_deployment false | run kubectl apply -f -
+started=$(date +%s)
+until [[ "$(kubectl get podsecurityprofile "$profile" -o jsonpath='{.status.blockedWorkloads}')" == 0 ]]; do
+  (($(date +%s) - started < HANG_GUARD)) || die "the Deployment was still blocked after ${HANG_GUARD}s"
+  sleep 0.2
+done
+run kubectl get podsecurityprofile "$profile"
 
 say "Done"
 echo "The operator stops with this script; the profile, namespace $NS and its labels stay."

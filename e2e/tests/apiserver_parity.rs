@@ -5,9 +5,11 @@
 //!    (`?dryRun=All`: full admission, nothing stored) in namespaces labelled `enforce=<level>`,
 //!    `enforce-version=<version>`. The API server's verdict and denial message must equal
 //!    `pss::evaluate`'s on the pod after `apply_api_server_defaults`.
-//! 2. Templates: the generated pods as Deployment templates, dry-run created in namespaces labelled
-//!    `warn=<level>`; the `would violate PodSecurity ...` warning must equal the evaluator's verdict
-//!    on the Deployment as the manifest reader (`pss-operator check`) reads it.
+//! 2. Templates: the generated pods as the templates of every workload kind (Deployment,
+//!    ReplicaSet, StatefulSet, DaemonSet, Job, CronJob, ReplicationController, in turn), dry-run
+//!    created in namespaces labelled `warn=<level>`; the `would violate PodSecurity ...` warning
+//!    must equal the evaluator's verdict on the workload as the manifest reader
+//!    (`pss-operator check`) reads it.
 //!
 //! Objects the API server rejects as invalid (422: validation runs before validating admission)
 //! never reach PodSecurity; they are counted and reported, not compared.
@@ -54,6 +56,8 @@ struct Case {
     level: Level,
     version: String,
     pod: Value,
+    /// For template cases: which of `WORKLOAD_KINDS` holds the pod.
+    kind: usize,
 }
 
 enum Outcome {
@@ -118,6 +122,7 @@ fn fixture_cases(root: &Path) -> Result<Vec<Case>> {
                 level: level.parse().map_err(|e| anyhow!("{rel}: {e}"))?,
                 version: version.to_string(),
                 pod,
+                kind: 0,
             })
         })
         .collect()
@@ -174,7 +179,7 @@ async fn evaluator_matches_apiserver_on_every_fixture_and_generated_pod() -> Res
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn evaluator_matches_apiserver_warnings_on_deployment_templates() -> Result<()> {
+async fn evaluator_matches_apiserver_warnings_on_workload_templates() -> Result<()> {
     run_parity(
         "template-parity",
         Mode::DeploymentWarn,
@@ -234,7 +239,7 @@ async fn run_parity(test: &str, mode: Mode, cases: Vec<Case>) -> Result<()> {
     let total = compared[0] + compared[1];
     let (what, flagged_what) = match mode {
         Mode::PodEnforce => ("Pod dry-runs (enforce)", "denied"),
-        Mode::DeploymentWarn => ("Deployment dry-runs (warn)", "warned"),
+        Mode::DeploymentWarn => ("workload dry-runs (warn, 7 kinds)", "warned"),
     };
     let summary = format!(
         "{test}: compared {total} {what} with the evaluator ({} fixtures, {} generated; {flagged_count} {flagged_what}, {} allowed); {} matched, {} differed; {} rejected as invalid (422) before admission, not compared",
@@ -403,23 +408,60 @@ async fn compare(client: &Client, ns: &str, case: &Case) -> Result<Outcome> {
     })
 }
 
-/// The pod as the template of a Deployment named after it.
-fn deployment_for(pod: &Value, ns: &str) -> Value {
+/// The workload kinds with a Pod template, each with its collection path: case `i` goes into a
+/// workload of kind `i % 7`, so every kind meets every sort of generated pod.
+const WORKLOAD_KINDS: [(&str, &str, &str); 7] = [
+    ("apps/v1", "Deployment", "deployments"),
+    ("apps/v1", "ReplicaSet", "replicasets"),
+    ("apps/v1", "StatefulSet", "statefulsets"),
+    ("apps/v1", "DaemonSet", "daemonsets"),
+    ("batch/v1", "Job", "jobs"),
+    ("batch/v1", "CronJob", "cronjobs"),
+    ("v1", "ReplicationController", "replicationcontrollers"),
+];
+
+/// The pod as the template of a workload of kind `WORKLOAD_KINDS[k]` named after it, and the
+/// path to create it at.
+fn workload_for(k: usize, pod: &Value, ns: &str) -> (Value, String) {
+    let (api_version, kind, plural) = WORKLOAD_KINDS[k % WORKLOAD_KINDS.len()];
     let name = pod["metadata"]["name"].clone();
     let mut template_meta = json!({"labels": {"app": name.clone()}});
     if let Some(annotations) = pod["metadata"].get("annotations") {
         template_meta["annotations"] = annotations.clone();
     }
-    json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name.clone(), "namespace": ns},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": template_meta, "spec": pod["spec"].clone()},
-        },
-    })
+    let mut spec = pod["spec"].clone();
+    if matches!(kind, "Job" | "CronJob") {
+        // Jobs refuse `Always` (the Pod default); the restart policy is no PodSecurity check.
+        spec["restartPolicy"] = json!("Never");
+    }
+    let template = json!({"metadata": template_meta, "spec": spec});
+    let selector = json!({"matchLabels": {"app": name.clone()}});
+    let workload_spec = match kind {
+        "Job" => json!({"template": template}),
+        "CronJob" => {
+            json!({"schedule": "0 0 * * *", "jobTemplate": {"spec": {"template": template}}})
+        }
+        "DaemonSet" => json!({"selector": selector, "template": template}),
+        "StatefulSet" => {
+            json!({"replicas": 1, "serviceName": name.clone(), "selector": selector, "template": template})
+        }
+        "ReplicationController" => {
+            json!({"replicas": 1, "selector": {"app": name.clone()}, "template": template})
+        }
+        _ => json!({"replicas": 1, "selector": selector, "template": template}),
+    };
+    let workload = json!({
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": ns},
+        "spec": workload_spec,
+    });
+    let base = if api_version == "v1" {
+        "/api/v1".to_owned()
+    } else {
+        format!("/apis/{api_version}")
+    };
+    (workload, format!("{base}/namespaces/{ns}/{plural}"))
 }
 
 /// The text of one `Warning: 299 - "<text>"` header (RFC 7234 quoted-string).
@@ -434,19 +476,18 @@ fn warning_text(header: &str) -> Option<String> {
 }
 
 async fn compare_template(client: &Client, ns: &str, case: &Case) -> Result<Outcome> {
-    let deployment = deployment_for(&case.pod, ns);
-    let request = kube::core::Request::new(format!("/apis/apps/v1/namespaces/{ns}/deployments"))
-        .create(
-            &PostParams {
-                dry_run: true,
-                ..PostParams::default()
-            },
-            serde_json::to_vec(&deployment)?,
-        )?;
+    let (deployment, path) = workload_for(case.kind, &case.pod, ns);
+    let request = kube::core::Request::new(path).create(
+        &PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        },
+        serde_json::to_vec(&deployment)?,
+    )?;
     let response = client
         .send(request.map(kube::client::Body::from))
         .await
-        .context("dry-run create of the Deployment")?;
+        .context("dry-run create of the workload")?;
     let status = response.status();
     let warnings: Vec<String> = response
         .headers()
@@ -491,8 +532,9 @@ async fn compare_template(client: &Client, ns: &str, case: &Case) -> Result<Outc
     let ours = (!eval.allowed()).then(|| eval.warning_message());
     let mismatch = (ours != api).then(|| {
         format!(
-            "MISMATCH {} (as a Deployment template) at {}:{}\n  deployment: {}\n  apiserver:  {}\n  evaluator:  {}",
+            "MISMATCH {} (as a {} template) at {}:{}\n  workload:   {}\n  apiserver:  {}\n  evaluator:  {}",
             case.id,
+            WORKLOAD_KINDS[case.kind % WORKLOAD_KINDS.len()].1,
             case.level,
             case.version,
             serde_json::to_string(&deployment).unwrap_or_default(),
@@ -533,6 +575,7 @@ fn generated_cases(count: usize) -> Vec<Case> {
                 level,
                 version: version.clone(),
                 pod: pod.clone(),
+                kind: i,
             });
         }
     }

@@ -43,6 +43,12 @@ pub const FINALIZER: &str = "pss-operator.io/remove-labels";
         json_path = ".status.enforce.violatingPods"
     ),
     printcolumn(
+        name = "Blocked",
+        type_ = "integer",
+        description = "Workloads whose Pod template violates the enforce level in force: their next Pod is refused",
+        json_path = ".status.blockedWorkloads"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -211,6 +217,11 @@ pub struct PodSecurityProfileStatus {
     /// Labels put back after someone changed or removed them.
     #[serde(default)]
     pub drift_corrections: i64,
+    /// Workloads whose Pod template violates the enforce level in force: kube-apiserver refuses
+    /// their next Pod (a rollout, a scale-up, a CronJob's next run). Listed in
+    /// `enforce.workloadSamples`.
+    #[serde(default)]
+    pub blocked_workloads: i32,
     /// Pending namespaces and the Pods that block them (first 20 namespaces, 10 Pods each).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pending: Vec<PendingNamespace>,
@@ -228,9 +239,10 @@ pub struct PendingNamespace {
     pub namespace: String,
     /// The level `enforce` will be raised to.
     pub target: String,
-    /// Total Pods that violate the target.
+    /// Total Pods and workload templates that violate the target (a workload's next Pod would be
+    /// refused).
     pub blocking_pods: i32,
-    /// Names of the first blocking Pods, sorted.
+    /// The first blocking Pods (by name) and workloads (`Kind/name`), sorted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<String>,
 }
@@ -255,6 +267,45 @@ pub struct ModeStatus {
     /// Up to 20 violating Pods with the exact admission message; privileged containers first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<SampleViolation>,
+    /// Workloads (Deployments, CronJobs, ... a Deployment's ReplicaSets and a CronJob's Jobs
+    /// folded into them) whose Pod template violates the level.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub violating_workloads: i32,
+    /// Violating workloads per kind.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub workloads_by_kind: BTreeMap<String, i32>,
+    /// Up to 20 violating workloads with kube-apiserver's warning for their template;
+    /// privileged containers first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workload_samples: Vec<WorkloadViolation>,
+    /// The workloads that own violating Pods, most Pods first (at most 20): one thing to fix
+    /// each. A Deployment's Pods are counted at the Deployment, a CronJob's at the CronJob.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub owners: Vec<OwnerViolations>,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OwnerViolations {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+    pub violating_pods: i32,
+}
+
+#[derive(Serialize, Deserialize, JsonSchema, Debug, Clone, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadViolation {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub checks: Vec<String>,
+    /// What kube-apiserver warns when the workload is applied (`would violate PodSecurity ...`).
+    pub message: String,
+    /// The refusal the cluster already shows for its Pods (a `FailedCreate` Event of it, or of a
+    /// ReplicaSet/Job folded into it), in the API server's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -329,7 +380,15 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            ["Enforce", "Audit", "Warn", "Namespaces", "Violating", "Age"]
+            [
+                "Enforce",
+                "Audit",
+                "Warn",
+                "Namespaces",
+                "Violating",
+                "Blocked",
+                "Age"
+            ]
         );
     }
 

@@ -26,6 +26,14 @@ pub enum Error {
     #[error("metrics: {0}")]
     Metrics(#[source] prometheus::Error),
 
+    #[error("{kind} {namespace}/{name} skipped: cannot read it: {reason}")]
+    Unreadable {
+        kind: &'static str,
+        namespace: String,
+        name: String,
+        reason: String,
+    },
+
     #[error("serving {addr}: {source}")]
     Serve {
         addr: String,
@@ -44,6 +52,7 @@ impl Error {
             Error::Kube(kube::Error::Api(_)) => "api",
             Error::Kube(_) => "client",
             Error::CrdNotInstalled(_) => "crd_not_installed",
+            Error::Unreadable { .. } => "unreadable",
             Error::Lease(_) => "lease",
             Error::LeadershipLost => "leadership_lost",
             Error::Serialize { .. } => "serialize",

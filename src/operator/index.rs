@@ -133,14 +133,17 @@ struct Entry<P> {
     privileged: u32,
     /// Failing checks per mode (indexed like `Mode::ALL`) against the namespace policy.
     checks: [CheckSet; 3],
+    /// The Pod's controller as `Kind/name` (shared by its Pods), from its ownerReferences.
+    owner: Option<Arc<str>>,
 }
 
 impl<P: Evaluate> Entry<P> {
-    fn new(pod: Arc<P>, policy: &Policy, memo: &mut Memo) -> Self {
+    fn new(pod: Arc<P>, policy: &Policy, memo: &mut Memo, owner: Option<Arc<str>>) -> Self {
         Entry {
             privileged: u32::try_from(pod.privileged_containers()).unwrap_or(u32::MAX),
             checks: memo.all_modes(&pod, policy),
             pod,
+            owner,
         }
     }
 }
@@ -151,6 +154,8 @@ pub struct PodIndex<P> {
     pods: BTreeMap<String, BTreeMap<Box<str>, Entry<P>>>,
     policies: HashMap<String, Policy>,
     shared: Interner<P>,
+    /// Owner names, one allocation each, shared by their Pods.
+    owners: HashSet<Arc<str>>,
 }
 
 impl<P> Default for PodIndex<P> {
@@ -159,6 +164,7 @@ impl<P> Default for PodIndex<P> {
             pods: BTreeMap::new(),
             policies: HashMap::new(),
             shared: Interner::default(),
+            owners: HashSet::new(),
         }
     }
 }
@@ -169,6 +175,8 @@ pub struct Violator<'a> {
     pub pod: &'a str,
     pub checks: CheckSet,
     pub privileged: usize,
+    /// The Pod's controller as `Kind/name`.
+    pub owner: Option<&'a str>,
 }
 
 /// Violating Pods counted, in total and per failing check.
@@ -193,12 +201,18 @@ impl<P: Evaluate + Hash + Eq> PodIndex<P> {
     /// Adds or replaces a running Pod. Returns whether anything the index reports changed: most
     /// Pod updates are status changes that leave the projection as it was.
     pub fn apply(&mut self, ns: &str, name: &str, pod: P) -> bool {
+        self.apply_owned(ns, name, pod, None)
+    }
+
+    /// [`PodIndex::apply`] for a Pod with a controller (`Kind/name`).
+    pub fn apply_owned(&mut self, ns: &str, name: &str, pod: P, owner: Option<&str>) -> bool {
         let current = self.pods.get(ns).and_then(|pods| pods.get(name));
-        if current.is_some_and(|e| *e.pod == pod) {
+        if current.is_some_and(|e| *e.pod == pod && e.owner.as_deref() == owner) {
             return false;
         }
         let pod = self.shared.intern(pod);
-        let entry = Entry::new(pod, &self.policy(ns), &mut Memo::new());
+        let owner = owner.map(|o| self.owner(o));
+        let entry = Entry::new(pod, &self.policy(ns), &mut Memo::new(), owner);
         if !self.pods.contains_key(ns) {
             self.pods.insert(ns.to_owned(), BTreeMap::new());
         }
@@ -211,9 +225,30 @@ impl<P: Evaluate + Hash + Eq> PodIndex<P> {
             return true;
         };
         let new = &pods[name];
-        let changed = old.checks != new.checks || old.privileged != new.privileged;
+        let changed =
+            old.checks != new.checks || old.privileged != new.privileged || old.owner != new.owner;
         self.shared.release(old.pod);
+        self.release_owner(old.owner);
         changed
+    }
+
+    /// Drops an owner name no Pod uses any more (two references left: `owner` and the set's).
+    fn release_owner(&mut self, owner: Option<Arc<str>>) {
+        if let Some(owner) = owner
+            && Arc::strong_count(&owner) == 2
+        {
+            self.owners.remove(&owner);
+        }
+    }
+
+    /// The shared allocation of an owner name.
+    fn owner(&mut self, owner: &str) -> Arc<str> {
+        if let Some(shared) = self.owners.get(owner) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(owner);
+        self.owners.insert(Arc::clone(&shared));
+        shared
     }
 
     /// Returns whether the Pod was there.
@@ -228,6 +263,7 @@ impl<P: Evaluate + Hash + Eq> PodIndex<P> {
         match removed {
             Some(entry) => {
                 self.shared.release(entry.pod);
+                self.release_owner(entry.owner);
                 true
             }
             None => false,
@@ -237,14 +273,27 @@ impl<P: Evaluate + Hash + Eq> PodIndex<P> {
     /// Replaces every Pod (after a relist); policies are kept. Takes projections or shared
     /// projections (as the initial list interns them while pages arrive).
     pub fn reset<Q: Into<Arc<P>>>(&mut self, pods: impl IntoIterator<Item = (String, String, Q)>) {
+        self.reset_owned(
+            pods.into_iter()
+                .map(|(ns, name, pod)| (ns, name, pod, None)),
+        );
+    }
+
+    /// [`PodIndex::reset`] with each Pod's controller (`Kind/name`).
+    pub fn reset_owned<Q: Into<Arc<P>>>(
+        &mut self,
+        pods: impl IntoIterator<Item = (String, String, Q, Option<String>)>,
+    ) {
         // The table keeps its entries until the sweep below: a relist mostly brings the same
         // projections back, and the memo needs every projection alive until then.
         self.pods.clear();
         let mut memo = Memo::new();
-        for (ns, name, pod) in pods {
+        self.owners.clear();
+        for (ns, name, pod, owner) in pods {
             let pod = self.shared.intern_shared(pod.into());
             let policy = self.policy(&ns);
-            let entry = Entry::new(pod, &policy, &mut memo);
+            let owner = owner.map(|o| self.owner(&o));
+            let entry = Entry::new(pod, &policy, &mut memo, owner);
             self.pods
                 .entry(ns)
                 .or_default()
@@ -305,6 +354,7 @@ impl<P: Evaluate> PodIndex<P> {
                 pod: name,
                 checks: e.checks[slot],
                 privileged: e.privileged as usize,
+                owner: e.owner.as_deref(),
             })
     }
 
@@ -425,6 +475,31 @@ pub(crate) mod tests {
             Some("violates PodSecurity \"baseline:latest\": privileged")
         );
         assert_eq!(index.message("app", "good", Mode::Enforce), None);
+    }
+
+    #[test]
+    fn pods_carry_their_owner_shared_and_an_owner_change_is_a_change() {
+        let mut index = PodIndex::default();
+        index.set_policy(
+            "app",
+            policy("baseline:latest", "baseline:latest", "baseline:latest"),
+        );
+        let priv_pod = || mk_pod(Level::Privileged, 1);
+        assert!(index.apply_owned("app", "web-1", priv_pod(), Some("ReplicaSet/web-7d9")));
+        assert!(!index.apply_owned("app", "web-1", priv_pod(), Some("ReplicaSet/web-7d9")));
+        index.apply_owned("app", "web-2", priv_pod(), Some("ReplicaSet/web-7d9"));
+        assert_eq!(index.owners.len(), 1, "one allocation per owner");
+        let owners: Vec<_> = index
+            .violators("app", Mode::Enforce)
+            .map(|v| v.owner)
+            .collect();
+        assert_eq!(
+            owners,
+            [Some("ReplicaSet/web-7d9"), Some("ReplicaSet/web-7d9")]
+        );
+        assert!(index.apply_owned("app", "web-1", priv_pod(), None));
+        index.delete("app", "web-2");
+        assert!(index.owners.is_empty(), "released with its last Pod");
     }
 
     #[test]

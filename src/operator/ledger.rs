@@ -3,7 +3,7 @@
 //! failed, and what it has announced by Event; and the drift corrections per profile. Pure: the
 //! controller keeps one `Ledger` and books into it what passes see and writes return.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::desired::{Labels, NamespacePlan};
 use crate::pss::LevelVersion;
@@ -22,6 +22,8 @@ pub struct Ledger {
     /// What was last announced by Event, to announce changes only.
     announced_pending: HashMap<String, Vec<String>>,
     announced_conflicts: HashMap<String, Vec<String>>,
+    /// Blocked workloads (`Kind/name`) last announced, per namespace.
+    announced_blocked: HashMap<String, BTreeSet<String>>,
     /// Drift corrections per profile, seeded from the stored status.
     drift: HashMap<String, i64>,
 }
@@ -47,6 +49,23 @@ impl Ledger {
         self.apply_errors.retain(|ns, _| keep(ns));
         self.announced_pending.retain(|ns, _| keep(ns));
         self.announced_conflicts.retain(|ns, _| keep(ns));
+        self.announced_blocked.retain(|ns, _| keep(ns));
+    }
+
+    /// The workloads of `ns` blocked now (`Kind/name`) that were not blocked when last announced.
+    pub fn newly_blocked(&mut self, ns: &str, blocked: BTreeSet<String>) -> Vec<String> {
+        let before = self.announced_blocked.get(ns);
+        let new: Vec<String> = blocked
+            .iter()
+            .filter(|w| before.is_none_or(|b| !b.contains(*w)))
+            .cloned()
+            .collect();
+        if blocked.is_empty() {
+            self.announced_blocked.remove(ns);
+        } else if before != Some(&blocked) {
+            self.announced_blocked.insert(ns.to_owned(), blocked);
+        }
+        new
     }
 
     pub fn last_applied(&self, ns: &str) -> Option<&Labels> {
@@ -205,6 +224,30 @@ mod tests {
         // Resolved, then back: announced anew.
         assert!(ledger.announcements(&plan_of(&["a"], &[])).is_empty());
         assert_eq!(ledger.announcements(&tied).len(), 1);
+    }
+
+    #[test]
+    fn a_workload_is_announced_blocked_once_and_again_after_it_was_fixed() {
+        let mut ledger = Ledger::default();
+        let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect();
+        assert_eq!(
+            ledger.newly_blocked("app", set(&["Deployment/web"])),
+            ["Deployment/web"]
+        );
+        assert!(
+            ledger
+                .newly_blocked("app", set(&["Deployment/web"]))
+                .is_empty()
+        );
+        assert_eq!(
+            ledger.newly_blocked("app", set(&["CronJob/nightly", "Deployment/web"])),
+            ["CronJob/nightly"]
+        );
+        assert!(ledger.newly_blocked("app", set(&[])).is_empty());
+        assert_eq!(
+            ledger.newly_blocked("app", set(&["Deployment/web"])),
+            ["Deployment/web"]
+        );
     }
 
     #[test]

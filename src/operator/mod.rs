@@ -7,6 +7,7 @@
 //! - [`labels`]: the label rules, which writes a pass makes, what is drift, which labels we own;
 //! - [`ledger`]: what is remembered per namespace between passes (applied, declared, errors);
 //! - [`pods`]: the slim Pod projection the watch keeps; [`index`]: Pod verdicts per namespace;
+//! - [`workloads`]: Pod-template workloads, folded into their owners, and their templates' verdicts;
 //! - [`status`]: the bounded profile status; [`metrics`]: metric values and their exposition;
 //! - [`backoff`]: the retry delay; [`fence`]: no writes after a standstill that may have cost
 //!   the leader Lease; [`error`]: the operator's errors.
@@ -32,6 +33,7 @@ pub mod server;
 pub mod status;
 #[cfg(test)]
 mod testing;
+pub mod workloads;
 
 /// The one field manager for labels and status.
 pub const MANAGER: &str = "pss-operator";
@@ -97,8 +99,18 @@ mod config_tests {
         assert_eq!(
             granted,
             [
+                "cronjobs:list",
+                "cronjobs:watch",
+                "daemonsets:list",
+                "daemonsets:watch",
+                "deployments:list",
+                "deployments:watch",
                 "events:create",
+                "events:list",
                 "events:patch",
+                "events:watch",
+                "jobs:list",
+                "jobs:watch",
                 "namespaces:list",
                 "namespaces:patch",
                 "namespaces:watch",
@@ -108,6 +120,12 @@ mod config_tests {
                 "podsecurityprofiles:list",
                 "podsecurityprofiles:patch",
                 "podsecurityprofiles:watch",
+                "replicasets:list",
+                "replicasets:watch",
+                "replicationcontrollers:list",
+                "replicationcontrollers:watch",
+                "statefulsets:list",
+                "statefulsets:watch",
             ]
         );
         let lease: Value =

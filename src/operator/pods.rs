@@ -35,6 +35,17 @@ impl WatchedPod {
         )
     }
 
+    /// The Pod's controller as `Kind/name` (a ReplicaSet, a Job, a DaemonSet...), from its
+    /// ownerReferences: no lookup, the Pod says it.
+    pub fn controller(&self) -> Option<String> {
+        self.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .find(|o| o.controller == Some(true))
+            .map(|o| format!("{}/{}", o.kind, o.name))
+    }
+
     /// (namespace, name, projection) for the index.
     pub fn into_slim(self) -> Option<(String, String, SlimPod)> {
         let namespace = self.metadata.namespace?;
@@ -133,6 +144,21 @@ mod tests {
             r#"violates PodSecurity "baseline:latest": privileged (container "nginx" must not set securityContext.privileged=true)"#
         );
         assert!(slim.evaluate(LevelVersion::PRIVILEGED).allowed());
+    }
+
+    #[test]
+    fn a_pod_names_its_controller() {
+        let mut pod: WatchedPod = serde_json::from_str(SEED_POD).expect("pod json");
+        assert_eq!(pod.controller(), None);
+        pod.metadata.owner_references = Some(
+            serde_json::from_value(serde_json::json!([
+                {"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "a"},
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-7d9", "uid": "b",
+                 "controller": true}
+            ]))
+            .expect("owners"),
+        );
+        assert_eq!(pod.controller().as_deref(), Some("ReplicaSet/web-7d9"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::index::tests::{FakePod, mk_pod};
 use super::metrics::MetricValues;
 use super::status::{MAX_STATUS_BYTES, Observed, profile_status};
 use super::testing::profile;
+use super::workloads::TemplateIndex;
 use crate::pss::level::labels as psa;
 use crate::pss::{Level, Mode};
 
@@ -184,7 +185,8 @@ proptest! {
             namespaces.iter().map(|n| (n.name.clone(), n.labels.clone())).collect();
         let drift = HashMap::new();
         let errors = BTreeMap::new();
-        let obs = Observed { plans: &plans, labels: &labels, index: &index, drift: &drift, apply_errors: &errors };
+        let templates = TemplateIndex::default();
+        let obs = Observed { plans: &plans, labels: &labels, index: &index, templates: &templates, drift: &drift, apply_errors: &errors };
         let metrics = MetricValues::of(&obs);
         let now = Time(Timestamp::from_second(1_000).expect("time"));
         for p in &profiles {

@@ -7,17 +7,20 @@ use std::collections::{BTreeMap, HashMap};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use super::crd::{
-    ModeStatus, NamespaceViolations, PendingNamespace, PodSecurityProfile,
-    PodSecurityProfileStatus, ProfileMode, SampleViolation,
+    ModeStatus, NamespaceViolations, OwnerViolations, PendingNamespace, PodSecurityProfile,
+    PodSecurityProfileStatus, ProfileMode, SampleViolation, WorkloadViolation,
 };
 use super::desired::{Labels, NamespacePlan, ProfileView};
 use super::index::{Evaluate, PodIndex, Tally};
+use super::workloads::TemplateIndex;
 use crate::pss::{CheckSet, Mode};
 
 pub const MAX_NAMESPACES: usize = 100;
 pub const MAX_SAMPLES: usize = 20;
 pub const MAX_PENDING: usize = 20;
 pub const MAX_PENDING_PODS: usize = 10;
+/// Workloads listed with the violating Pods they own, per mode.
+pub const MAX_OWNERS: usize = 20;
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 /// The compact JSON status is trimmed below this: the promise is 64 KiB, and the rest leaves room
 /// for pretty-printed output, the spec and metadata.
@@ -30,6 +33,8 @@ pub struct Observed<'a, P> {
     /// Namespace labels as observed.
     pub labels: &'a BTreeMap<String, Labels>,
     pub index: &'a PodIndex<P>,
+    /// The templates of the reported workloads.
+    pub templates: &'a TemplateIndex<P>,
     /// Drift corrections per profile since it was created.
     pub drift: &'a HashMap<String, i64>,
     /// Namespaces whose labels could not be applied, and why.
@@ -225,6 +230,7 @@ pub fn profile_status<P: Evaluate>(
         pending_namespaces: count(pending.len()),
         conflicted_namespaces: count(conflicted.len()),
         drift_corrections,
+        blocked_workloads: 0,
         pending: pending
             .iter()
             .take(MAX_PENDING)
@@ -243,10 +249,11 @@ pub fn profile_status<P: Evaluate>(
                 })
             })
             .collect(),
-        enforce: Some(mode_status(view, Mode::Enforce, &governed, obs.index)),
-        audit: Some(mode_status(view, Mode::Audit, &governed, obs.index)),
-        warn: Some(mode_status(view, Mode::Warn, &governed, obs.index)),
+        enforce: Some(mode_status(view, Mode::Enforce, &governed, obs)),
+        audit: Some(mode_status(view, Mode::Audit, &governed, obs)),
+        warn: Some(mode_status(view, Mode::Warn, &governed, obs)),
     };
+    status.blocked_workloads = status.enforce.as_ref().map_or(0, |e| e.violating_workloads);
     fit(&mut status);
     status
 }
@@ -287,8 +294,9 @@ fn mode_status<P: Evaluate>(
     view: &ProfileView,
     mode: Mode,
     governed: &[&NamespacePlan],
-    index: &PodIndex<P>,
+    obs: &Observed<'_, P>,
 ) -> ModeStatus {
+    let index = obs.index;
     let mut status = ModeStatus {
         level: view.level(mode).map(|lv| lv.to_string()),
         ..Default::default()
@@ -297,10 +305,16 @@ fn mode_status<P: Evaluate>(
     // (no privileged container, namespace, pod, checks): privileged containers first.
     let mut samples: Vec<(bool, &str, &str, CheckSet)> = Vec::new();
     let mut tally = Tally::default();
+    // Violating Pods per (namespace, controller): few distinct controllers, folded into the
+    // reported workload once at the end.
+    let mut by_controller: HashMap<(&str, &str), i32> = HashMap::new();
     for plan in governed {
         let before = tally.pods;
         for v in index.violators(&plan.name, mode) {
             tally.add(&v);
+            if let Some(owner) = v.owner {
+                *by_controller.entry((&plan.name, owner)).or_default() += 1;
+            }
             samples.push((v.privileged == 0, &plan.name, v.pod, v.checks));
         }
         let in_ns = tally.pods - before;
@@ -344,7 +358,87 @@ fn mode_status<P: Evaluate>(
             ),
         })
         .collect();
+    status.owners = owner_violations(by_controller, obs.templates);
+    workload_status(&mut status, mode, governed, obs.templates);
     status
+}
+
+/// Violating Pods per reported workload (controllers folded into their owner), most first.
+fn owner_violations<P>(
+    by_controller: HashMap<(&str, &str), i32>,
+    templates: &TemplateIndex<P>,
+) -> Vec<OwnerViolations> {
+    let mut by_owner: BTreeMap<(&str, String), i32> = BTreeMap::new();
+    for ((ns, controller), n) in by_controller {
+        *by_owner
+            .entry((ns, templates.owner_of(ns, controller)))
+            .or_default() += n;
+    }
+    let mut owners: Vec<OwnerViolations> = by_owner
+        .into_iter()
+        .map(|((ns, owner), n)| {
+            let (kind, name) = owner.split_once('/').unwrap_or(("", &owner));
+            OwnerViolations {
+                namespace: ns.to_owned(),
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+                violating_pods: n,
+            }
+        })
+        .collect();
+    // Most Pods first; the map's order (namespace, owner) breaks ties.
+    owners.sort_by_key(|o| std::cmp::Reverse(o.violating_pods));
+    owners.truncate(MAX_OWNERS);
+    owners
+}
+
+/// The workloads of the governed namespaces whose template violates the mode's level.
+fn workload_status<P: Evaluate>(
+    status: &mut ModeStatus,
+    mode: Mode,
+    governed: &[&NamespacePlan],
+    templates: &TemplateIndex<P>,
+) {
+    // (no privileged container, kind, namespace, name, checks): privileged containers first.
+    let mut samples = Vec::new();
+    for plan in governed {
+        for w in templates.violators(&plan.name, mode) {
+            status.violating_workloads += 1;
+            *status
+                .workloads_by_kind
+                .entry(w.kind.as_str().to_owned())
+                .or_default() += 1;
+            let v = w.violator;
+            samples.push((
+                v.privileged == 0,
+                w.kind,
+                plan.name.as_str(),
+                v.pod,
+                v.checks,
+            ));
+        }
+    }
+    if samples.len() > MAX_SAMPLES {
+        samples.select_nth_unstable(MAX_SAMPLES - 1);
+        samples.truncate(MAX_SAMPLES);
+    }
+    samples.sort_unstable();
+    status.workload_samples = samples
+        .into_iter()
+        .map(|(_, kind, ns, name, checks)| WorkloadViolation {
+            kind: kind.as_str().to_owned(),
+            namespace: ns.to_owned(),
+            name: name.to_owned(),
+            checks: checks.ids().map(str::to_owned).collect(),
+            message: truncate(
+                &templates.message(kind, ns, name, mode).unwrap_or_default(),
+                MAX_MESSAGE_BYTES,
+            ),
+            refused: templates
+                .refusal(kind, ns, name)
+                .map(|r| truncate(r, MAX_MESSAGE_BYTES)),
+        })
+        .collect();
 }
 
 /// Trims samples, then namespace breakdowns, then pending lists, from the end, until the
@@ -361,10 +455,20 @@ fn fit(status: &mut PodSecurityProfileStatus) {
         let mut modes: Vec<&mut ModeStatus> = modes.into_iter().flatten().collect();
         let saved = if let Some(m) = modes
             .iter_mut()
-            .filter(|m| !m.samples.is_empty())
-            .max_by_key(|m| m.samples.len())
+            .filter(|m| !m.samples.is_empty() || !m.workload_samples.is_empty())
+            .max_by_key(|m| m.samples.len().max(m.workload_samples.len()))
         {
-            m.samples.pop().map_or(0, |x| json_len(&x))
+            if m.samples.len() >= m.workload_samples.len() {
+                m.samples.pop().map_or(0, |x| json_len(&x))
+            } else {
+                m.workload_samples.pop().map_or(0, |x| json_len(&x))
+            }
+        } else if let Some(m) = modes
+            .iter_mut()
+            .filter(|m| !m.owners.is_empty())
+            .max_by_key(|m| m.owners.len())
+        {
+            m.owners.pop().map_or(0, |x| json_len(&x))
         } else if let Some(m) = modes
             .iter_mut()
             .filter(|m| !m.namespaces.is_empty())
@@ -421,6 +525,7 @@ mod tests {
     use crate::operator::index::tests::{FakePod, mk_pod};
     use crate::operator::metrics::MetricValues;
     use crate::operator::testing::profile;
+    use crate::operator::workloads::WorkloadKind;
     use crate::pss::Level;
     use k8s_openapi::jiff::Timestamp;
 
@@ -436,6 +541,7 @@ mod tests {
         profiles: Vec<PodSecurityProfile>,
         namespaces: Vec<NamespaceView>,
         index: PodIndex<FakePod>,
+        templates: TemplateIndex<FakePod>,
         drift: HashMap<String, i64>,
         errors: BTreeMap<String, String>,
     }
@@ -452,6 +558,7 @@ mod tests {
                     })
                     .collect(),
                 index: PodIndex::default(),
+                templates: TemplateIndex::default(),
                 drift: HashMap::new(),
                 errors: BTreeMap::new(),
             }
@@ -474,6 +581,7 @@ mod tests {
             );
             for p in plans.values() {
                 self.index.set_policy(&p.name, p.policy);
+                self.templates.set_policy(&p.name, p.policy);
             }
             if converge {
                 for ns in &mut self.namespaces {
@@ -491,6 +599,7 @@ mod tests {
                 plans: &plans,
                 labels: &labels,
                 index: &self.index,
+                templates: &self.templates,
                 drift: &self.drift,
                 apply_errors: &self.errors,
             };
@@ -572,6 +681,41 @@ mod tests {
             "latest".into()
         ]));
         assert!(metrics.unprotected.is_empty(), "kube-system is excluded");
+    }
+
+    #[test]
+    fn violating_pods_are_grouped_under_the_workload_that_owns_them() {
+        let mut w = World::new(vec![mk_profile("apps", "baseline")], &["app"]);
+        for i in 0..3 {
+            w.index.apply_owned(
+                "app",
+                &format!("web-7d9-{i}"),
+                mk_pod(Level::Privileged, 1),
+                Some("ReplicaSet/web-7d9"),
+            );
+        }
+        w.index.apply_owned(
+            "app",
+            "db-0",
+            mk_pod(Level::Privileged, 1),
+            Some("StatefulSet/db"),
+        );
+        w.index.apply("app", "bare", mk_pod(Level::Privileged, 1));
+        w.templates.fold(
+            WorkloadKind::ReplicaSet,
+            "app",
+            "web-7d9",
+            Some("web".into()),
+        );
+        let (s, _) = w.run(true);
+        let enforce = s[0].enforce.as_ref().expect("enforce");
+        assert_eq!(enforce.violating_pods, 5);
+        let owners: Vec<_> = enforce
+            .owners
+            .iter()
+            .map(|o| (o.kind.as_str(), o.name.as_str(), o.violating_pods))
+            .collect();
+        assert_eq!(owners, [("Deployment", "web", 3), ("StatefulSet", "db", 1)]);
     }
 
     #[test]

@@ -76,10 +76,7 @@ impl Evaluation {
         if self.allowed() {
             return String::new();
         }
-        format!(
-            "would {}",
-            self.denial_message().replacen("violates", "violate", 1)
-        )
+        warning_text(&self.denial_message())
     }
 
     /// The ids of the failed checks, in order.
@@ -91,6 +88,12 @@ impl Evaluation {
     pub fn failed_check_set(&self) -> CheckSet {
         self.failed_checks().collect()
     }
+}
+
+/// The API server's warning and audit text for a denial message: `violates PodSecurity ...`
+/// becomes `would violate PodSecurity ...`.
+pub fn warning_text(denial: &str) -> String {
+    format!("would {}", denial.replacen("violates", "violate", 1))
 }
 
 /// Evaluates a pod against a level at a version. `spec` should carry the API server's

@@ -53,6 +53,12 @@ const RESOURCES: &[(&str, &str, &str, &str)] = &[
     ("coordination.k8s.io", "leases", "", OPERATOR_NAMESPACE),
     ("coordination.k8s.io", "leases", "", "kube-system"),
     ("apps", "deployments", "", OPERATOR_NAMESPACE),
+    ("apps", "statefulsets", "", "default"),
+    ("apps", "daemonsets", "", "default"),
+    ("apps", "replicasets", "", "default"),
+    ("batch", "cronjobs", "", "default"),
+    ("batch", "jobs", "", "default"),
+    ("", "replicationcontrollers", "", "default"),
     ("rbac.authorization.k8s.io", "clusterroles", "", ""),
     (
         "rbac.authorization.k8s.io",
@@ -79,6 +85,14 @@ fn granted() -> BTreeSet<String> {
     };
     add("/namespaces", "*", &["list", "watch", "patch"]);
     add("/pods", "*", &["list", "watch"]);
+    add("/replicationcontrollers", "*", &["list", "watch"]);
+    add("/events", "*", &["list", "watch"]);
+    for workload in ["daemonsets", "deployments", "replicasets", "statefulsets"] {
+        add(&format!("apps/{workload}"), "*", &["list", "watch"]);
+    }
+    for workload in ["cronjobs", "jobs"] {
+        add(&format!("batch/{workload}"), "*", &["list", "watch"]);
+    }
     add(
         "pss-operator.io/podsecurityprofiles",
         "*",

@@ -8,3 +8,4 @@ mod rbac;
 mod reporting;
 mod support;
 mod validation;
+mod workloads;

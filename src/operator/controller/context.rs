@@ -24,6 +24,7 @@ use crate::operator::labels::LabelWrite;
 use crate::operator::ledger::Ledger;
 use crate::operator::metrics::Metrics;
 use crate::operator::pods::SlimPod;
+use crate::operator::workloads::TemplateIndex;
 
 /// The longest wait before retrying a failed write.
 pub(super) const MAX_RETRY: Duration = Duration::from_secs(30);
@@ -49,6 +50,9 @@ pub(super) struct Context {
     /// Pods) while passes plan beside it, and a task waiting for it must not hold up a thread
     /// the label writes need. Lock order: `index` before `shared`.
     pub index: tokio::sync::RwLock<PodIndex<SlimPod>>,
+    /// The templates of the reported workloads, beside the Pod index for the same reasons.
+    /// Lock order: `index`, then `templates`, then `shared`.
+    pub templates: tokio::sync::RwLock<TemplateIndex<SlimPod>>,
     pub shared: Mutex<Shared>,
     /// Wakes the pass loop.
     pub wake: tokio::sync::Notify,
@@ -91,6 +95,7 @@ impl Context {
             profiles,
             namespaces,
             index: Default::default(),
+            templates: Default::default(),
             shared: Mutex::new(Shared::default()),
             wake: tokio::sync::Notify::new(),
             writes,
@@ -140,6 +145,8 @@ pub(super) struct Shared {
     pub pods_synced: bool,
     pub profiles_synced: bool,
     pub namespaces_synced: bool,
+    /// Per workload kind (indexed like `WorkloadKind::ALL`).
+    pub workloads_synced: [bool; 7],
     pub ledger: Ledger,
     /// The resourceVersion and labels our last label write returned, per namespace, until the
     /// namespace store has caught up with it: until then the store is older than our write, and
@@ -160,6 +167,7 @@ impl Default for Shared {
             pods_synced: false,
             profiles_synced: false,
             namespaces_synced: false,
+            workloads_synced: [false; 7],
             ledger: Ledger::default(),
             unseen_writes: HashMap::new(),
             in_flight: HashMap::new(),
@@ -171,7 +179,10 @@ impl Default for Shared {
 
 impl Shared {
     pub fn synced(&self) -> bool {
-        self.pods_synced && self.profiles_synced && self.namespaces_synced
+        self.pods_synced
+            && self.profiles_synced
+            && self.namespaces_synced
+            && self.workloads_synced.iter().all(|s| *s)
     }
 }
 

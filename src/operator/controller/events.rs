@@ -8,12 +8,14 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::context::Context;
 use crate::operator::MANAGER;
 use crate::operator::desired::{LabelChange, NamespacePlan};
 use crate::operator::ledger::Announcement;
+use crate::operator::workloads::WorkloadKind;
+use crate::pss::Mode;
 
 /// Events posted at a time.
 const EVENTS_IN_FLIGHT: usize = 8;
@@ -61,12 +63,25 @@ pub(super) async fn post(
                 if fenced {
                     return;
                 }
-                if let Err(e) = recorder.publish(&event, &reference).await {
-                    warn!(error = %e, reason = %event.reason, "publishing event");
+                match recorder.publish(&event, &reference).await {
+                    Ok(()) => {}
+                    // The namespace is being deleted: nothing left to tell about it.
+                    Err(kube::Error::Api(s)) if namespace_terminating(&s) => {
+                        debug!(reason = %event.reason, "event dropped: its namespace is being deleted")
+                    }
+                    Err(e) => warn!(error = %e, reason = %event.reason, "publishing event"),
                 }
             }
         })
         .await;
+}
+
+/// Whether the API server refused a write because its namespace is being deleted.
+fn namespace_terminating(s: &kube::core::Status) -> bool {
+    s.details
+        .iter()
+        .flat_map(|d| &d.causes)
+        .any(|c| c.reason == "NamespaceTerminating")
 }
 
 pub(super) fn namespace_ref(ns: &str, uid: Option<String>) -> ObjectReference {
@@ -119,6 +134,58 @@ pub(super) async fn announce(ctx: &Context, plans: impl Iterator<Item = &Namespa
         };
         let reference = namespace_ref(&ns, ctx.namespace_uid(&ns));
         queue(ctx, &reference, type_, reason, note);
+    }
+}
+
+/// A Warning Event on each workload that became blocked since it was last announced: its Pod
+/// template violates the enforce level now in force in a re-planned namespace.
+pub(super) async fn announce_blocked(ctx: &Context, plans: impl Iterator<Item = &NamespacePlan>) {
+    let mut events = Vec::new();
+    {
+        let templates = ctx.templates.read().await;
+        let mut shared = ctx.shared();
+        for plan in plans.filter(|p| p.write && !p.governed_by.is_empty()) {
+            let blocked: Vec<(WorkloadKind, &str)> = templates
+                .violators(&plan.name, Mode::Enforce)
+                .map(|w| (w.kind, w.violator.pod))
+                .collect();
+            let keys = blocked.iter().map(|(k, n)| format!("{k}/{n}")).collect();
+            let new = shared.ledger.newly_blocked(&plan.name, keys);
+            for (kind, name) in blocked {
+                if !new.contains(&format!("{kind}/{name}")) {
+                    continue;
+                }
+                let message = templates
+                    .message(kind, &plan.name, name, Mode::Enforce)
+                    .unwrap_or_default();
+                let note = format!(
+                    "the Pod template breaks enforce={} of namespace {} (profile {}): the API server refuses its next Pod: {message}",
+                    plan.policy.enforce,
+                    plan.name,
+                    plan.primary().unwrap_or_default()
+                );
+                events.push((workload_ref(kind, &plan.name, name), note));
+            }
+        }
+    }
+    for (reference, note) in events {
+        queue(
+            ctx,
+            &reference,
+            EventType::Warning,
+            "PodSecurityBlocked",
+            note,
+        );
+    }
+}
+
+fn workload_ref(kind: WorkloadKind, ns: &str, name: &str) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(kind.api_version().into()),
+        kind: Some(kind.as_str().into()),
+        name: Some(name.into()),
+        namespace: Some(ns.into()),
+        ..Default::default()
     }
 }
 

@@ -1,6 +1,7 @@
 //! The I/O edge: the tasks that connect the pure core to the API server. Follow a label from a
 //! profile to the server and back:
-//! - [`watch`]: profiles and namespaces into their stores, Pods into the Pod index; each event
+//! - [`watch`]: profiles and namespaces into their stores, Pods into the Pod index, workload
+//!   templates into the template index; each event
 //!   marks the namespaces whose inputs changed and wakes the pass;
 //! - [`pass`]: re-plans those namespaces (all of them after a relist, a profile change, or every
 //!   minute) and queues the label writes that differ ([`crate::operator::labels`] decides them);
@@ -43,6 +44,10 @@ pub use context::Config;
 use crate::operator::crd::PodSecurityProfile;
 use crate::operator::error::{Error, Result};
 use crate::operator::metrics::Metrics;
+use crate::operator::workloads::{
+    WatchedCronJob, WatchedDaemonSet, WatchedDeployment, WatchedJob, WatchedReplicaSet,
+    WatchedReplicationController, WatchedStatefulSet,
+};
 use context::Context;
 
 /// Runs until a watch ends for good (it does not: watches retry with backoff) or the future is
@@ -85,6 +90,16 @@ pub async fn run(
         watch::pods(c).await;
         warn!("pod watch ended");
     });
+    tasks.spawn(watch::workloads::<WatchedCronJob>(ctx.clone()));
+    tasks.spawn(watch::workloads::<WatchedDaemonSet>(ctx.clone()));
+    tasks.spawn(watch::workloads::<WatchedDeployment>(ctx.clone()));
+    tasks.spawn(watch::workloads::<WatchedJob>(ctx.clone()));
+    tasks.spawn(watch::workloads::<WatchedReplicaSet>(ctx.clone()));
+    tasks.spawn(watch::workloads::<WatchedReplicationController>(
+        ctx.clone(),
+    ));
+    tasks.spawn(watch::workloads::<WatchedStatefulSet>(ctx.clone()));
+    tasks.spawn(watch::refusals(ctx.clone()));
     tasks.spawn(pass::pass_loop(ctx.clone()));
     tasks.spawn(reporter::report_loop(ctx.clone(), receivers.pictures));
     tasks.spawn(writer::label_writer(ctx.clone(), receivers.writes));

@@ -21,7 +21,8 @@ use crate::operator::desired::{Labels, NamespacePlan, NamespaceView, ProfileView
 use crate::operator::index::PodIndex;
 use crate::operator::labels::{Cluster, LabelWrite, owned_labels, plan_writes};
 use crate::operator::pods::SlimPod;
-use crate::pss::Policy;
+use crate::operator::workloads::TemplateIndex;
+use crate::pss::{LevelVersion, Policy};
 
 /// Coalesces bursts (a Deployment scaling, a relist) into one pass; short, as a pass re-plans only
 /// what changed.
@@ -148,6 +149,11 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache) -> usize {
     let started = Instant::now();
     let profiles = read_profiles(ctx, &cache.profiles);
     let index = ctx.index.read().await;
+    let templates = ctx.templates.read().await;
+    let inputs = Inputs {
+        index: &index,
+        templates: &templates,
+    };
     let (writes, replanned, policies) = {
         let _timer = ctx.metrics.timer("namespace");
         let mut shared = ctx.shared();
@@ -156,16 +162,18 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache) -> usize {
             shared.ledger.seed_drift(&p.name_any(), stored);
         }
         let dirty = take_dirty(ctx, &mut shared, cache, &profiles.keys);
-        let replanned = replan(ctx, &mut shared, cache, &profiles, &index, dirty);
+        let replanned = replan(ctx, &mut shared, cache, &profiles, &inputs, dirty);
         let policies = changed_policies(cache, replanned.as_ref(), &index);
         let writes = label_writes(ctx, &mut shared, cache, &profiles.all, replanned.as_ref());
         (writes, replanned, policies)
     };
+    drop(templates);
     drop(index);
     set_policies(ctx, cache, policies, replanned.is_none()).await;
     let planned = started.elapsed();
 
     events::announce(ctx, cache.replanned(replanned.as_ref())).await;
+    events::announce_blocked(ctx, cache.replanned(replanned.as_ref())).await;
     if !writes.is_empty() {
         debug!(
             writes = writes.len(),
@@ -264,7 +272,7 @@ fn replan(
     shared: &mut Shared,
     cache: &mut PlanCache,
     profiles: &Profiles,
-    index: &PodIndex<SlimPod>,
+    inputs: &Inputs<'_>,
     dirty: Dirty,
 ) -> Option<HashSet<String>> {
     match dirty {
@@ -273,7 +281,7 @@ fn replan(
             cache.profiles = profiles.keys.clone();
             cache.clear();
             for n in ctx.namespaces.state() {
-                replan_one(ctx, shared, cache, &profiles.valid, index, &n);
+                replan_one(ctx, shared, cache, &profiles.valid, inputs, &n);
             }
             let plans = &cache.plans;
             shared.ledger.retain(|ns| plans.contains_key(ns));
@@ -283,7 +291,7 @@ fn replan(
             let mut gone = HashSet::new();
             for ns in &names {
                 match ctx.stored_namespace(ns) {
-                    Some(n) => replan_one(ctx, shared, cache, &profiles.valid, index, &n),
+                    Some(n) => replan_one(ctx, shared, cache, &profiles.valid, inputs, &n),
                     None => {
                         cache.forget(ns);
                         gone.insert(ns.as_str());
@@ -298,13 +306,32 @@ fn replan(
     }
 }
 
+/// What plans read besides the namespaces and profiles: the running Pods and the workload
+/// templates.
+struct Inputs<'a> {
+    index: &'a PodIndex<SlimPod>,
+    templates: &'a TemplateIndex<SlimPod>,
+}
+
+impl Inputs<'_> {
+    /// What would be refused at `level` in `ns`: running Pods (by name) and workload templates
+    /// (`Kind/name`), sorted. A `WhenCompliant` rollout waits for both: a template that violates
+    /// the target breaks its workload's next rollout, scale-up or CronJob run.
+    fn blocking(&self, ns: &str, level: LevelVersion) -> Vec<String> {
+        let mut blocking = self.index.blocking(ns, level);
+        blocking.extend(self.templates.blocking(ns, level));
+        blocking.sort_unstable();
+        blocking
+    }
+}
+
 /// Plans one namespace from the store's object (or our write the store has not shown yet).
 fn replan_one(
     ctx: &Context,
     shared: &Shared,
     cache: &mut PlanCache,
     profiles: &[ProfileView],
-    index: &PodIndex<SlimPod>,
+    inputs: &Inputs<'_>,
     n: &PartialObjectMeta<Namespace>,
 ) {
     let name = n.name_any();
@@ -314,7 +341,7 @@ fn replan_one(
     };
     let view = NamespaceView { name, labels };
     let plan = plan_namespace(profiles, &view, &ctx.config.exclusions, &|ns, lv| {
-        index.blocking(ns, lv)
+        inputs.blocking(ns, lv)
     });
     cache
         .owned
@@ -346,11 +373,14 @@ async fn set_policies(
         return;
     }
     let mut index = ctx.index.write().await;
+    let mut templates = ctx.templates.write().await;
     for (ns, policy) in policies {
         index.set_policy(&ns, policy);
+        templates.set_policy(&ns, policy);
     }
     if all {
         index.retain_policies(|ns| cache.plans.contains_key(ns));
+        templates.retain_policies(|ns| cache.plans.contains_key(ns));
     }
 }
 

@@ -114,10 +114,12 @@ async fn compute(
     let (ctx, r, now) = (ctx.clone(), picture.clone(), now.clone());
     let computed = tokio::task::spawn_blocking(move || {
         let index = ctx.index.blocking_read();
+        let templates = ctx.templates.blocking_read();
         let obs = Observed {
             plans: &r.plans,
             labels: &r.observed,
             index: &index,
+            templates: &templates,
             drift: &drift,
             apply_errors: &apply_errors,
         };

@@ -1,10 +1,11 @@
-//! The watches: profiles and namespaces into their stores, Pods into the Pod index. Each marks
+//! The watches: profiles and namespaces into their stores, Pods into the Pod index, workloads'
+//! templates into the template index. Each marks
 //! the namespaces whose inputs changed (see [`Dirty`]) and wakes the pass.
 
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace};
 use kube::api::{Api, PartialObjectMeta};
 use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt;
@@ -15,9 +16,11 @@ use tracing::{info, warn};
 
 use super::context::{Context, Dirty, Shared};
 use crate::operator::crd::PodSecurityProfile;
+use crate::operator::error::Error;
 use crate::operator::index::Interner;
 use crate::operator::labels::is_our_apply;
 use crate::operator::pods::WatchedPod;
+use crate::operator::workloads::{Reported, WatchedWorkload, WorkloadKind, reported};
 
 /// Feeds the profile store. A profile change re-plans every namespace; the pass finds it by
 /// comparing the profiles (their status updates, our own writes, change nothing it plans from).
@@ -136,10 +139,11 @@ async fn feed_pods(
                 let Some(pod) = readable(guard) else {
                     continue;
                 };
+                let owner = pod.controller();
                 if pod.is_running()
                     && let Some((ns, name, slim)) = pod.into_slim()
                 {
-                    initial.push((ns, name, interner.intern(slim)));
+                    initial.push((ns, name, interner.intern(slim), owner));
                 }
             }
             Ok(watcher::Event::InitDone) => {
@@ -147,7 +151,10 @@ async fn feed_pods(
                 // The index's own table takes the projections over.
                 interner = Default::default();
                 let started = std::time::Instant::now();
-                ctx.index.write().await.reset(std::mem::take(&mut initial));
+                ctx.index
+                    .write()
+                    .await
+                    .reset_owned(std::mem::take(&mut initial));
                 info!(
                     running = listed,
                     index_ms = started.elapsed().as_millis() as u64,
@@ -168,13 +175,14 @@ async fn feed_pods(
                     continue;
                 };
                 let running = pod.is_running();
+                let owner = pod.controller();
                 let Some((ns, name, slim)) = pod.into_slim() else {
                     continue;
                 };
                 let changed = {
                     let mut index = ctx.index.write().await;
                     if running {
-                        index.apply(&ns, &name, slim)
+                        index.apply_owned(&ns, &name, slim, owner.as_deref())
                     } else {
                         index.delete(&ns, &name)
                     }
@@ -213,6 +221,177 @@ fn readable(guard: DeserializeGuard<WatchedPod>) -> Option<WatchedPod> {
                 error = %invalid.error,
                 "pod skipped: cannot read its spec"
             );
+            None
+        }
+    }
+}
+
+/// Feeds the template index with the reported workloads of one kind (see
+/// [`crate::operator::workloads::reported`]); the initial list replaces that kind's entries.
+pub(super) async fn workloads<W>(ctx: Arc<Context>)
+where
+    W: WatchedWorkload + serde::de::DeserializeOwned + 'static,
+{
+    let kind = W::KIND;
+    let events = watcher(
+        Api::<DeserializeGuard<W>>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff();
+    let mut initial = Vec::new();
+    let mut folded = Vec::new();
+    let mut events = std::pin::pin!(events);
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => {
+                initial.clear();
+                folded.clear();
+            }
+            Ok(watcher::Event::InitApply(guard)) => match template(&ctx, kind, guard) {
+                Some(Reported::Template(ns, name, slim)) => initial.push((ns, name, slim)),
+                Some(Reported::Folded(ns, name, controller)) => folded.push((ns, name, controller)),
+                _ => {}
+            },
+            Ok(watcher::Event::InitDone) => {
+                let listed = initial.len();
+                {
+                    let mut templates = ctx.templates.write().await;
+                    templates.kind_mut(kind).reset(std::mem::take(&mut initial));
+                    templates.reset_folded(kind, std::mem::take(&mut folded));
+                }
+                info!(reported = listed, "list of {kind}s complete");
+                let mut shared = ctx.shared();
+                shared.workloads_synced[kind.index()] = true;
+                shared.dirty = Dirty::All;
+                drop(shared);
+                ctx.wake.notify_one();
+            }
+            Ok(watcher::Event::Apply(guard)) => {
+                let (ns, name) = (guard.namespace(), guard.meta().name.clone());
+                let reported = template(&ctx, kind, guard);
+                let (Some(ns), Some(name)) = (ns, name) else {
+                    continue;
+                };
+                let changed = {
+                    let mut templates = ctx.templates.write().await;
+                    // Most workload events are status updates that change neither.
+                    match reported {
+                        Some(Reported::Template(_, _, slim)) => {
+                            let unfolded = templates.fold(kind, &ns, &name, None);
+                            templates.kind_mut(kind).apply(&ns, &name, slim) | unfolded
+                        }
+                        // Folded into its owner (now), or unreadable: not reported itself.
+                        Some(Reported::Folded(_, _, controller)) => {
+                            let folded = templates.fold(kind, &ns, &name, Some(controller));
+                            templates.kind_mut(kind).delete(&ns, &name) | folded
+                        }
+                        _ => {
+                            let unfolded = templates.fold(kind, &ns, &name, None);
+                            templates.kind_mut(kind).delete(&ns, &name) | unfolded
+                        }
+                    }
+                };
+                if changed {
+                    ctx.mark_dirty(&ns);
+                }
+            }
+            Ok(watcher::Event::Delete(guard)) => {
+                if let (Some(ns), Some(name)) = (guard.namespace(), guard.meta().name.clone()) {
+                    let mut templates = ctx.templates.write().await;
+                    templates.fold(kind, &ns, &name, None);
+                    let gone = templates.kind_mut(kind).delete(&ns, &name);
+                    drop(templates);
+                    if gone {
+                        ctx.mark_dirty(&ns);
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "watching {kind}s"),
+        }
+    }
+}
+
+/// Feeds the refusals the cluster shows: `FailedCreate` Events whose message is a PodSecurity
+/// denial (a controller's Pod refused). Not waited for by the first pass: they only add the API
+/// server's own words to workloads already found blocked by their template.
+pub(super) async fn refusals(ctx: Arc<Context>) {
+    let events = watcher(
+        Api::<CoreEvent>::all(ctx.client.clone()),
+        watcher::Config::default().fields("reason=FailedCreate"),
+    )
+    .default_backoff();
+    let mut initial = Vec::new();
+    let mut events = std::pin::pin!(events);
+    while let Some(ev) = events.next().await {
+        match ev {
+            Ok(watcher::Event::Init) => initial.clear(),
+            Ok(watcher::Event::InitApply(e)) => initial.extend(refusal(&e)),
+            Ok(watcher::Event::InitDone) => {
+                ctx.templates
+                    .write()
+                    .await
+                    .reset_refusals(std::mem::take(&mut initial));
+                let mut shared = ctx.shared();
+                shared.dirty = Dirty::All;
+                drop(shared);
+                ctx.wake.notify_one();
+            }
+            Ok(watcher::Event::Apply(e)) => {
+                if let Some((ns, object, message)) = refusal(&e) {
+                    ctx.templates
+                        .write()
+                        .await
+                        .set_refusal(&ns, &object, Some(message));
+                    ctx.mark_dirty(&ns);
+                }
+            }
+            Ok(watcher::Event::Delete(e)) => {
+                if let Some((ns, object, _)) = refusal(&e) {
+                    ctx.templates.write().await.set_refusal(&ns, &object, None);
+                    ctx.mark_dirty(&ns);
+                }
+            }
+            Err(e) => warn!(error = %e, "watching FailedCreate events"),
+        }
+    }
+}
+
+/// (namespace, `Kind/name` of the object whose Pod was refused, the API server's message) of a
+/// `FailedCreate` Event that is a PodSecurity denial.
+fn refusal(e: &CoreEvent) -> Option<(String, String, String)> {
+    let message = e.message.as_deref()?;
+    if !message.contains("violates PodSecurity") {
+        return None;
+    }
+    let o = &e.involved_object;
+    Some((
+        o.namespace.clone()?,
+        format!("{}/{}", o.kind.as_deref()?, o.name.as_deref()?),
+        message.to_owned(),
+    ))
+}
+
+/// What a watched workload reports, or `None` (logged and counted) when it does not
+/// deserialize into the slim model.
+fn template<W: WatchedWorkload>(
+    ctx: &Context,
+    kind: WorkloadKind,
+    guard: DeserializeGuard<W>,
+) -> Option<Reported> {
+    match guard.0 {
+        Ok(w) => {
+            let (meta, spec) = w.into_parts();
+            Some(reported(kind, meta, spec))
+        }
+        Err(invalid) => {
+            let error = Error::Unreadable {
+                kind: kind.as_str(),
+                namespace: invalid.metadata.namespace.unwrap_or_default(),
+                name: invalid.metadata.name.unwrap_or_default(),
+                reason: invalid.error,
+            };
+            warn!(error = %error, "workload skipped");
+            ctx.metrics.error("workload", &error);
             None
         }
     }

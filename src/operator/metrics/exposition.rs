@@ -20,7 +20,12 @@ pub(super) struct Family {
 }
 
 /// The gauge families, sorted by name as the exposition lists families.
-pub(super) const FAMILIES: [Family; 7] = [
+pub(super) const FAMILIES: [Family; 9] = [
+    Family {
+        name: "pss_blocked_workloads",
+        help: "Workloads whose Pod template violates the enforce level in force: their next Pod is refused",
+        labels: &["kind", "namespace", "profile"],
+    },
     Family {
         name: "pss_namespace_conflict",
         help: "1 for a namespace selected by profiles of equal top priority",
@@ -56,6 +61,11 @@ pub(super) const FAMILIES: [Family; 7] = [
         help: "Running Pods that violate the level of a mode in their namespace",
         labels: &["mode", "namespace", "profile"],
     },
+    Family {
+        name: "pss_violating_workloads",
+        help: "Workloads whose Pod template violates the level of a mode in their namespace",
+        labels: &["kind", "mode", "namespace", "profile"],
+    },
 ];
 
 /// The gauge series of one pass, compact and ready to write: label values are interned, and
@@ -68,8 +78,8 @@ pub(super) struct Gauges {
     strings: String,
     ends: Vec<u32>,
     /// Per family of [`FAMILIES`]: `labels.len()` value ids per series, in label name order.
-    ids: [Vec<u32>; 7],
-    values: [Vec<i32>; 7],
+    ids: [Vec<u32>; FAMILIES.len()],
+    values: [Vec<i32>; FAMILIES.len()],
     /// Length of the text exposition of these families, for the capacity of a render.
     pub text_len: usize,
 }
@@ -104,6 +114,11 @@ impl Gauges {
     pub fn new(v: &MetricValues) -> Gauges {
         let mut interner = LabelValueIds::default();
         // Each family's label values in the order of its (sorted) label names.
+        let blocked = interner.series(
+            v.blocked_workloads
+                .iter()
+                .map(|([ns, profile, kind], n)| ([kind, ns, profile].map(String::as_str), *n)),
+        );
         let conflict = interner.series(v.conflicted.iter().map(|ns| ([ns.as_str()], 1)));
         let level = interner.series(v.namespace_level.iter().map(
             |[ns, profile, mode, level, version]| {
@@ -129,6 +144,9 @@ impl Gauges {
                 .iter()
                 .map(|([ns, profile, mode], n)| ([mode, ns, profile].map(String::as_str), *n)),
         );
+        let violating_workloads = interner.series(v.violating_workloads.iter().map(
+            |([ns, profile, mode, kind], n)| ([kind, mode, ns, profile].map(String::as_str), *n),
+        ));
 
         let mut order: Vec<u32> = (0..interner.strings.len())
             .map(|i| u32::try_from(i).expect("fewer than 2^32 label values"))
@@ -147,13 +165,15 @@ impl Gauges {
             g.ends
                 .push(u32::try_from(g.strings.len()).expect("label values under 4 GiB"));
         }
-        g.set(0, conflict, &rank);
-        g.set(1, level, &rank);
-        g.set(2, violations, &rank);
-        g.set(3, privileged, &rank);
-        g.set(4, pending, &rank);
-        g.set(5, unprotected, &rank);
-        g.set(6, violating, &rank);
+        g.set(0, blocked, &rank);
+        g.set(1, conflict, &rank);
+        g.set(2, level, &rank);
+        g.set(3, violations, &rank);
+        g.set(4, privileged, &rank);
+        g.set(5, pending, &rank);
+        g.set(6, unprotected, &rank);
+        g.set(7, violating, &rank);
+        g.set(8, violating_workloads, &rank);
         g
     }
 

@@ -189,6 +189,16 @@ mod tests {
             unprotected: vec![],
             conflicted: vec![ns.into()],
             rollout_pending: vec![([ns.into(), "apps".into()], 1)],
+            violating_workloads: vec![(
+                [
+                    ns.into(),
+                    "apps".into(),
+                    "enforce".into(),
+                    "Deployment".into(),
+                ],
+                1,
+            )],
+            blocked_workloads: vec![([ns.into(), "apps".into(), "Deployment".into()], 1)],
         }
     }
 
@@ -209,48 +219,48 @@ mod tests {
             let labels: Vec<&str> = labels.iter().map(|l| l.as_str()).collect();
             g.with_label_values(&labels).set(i64::from(value));
         };
-        let conflict = gauge(0);
+        // A family whose gauge had its labels in another order than the sorted one.
+        let unsorted = |f: usize, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(FAMILIES[f].name, FAMILIES[f].help), labels)
+                .expect("gauge");
+            r.register(Box::new(g.clone())).expect("register");
+            g
+        };
+        let blocked = unsorted(0, &["namespace", "profile", "kind"]);
+        for (l, n) in &v.blocked_workloads {
+            set(&blocked, &l.iter().collect::<Vec<_>>(), *n);
+        }
+        let conflict = gauge(1);
         for ns in &v.conflicted {
             set(&conflict, &[ns], 1);
         }
-        let level = IntGaugeVec::new(
-            Opts::new(FAMILIES[1].name, FAMILIES[1].help),
-            &["namespace", "profile", "mode", "level", "version"],
-        )
-        .expect("gauge");
-        r.register(Box::new(level.clone())).expect("register");
+        let level = unsorted(2, &["namespace", "profile", "mode", "level", "version"]);
         for l in &v.namespace_level {
             set(&level, &l.iter().collect::<Vec<_>>(), 1);
         }
-        let violations = IntGaugeVec::new(
-            Opts::new(FAMILIES[2].name, FAMILIES[2].help),
-            &["namespace", "profile", "mode", "check"],
-        )
-        .expect("gauge");
-        r.register(Box::new(violations.clone())).expect("register");
+        let violations = unsorted(3, &["namespace", "profile", "mode", "check"]);
         for (l, n) in &v.pod_violations {
             set(&violations, &l.iter().collect::<Vec<_>>(), *n);
         }
-        let privileged = gauge(3);
+        let privileged = gauge(4);
         for (ns, n) in &v.privileged_containers {
             set(&privileged, &[ns], *n);
         }
-        let pending = gauge(4);
+        let pending = gauge(5);
         for (l, n) in &v.rollout_pending {
             set(&pending, &l.iter().collect::<Vec<_>>(), *n);
         }
-        let unprotected = gauge(5);
+        let unprotected = gauge(6);
         for ns in &v.unprotected {
             set(&unprotected, &[ns], 1);
         }
-        let violating = IntGaugeVec::new(
-            Opts::new(FAMILIES[6].name, FAMILIES[6].help),
-            &["namespace", "profile", "mode"],
-        )
-        .expect("gauge");
-        r.register(Box::new(violating.clone())).expect("register");
+        let violating = unsorted(7, &["namespace", "profile", "mode"]);
         for (l, n) in &v.violating_pods {
             set(&violating, &l.iter().collect::<Vec<_>>(), *n);
+        }
+        let workloads = unsorted(8, &["namespace", "profile", "mode", "kind"]);
+        for (l, n) in &v.violating_workloads {
+            set(&workloads, &l.iter().collect::<Vec<_>>(), *n);
         }
         let mut families = r.gather();
         families.extend(m.registry.gather());
@@ -299,6 +309,15 @@ mod tests {
                     v.pod_violations
                         .push(([ns.clone(), profile.clone(), mode.into(), check.into()], -n));
                 }
+                let kind = ["Deployment", "CronJob", ODD[(i + 3) % ODD.len()]][i % 3];
+                v.violating_workloads.push((
+                    [ns.clone(), profile.clone(), mode.into(), kind.into()],
+                    n + 1,
+                ));
+                if mode == "enforce" {
+                    v.blocked_workloads
+                        .push(([ns.clone(), profile.clone(), kind.into()], n + 1));
+                }
             }
         }
         // The same labels twice: the last value counts.
@@ -326,6 +345,11 @@ mod tests {
             conflicted: vec![],
             pod_violations: vec![],
             rollout_pending: vec![],
+            ..varied()
+        });
+        cases.push(MetricValues {
+            blocked_workloads: vec![],
+            violating_pods: vec![],
             ..varied()
         });
         for v in &cases {
@@ -363,6 +387,8 @@ mod tests {
             r#"pss_privileged_containers{namespace="app"} 3"#,
             r#"pss_namespace_conflict{namespace="app"} 1"#,
             r#"pss_rollout_pending{namespace="app",profile="apps"} 1"#,
+            r#"pss_blocked_workloads{kind="Deployment",namespace="app",profile="apps"} 1"#,
+            r#"pss_violating_workloads{kind="Deployment",mode="enforce",namespace="app",profile="apps"} 1"#,
             r#"pss_label_drift_total{label="pod-security.kubernetes.io/enforce",namespace="app",profile="apps"} 1"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
@@ -386,6 +412,10 @@ mod tests {
         both.unprotected.push("other".into());
         both.conflicted.extend(other.conflicted.clone());
         both.rollout_pending.extend(other.rollout_pending.clone());
+        both.violating_workloads
+            .extend(other.violating_workloads.clone());
+        both.blocked_workloads
+            .extend(other.blocked_workloads.clone());
         m.publish(&both, |_, _| true);
         let text = m.render();
         assert_eq!(text, with_prometheus_gauges(&m, &both));
@@ -446,7 +476,9 @@ mod tests {
             prop::collection::vec((label(), n.clone()), 0..6),
             prop::collection::vec(label(), 0..3),
             prop::collection::vec(label(), 0..3),
-            prop::collection::vec((prop::array::uniform2(label()), n), 0..3),
+            prop::collection::vec((prop::array::uniform2(label()), n.clone()), 0..3),
+            prop::collection::vec((prop::array::uniform4(label()), n.clone()), 0..4),
+            prop::collection::vec((prop::array::uniform3(label()), n), 0..4),
         )
             .prop_map(
                 |(
@@ -457,6 +489,8 @@ mod tests {
                     unprotected,
                     conflicted,
                     rollout_pending,
+                    violating_workloads,
+                    blocked_workloads,
                 )| MetricValues {
                     namespace_level,
                     violating_pods,
@@ -465,6 +499,8 @@ mod tests {
                     unprotected,
                     conflicted,
                     rollout_pending,
+                    violating_workloads,
+                    blocked_workloads,
                 },
             )
     }

@@ -3,6 +3,7 @@
 
 use crate::operator::index::Evaluate;
 use crate::operator::status::{Observed, count};
+use crate::operator::workloads::WorkloadKind;
 use crate::pss::{Mode, Version};
 
 /// Metric values of one pass; the exporter replaces every gauge with these, so series of deleted
@@ -22,6 +23,12 @@ pub struct MetricValues {
     pub conflicted: Vec<String>,
     /// (namespace, profile) → blocking Pods.
     pub rollout_pending: Vec<([String; 2], i32)>,
+    /// (namespace, profile, mode, kind) → workloads whose template violates the mode's level,
+    /// when not zero.
+    pub violating_workloads: Vec<([String; 4], i32)>,
+    /// (namespace, profile, kind) → workloads whose template violates the enforce level, when
+    /// not zero.
+    pub blocked_workloads: Vec<([String; 3], i32)>,
 }
 
 impl MetricValues {
@@ -65,6 +72,20 @@ impl MetricValues {
                 if tally.pods > 0 || !plan.governed_by.is_empty() {
                     m.violating_pods
                         .push(([ns.clone(), profile.clone(), mode.to_string()], tally.pods));
+                }
+                for (kind, t) in WorkloadKind::ALL.iter().zip(obs.templates.tally(ns, mode)) {
+                    if t.pods == 0 {
+                        continue;
+                    }
+                    let kind = kind.as_str().to_owned();
+                    if mode == Mode::Enforce {
+                        m.blocked_workloads
+                            .push(([ns.clone(), profile.clone(), kind.clone()], t.pods));
+                    }
+                    m.violating_workloads.push((
+                        [ns.clone(), profile.clone(), mode.to_string(), kind],
+                        t.pods,
+                    ));
                 }
                 for (check, n) in tally.by_check {
                     m.pod_violations.push((
