@@ -299,6 +299,9 @@ pub struct WorkloadViolation {
     pub kind: String,
     pub namespace: String,
     pub name: String,
+    /// Desired replicas, for the kinds that have them (0: it breaks at the next scale-up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
     pub checks: Vec<String>,
     /// What kube-apiserver warns when the workload is applied (`would violate PodSecurity ...`).
     pub message: String,

@@ -166,8 +166,8 @@ impl WatchedWorkload for WatchedCronJob {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, PartialEq)]
 pub enum Reported {
-    /// (namespace, name, template projection).
-    Template(String, String, SlimPod),
+    /// (namespace, name, template projection, replicas where the kind has them).
+    Template(String, String, SlimPod, Option<i32>),
     /// (namespace, name, controller name): controlled by a workload whose own template is
     /// evaluated (a Deployment's ReplicaSet, a CronJob's Job), not reported itself.
     Folded(String, String, String),
@@ -192,7 +192,12 @@ pub fn reported(kind: WorkloadKind, meta: ObjectMeta, spec: TemplateSpec) -> Rep
     let (Some(ns), Some(name), Some(template)) = (meta.namespace, meta.name, spec.template) else {
         return Reported::Nothing;
     };
-    Reported::Template(ns, name, SlimPod::new(template.metadata, template.spec))
+    Reported::Template(
+        ns,
+        name,
+        SlimPod::new(template.metadata, template.spec),
+        spec.replicas,
+    )
 }
 
 /// The templates of the reported workloads, one Pod index per kind (a relist of one kind
@@ -205,6 +210,8 @@ pub struct TemplateIndex<P> {
     /// Pods the cluster refused by PodSecurity (`FailedCreate` Events), per (namespace,
     /// `Kind/name` of the object that tried): the API server's message.
     refusals: HashMap<(String, String), String>,
+    /// Per kind, the replicas of the reported workloads that have them: (namespace, name).
+    replicas: [HashMap<(String, String), i32>; 7],
 }
 
 impl<P> Default for TemplateIndex<P> {
@@ -213,6 +220,7 @@ impl<P> Default for TemplateIndex<P> {
             kinds: Default::default(),
             folded: Default::default(),
             refusals: HashMap::new(),
+            replicas: Default::default(),
         }
     }
 }
@@ -286,6 +294,35 @@ impl<P> TemplateIndex<P> {
                 Some(format!("{into}/{c}"))
             })
             .unwrap_or_else(|| controller.to_owned())
+    }
+
+    /// Books a reported workload's replicas (`None`: the kind has none, or it is gone).
+    pub fn set_replicas(
+        &mut self,
+        kind: WorkloadKind,
+        ns: &str,
+        name: &str,
+        replicas: Option<i32>,
+    ) {
+        let key = (ns.to_owned(), name.to_owned());
+        match replicas {
+            Some(r) => self.replicas[kind.index()].insert(key, r),
+            None => self.replicas[kind.index()].remove(&key),
+        };
+    }
+
+    /// Replaces the replicas of `kind` (after a relist): (namespace, name, replicas).
+    pub fn reset_replicas(&mut self, kind: WorkloadKind, replicas: Vec<(String, String, i32)>) {
+        self.replicas[kind.index()] = replicas
+            .into_iter()
+            .map(|(ns, name, r)| ((ns, name), r))
+            .collect();
+    }
+
+    pub fn replicas(&self, kind: WorkloadKind, ns: &str, name: &str) -> Option<i32> {
+        self.replicas[kind.index()]
+            .get(&(ns.to_owned(), name.to_owned()))
+            .copied()
     }
 
     /// Books (`Some`) or forgets a refusal of a Pod of `object` (`Kind/name`) in `ns`.
@@ -411,10 +448,12 @@ mod tests {
     fn the_seed_deployment_is_blocked_with_the_api_servers_warning() {
         let d: WatchedDeployment = serde_json::from_str(SEED_DEPLOYMENT).expect("deployment");
         let (meta, spec) = d.into_parts();
-        let Reported::Template(ns, name, slim) = reported(WorkloadKind::Deployment, meta, spec)
+        let Reported::Template(ns, name, slim, replicas) =
+            reported(WorkloadKind::Deployment, meta, spec)
         else {
             panic!("a reported template")
         };
+        assert_eq!(replicas, Some(2));
         let mut index: TemplateIndex<SlimPod> = TemplateIndex::default();
         index.set_policy(&ns, baseline_enforced());
         index
@@ -540,6 +579,43 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_template_is_an_error_for_that_workload_only_and_a_huge_one_is_read() {
+        use kube::core::DeserializeGuard;
+        let bad: DeserializeGuard<WatchedDeployment> = serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "bad", "namespace": "app"},
+            "spec": {"template": {"spec": {"containers": [
+                {"name": "c", "securityContext": {"privileged": "yes-please"}}]}}}
+        }))
+        .expect("the guard itself deserializes");
+        let invalid = bad.0.expect_err("a wrong type is an error");
+        assert_eq!(invalid.metadata.name.as_deref(), Some("bad"));
+        assert!(invalid.error.contains("yes-please"), "{}", invalid.error);
+        // A CronJob with 300 containers and a 100 KiB annotation: read, evaluated.
+        let containers: Vec<_> = (0..300)
+            .map(|i| {
+                json!({"name": format!("c{i}"), "image": "busybox",
+                            "securityContext": {"privileged": i == 299}})
+            })
+            .collect();
+        let huge: DeserializeGuard<WatchedCronJob> = serde_json::from_value(json!({
+            "apiVersion": "batch/v1", "kind": "CronJob",
+            "metadata": {"name": "huge", "namespace": "app",
+                         "annotations": {"note": "x".repeat(100 * 1024)}},
+            "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {
+                "spec": {"restartPolicy": "Never", "containers": containers}}}}}
+        }))
+        .expect("guard");
+        let (meta, spec) = huge.0.expect("readable").into_parts();
+        let Reported::Template(_, _, slim, _) = reported(WorkloadKind::CronJob, meta, spec) else {
+            panic!("reported")
+        };
+        let v = slim.evaluate(LevelVersion::new(Level::Baseline, Version::Latest));
+        assert_eq!(v.checks.ids().collect::<Vec<_>>(), ["privileged"]);
+        assert!(v.message.contains(r#"container "c299""#), "{}", v.message);
+    }
+
+    #[test]
     fn a_cron_job_is_evaluated_through_its_job_template() {
         let c: WatchedCronJob = serde_json::from_value(json!({
             "apiVersion": "batch/v1", "kind": "CronJob",
@@ -550,7 +626,8 @@ mod tests {
         }))
         .expect("cronjob");
         let (meta, spec) = c.into_parts();
-        let Reported::Template(_, name, slim) = reported(WorkloadKind::CronJob, meta, spec) else {
+        let Reported::Template(_, name, slim, _) = reported(WorkloadKind::CronJob, meta, spec)
+        else {
             panic!("reported")
         };
         assert_eq!(name, "nightly");

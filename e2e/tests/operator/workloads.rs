@@ -83,6 +83,7 @@ async fn the_seed_deployment_applied_after_enforcement_is_blocked_with_the_api_s
             ("Deployment", ns.as_str(), "nginx")
         );
         assert_eq!(sample.checks, ["privileged"]);
+        assert_eq!(sample.replicas, Some(2));
         assert_eq!(sample.message, warning, "status vs kube-apiserver's warning");
         // Its ReplicaSet is folded into it: one workload, not two.
         assert_eq!(enforce.violating_workloads, 1);
@@ -230,6 +231,13 @@ async fn every_workload_kind_is_reported_once_even_scaled_to_zero() -> Result<()
                     .starts_with(r#"would violate PodSecurity "baseline:latest": privileged"#),
                 "{s:?}"
             );
+            // Scaled to 0 where the kind has replicas: blocked all the same.
+            let want = matches!(
+                s.kind.as_str(),
+                "Deployment" | "ReplicaSet" | "StatefulSet" | "ReplicationController"
+            )
+            .then_some(0);
+            assert_eq!(s.replicas, want, "{s:?}");
         }
         Ok(())
     })

@@ -240,15 +240,22 @@ where
     .default_backoff();
     let mut initial = Vec::new();
     let mut folded = Vec::new();
+    let mut replicas = Vec::new();
     let mut events = std::pin::pin!(events);
     while let Some(ev) = events.next().await {
         match ev {
             Ok(watcher::Event::Init) => {
                 initial.clear();
                 folded.clear();
+                replicas.clear();
             }
             Ok(watcher::Event::InitApply(guard)) => match template(&ctx, kind, guard) {
-                Some(Reported::Template(ns, name, slim)) => initial.push((ns, name, slim)),
+                Some(Reported::Template(ns, name, slim, r)) => {
+                    if let Some(r) = r {
+                        replicas.push((ns.clone(), name.clone(), r));
+                    }
+                    initial.push((ns, name, slim));
+                }
                 Some(Reported::Folded(ns, name, controller)) => folded.push((ns, name, controller)),
                 _ => {}
             },
@@ -258,6 +265,7 @@ where
                     let mut templates = ctx.templates.write().await;
                     templates.kind_mut(kind).reset(std::mem::take(&mut initial));
                     templates.reset_folded(kind, std::mem::take(&mut folded));
+                    templates.reset_replicas(kind, std::mem::take(&mut replicas));
                 }
                 info!(reported = listed, "list of {kind}s complete");
                 let mut shared = ctx.shared();
@@ -276,16 +284,20 @@ where
                     let mut templates = ctx.templates.write().await;
                     // Most workload events are status updates that change neither.
                     match reported {
-                        Some(Reported::Template(_, _, slim)) => {
+                        Some(Reported::Template(_, _, slim, r)) => {
+                            // Replicas are shown, not judged: a change alone wakes no pass.
+                            templates.set_replicas(kind, &ns, &name, r);
                             let unfolded = templates.fold(kind, &ns, &name, None);
                             templates.kind_mut(kind).apply(&ns, &name, slim) | unfolded
                         }
                         // Folded into its owner (now), or unreadable: not reported itself.
                         Some(Reported::Folded(_, _, controller)) => {
+                            templates.set_replicas(kind, &ns, &name, None);
                             let folded = templates.fold(kind, &ns, &name, Some(controller));
                             templates.kind_mut(kind).delete(&ns, &name) | folded
                         }
                         _ => {
+                            templates.set_replicas(kind, &ns, &name, None);
                             let unfolded = templates.fold(kind, &ns, &name, None);
                             templates.kind_mut(kind).delete(&ns, &name) | unfolded
                         }
@@ -299,6 +311,7 @@ where
                 if let (Some(ns), Some(name)) = (guard.namespace(), guard.meta().name.clone()) {
                     let mut templates = ctx.templates.write().await;
                     templates.fold(kind, &ns, &name, None);
+                    templates.set_replicas(kind, &ns, &name, None);
                     let gone = templates.kind_mut(kind).delete(&ns, &name);
                     drop(templates);
                     if gone {

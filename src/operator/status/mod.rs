@@ -429,6 +429,7 @@ fn workload_status<P: Evaluate>(
             kind: kind.as_str().to_owned(),
             namespace: ns.to_owned(),
             name: name.to_owned(),
+            replicas: templates.replicas(kind, ns, name),
             checks: checks.ids().map(str::to_owned).collect(),
             message: truncate(
                 &templates.message(kind, ns, name, mode).unwrap_or_default(),
