@@ -5,8 +5,11 @@
 //! into it; a `WhenCompliant` rollout waits for a CronJob's template.
 
 use anyhow::{Context, Result, anyhow, ensure};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, ListParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use pss_operator::operator::crd::PodSecurityProfile;
 use serde_json::{Value, json};
 
@@ -294,29 +297,53 @@ async fn refusals_the_cluster_shows_are_reported_with_the_api_servers_words_for_
             .profile("p", t.spec(&[], json!({"enforce": {"level": "baseline"}}))?)
             .await?;
         t.wait_labels(&ns, &[(ENFORCE, "baseline")], &[]).await?;
-        // Applied after enforcement, each wanting a Pod now: their controllers' Pods are refused.
-        let kinds = ["Deployment", "ReplicaSet", "StatefulSet", "ReplicationController", "Job"];
-        for w in one_of_each_kind(&ns) {
+        // A Node for the DaemonSet to target (no kubelet: its Pod would stay Pending, were it
+        // admitted). Named after the test; deleted at the end.
+        let nodes: Api<Node> = Api::all(t.client.clone());
+        let node = t.name("node");
+        let node_object: Node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
+        }))?;
+        nodes.create(&PostParams::default(), &node_object).await?;
+        // Applied after enforcement, each wanting a Pod now (the CronJob at its next minute):
+        // their controllers' Pods are refused.
+        for mut w in one_of_each_kind(&ns) {
             let kind = w["kind"].as_str().unwrap_or_default().to_owned();
-            if !kinds.contains(&kind.as_str()) {
-                continue;
-            }
-            let mut w = w;
-            if kind == "Job" {
-                w["spec"]["suspend"] = json!(false);
-            } else {
-                w["spec"]["replicas"] = json!(1);
+            match kind.as_str() {
+                "Job" => w["spec"]["suspend"] = json!(false),
+                "CronJob" => {
+                    w["spec"]["suspend"] = json!(false);
+                    w["spec"]["schedule"] = json!("* * * * *");
+                }
+                "DaemonSet" => {}
+                _ => w["spec"]["replicas"] = json!(1),
             }
             apply(t, &w).await.with_context(|| kind.clone())?;
         }
-        let p = t
-            .wait_status(&profile, "five blocked workloads, each refused", |p| {
-                enforce_of(p).is_some_and(|e| {
-                    e.workload_samples.len() == kinds.len()
+        // The CronJob's first Job starts at the next full minute: wait longer than usual.
+        let p = eventually(
+            "seven blocked workloads, each refused",
+            Duration::from_secs(180),
+            || async {
+                let p = t.get_profile(&profile).await?;
+                let done = enforce_of(&p).is_some_and(|e| {
+                    e.workload_samples.len() == 7
                         && e.workload_samples.iter().all(|s| s.refused.is_some())
-                })
-            })
-            .await?;
+                });
+                Ok(done.then_some(p))
+            },
+        )
+        .await;
+        nodes.delete(&node, &DeleteParams::default()).await?;
+        let p = match p {
+            Ok(p) => p,
+            Err(e) => {
+                let last = t.get_profile(&profile).await?;
+                let shown = serde_json::to_string_pretty(&last.status).unwrap_or_default();
+                return Err(e.context(format!("last status: {shown}")));
+            }
+        };
         let enforce = enforce_of(&p).ok_or_else(|| anyhow!("no enforce status"))?;
         for s in &enforce.workload_samples {
             let refused = s.refused.as_deref().unwrap_or_default();
@@ -327,11 +354,25 @@ async fn refusals_the_cluster_shows_are_reported_with_the_api_servers_words_for_
                 s.name
             );
         }
-        // The Deployment's refusal is its ReplicaSet's, reported at the Deployment.
-        ensure!(
-            enforce.workload_samples.iter().any(|s| s.kind == "Deployment"),
-            "{:?}",
-            enforce.workload_samples
+        // A Deployment's refusal is its ReplicaSet's, a CronJob's its Job's, reported at them;
+        // the Job the CronJob made is folded into it, not a workload of its own.
+        let mut kinds: Vec<&str> = enforce
+            .workload_samples
+            .iter()
+            .map(|s| s.kind.as_str())
+            .collect();
+        kinds.sort_unstable();
+        assert_eq!(
+            kinds,
+            [
+                "CronJob",
+                "DaemonSet",
+                "Deployment",
+                "Job",
+                "ReplicaSet",
+                "ReplicationController",
+                "StatefulSet"
+            ]
         );
         Ok(())
     })
