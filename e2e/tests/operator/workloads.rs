@@ -50,6 +50,16 @@ fn enforce_of(p: &PodSecurityProfile) -> Option<&pss_operator::operator::crd::Mo
     p.status.as_ref()?.enforce.as_ref()
 }
 
+/// A namespace of the test with a profile that enforces baseline on it, labelled.
+async fn enforcing_baseline(t: &OpTest, suffix: &str) -> Result<(String, String)> {
+    let ns = t.namespace(suffix, &[]).await?;
+    let profile = t
+        .profile("p", t.spec(&[], json!({"enforce": {"level": "baseline"}}))?)
+        .await?;
+    t.wait_labels(&ns, &[(ENFORCE, "baseline")], &[]).await?;
+    Ok((ns, profile))
+}
+
 fn blocked(p: &PodSecurityProfile) -> i32 {
     p.status.as_ref().map_or(-1, |s| s.blocked_workloads)
 }
@@ -58,11 +68,7 @@ fn blocked(p: &PodSecurityProfile) -> i32 {
 async fn the_seed_deployment_applied_after_enforcement_is_blocked_with_the_api_servers_warning()
 -> Result<()> {
     run_test("blocked-deployment", async |t: &OpTest| {
-        let ns = t.namespace("app", &[]).await?;
-        let profile = t
-            .profile("p", t.spec(&[], json!({"enforce": {"level": "baseline"}}))?)
-            .await?;
-        t.wait_labels(&ns, &[(ENFORCE, "baseline")], &[]).await?;
+        let (ns, profile) = enforcing_baseline(t, "app").await?;
 
         // The article: the privileged nginx Deployment, applied once the namespace enforces
         // baseline. kube-apiserver only warns; its ReplicaSet's Pods are refused.
@@ -292,11 +298,7 @@ async fn a_when_compliant_rollout_waits_for_a_cron_job_template() -> Result<()> 
 async fn refusals_the_cluster_shows_are_reported_with_the_api_servers_words_for_each_kind()
 -> Result<()> {
     run_test("refused-kinds", async |t: &OpTest| {
-        let ns = t.namespace("ns", &[]).await?;
-        let profile = t
-            .profile("p", t.spec(&[], json!({"enforce": {"level": "baseline"}}))?)
-            .await?;
-        t.wait_labels(&ns, &[(ENFORCE, "baseline")], &[]).await?;
+        let (ns, profile) = enforcing_baseline(t, "ns").await?;
         // A Node for the DaemonSet to target (no kubelet: its Pod would stay Pending, were it
         // admitted). Named after the test; deleted at the end.
         let nodes: Api<Node> = Api::all(t.client.clone());

@@ -339,15 +339,8 @@ fn mode_status<P: Evaluate>(
         .into_iter()
         .map(|(check, n)| (check.to_owned(), n))
         .collect();
-    // Only the first MAX_SAMPLES in order are shown: select them, then sort only those.
-    if samples.len() > MAX_SAMPLES {
-        samples.select_nth_unstable(MAX_SAMPLES - 1);
-        samples.truncate(MAX_SAMPLES);
-    }
-    samples.sort_unstable();
-    status.samples = samples
+    status.samples = first_sorted(samples, MAX_SAMPLES)
         .into_iter()
-        .take(MAX_SAMPLES)
         .map(|(_, ns, pod, checks)| SampleViolation {
             namespace: ns.to_owned(),
             pod: pod.to_owned(),
@@ -418,12 +411,7 @@ fn workload_status<P: Evaluate>(
             ));
         }
     }
-    if samples.len() > MAX_SAMPLES {
-        samples.select_nth_unstable(MAX_SAMPLES - 1);
-        samples.truncate(MAX_SAMPLES);
-    }
-    samples.sort_unstable();
-    status.workload_samples = samples
+    status.workload_samples = first_sorted(samples, MAX_SAMPLES)
         .into_iter()
         .map(|(_, kind, ns, name, checks)| WorkloadViolation {
             kind: kind.as_str().to_owned(),
@@ -440,6 +428,19 @@ fn workload_status<P: Evaluate>(
                 .map(|r| truncate(r, MAX_MESSAGE_BYTES)),
         })
         .collect();
+}
+
+/// The first `n` items in order, sorted: selected first, so that only those are sorted (a status
+/// shows 20 of what may be 50,000 violations).
+fn first_sorted<T: Ord>(mut items: Vec<T>, n: usize) -> Vec<T> {
+    if items.len() > n {
+        if n > 0 {
+            items.select_nth_unstable(n - 1);
+        }
+        items.truncate(n);
+    }
+    items.sort_unstable();
+    items
 }
 
 /// Trims samples, then namespace breakdowns, then pending lists, from the end, until the
