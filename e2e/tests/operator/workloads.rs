@@ -165,6 +165,17 @@ async fn the_seed_deployment_applied_after_enforcement_is_blocked_with_the_api_s
     .await
 }
 
+/// The kinds with a Pod template, sorted.
+const KINDS: [&str; 7] = [
+    "CronJob",
+    "DaemonSet",
+    "Deployment",
+    "Job",
+    "ReplicaSet",
+    "ReplicationController",
+    "StatefulSet",
+];
+
 /// Every kind with a Pod template, each violating baseline, created before any profile.
 fn one_of_each_kind(ns: &str) -> Vec<Value> {
     let template = |name: &str, restart: &str| {
@@ -221,18 +232,9 @@ async fn every_workload_kind_is_reported_once_even_scaled_to_zero() -> Result<()
             .wait_status(&profile, "seven blocked workloads", |p| blocked(p) == 7)
             .await?;
         let enforce = enforce_of(&p).ok_or_else(|| anyhow!("no enforce status"))?;
-        let kinds = [
-            "CronJob",
-            "DaemonSet",
-            "Deployment",
-            "Job",
-            "ReplicaSet",
-            "ReplicationController",
-            "StatefulSet",
-        ];
         assert_eq!(
             enforce.workloads_by_kind,
-            kinds.iter().map(|k| (k.to_string(), 1)).collect()
+            KINDS.iter().map(|k| (k.to_string(), 1)).collect()
         );
         for s in &enforce.workload_samples {
             assert!(
@@ -364,18 +366,7 @@ async fn refusals_the_cluster_shows_are_reported_with_the_api_servers_words_for_
             .map(|s| s.kind.as_str())
             .collect();
         kinds.sort_unstable();
-        assert_eq!(
-            kinds,
-            [
-                "CronJob",
-                "DaemonSet",
-                "Deployment",
-                "Job",
-                "ReplicaSet",
-                "ReplicationController",
-                "StatefulSet"
-            ]
-        );
+        assert_eq!(kinds, KINDS);
         Ok(())
     })
     .await

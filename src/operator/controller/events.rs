@@ -145,16 +145,20 @@ pub(super) async fn announce_blocked(ctx: &Context, plans: impl Iterator<Item = 
         let templates = ctx.templates.read().await;
         let mut shared = ctx.shared();
         for plan in plans.filter(|p| p.write && !p.governed_by.is_empty()) {
-            let blocked: Vec<(WorkloadKind, &str)> = templates
+            // (`Kind/name`, kind, name) of each blocked workload.
+            let blocked: Vec<(String, WorkloadKind, &str)> = templates
                 .violators(&plan.name, Mode::Enforce)
-                .map(|w| (w.kind, w.violator.pod))
+                .map(|w| {
+                    (
+                        format!("{}/{}", w.kind, w.violator.pod),
+                        w.kind,
+                        w.violator.pod,
+                    )
+                })
                 .collect();
-            let keys = blocked.iter().map(|(k, n)| format!("{k}/{n}")).collect();
+            let keys = blocked.iter().map(|(key, ..)| key.clone()).collect();
             let new = shared.ledger.newly_blocked(&plan.name, keys);
-            for (kind, name) in blocked {
-                if !new.contains(&format!("{kind}/{name}")) {
-                    continue;
-                }
+            for (_, kind, name) in blocked.into_iter().filter(|(key, ..)| new.contains(key)) {
                 let message = templates
                     .message(kind, &plan.name, name, Mode::Enforce)
                     .unwrap_or_default();

@@ -340,28 +340,29 @@ pub(super) async fn refusals(ctx: Arc<Context>) {
             Ok(watcher::Event::Init) => initial.clear(),
             Ok(watcher::Event::InitApply(e)) => initial.extend(refusal(&e)),
             Ok(watcher::Event::InitDone) => {
-                ctx.templates
-                    .write()
-                    .await
-                    .reset_refusals(std::mem::take(&mut initial));
-                let mut shared = ctx.shared();
-                shared.dirty = Dirty::All;
-                drop(shared);
+                let mut templates = ctx.templates.write().await;
+                templates.reset_refusals(std::mem::take(&mut initial));
+                drop(templates);
                 ctx.wake.notify_one();
             }
+            // Refusals change no plan, only what the reporter shows: a pass that re-plans
+            // nothing hands it a new picture. A repeated Event (its count going up) changes nothing.
             Ok(watcher::Event::Apply(e)) => {
-                if let Some((ns, object, message)) = refusal(&e) {
-                    ctx.templates
+                if let Some((ns, object, message)) = refusal(&e)
+                    && ctx
+                        .templates
                         .write()
                         .await
-                        .set_refusal(&ns, &object, Some(message));
-                    ctx.mark_dirty(&ns);
+                        .set_refusal(&ns, &object, Some(message))
+                {
+                    ctx.wake.notify_one();
                 }
             }
             Ok(watcher::Event::Delete(e)) => {
-                if let Some((ns, object, _)) = refusal(&e) {
-                    ctx.templates.write().await.set_refusal(&ns, &object, None);
-                    ctx.mark_dirty(&ns);
+                if let Some((ns, object, _)) = refusal(&e)
+                    && ctx.templates.write().await.set_refusal(&ns, &object, None)
+                {
+                    ctx.wake.notify_one();
                 }
             }
             Err(e) => warn!(error = %e, "watching FailedCreate events"),
