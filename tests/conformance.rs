@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use pss_operator::operator::pods::SlimPod;
 use pss_operator::pss::{
-    self, CheckId, Level, LevelVersion, NEWEST_KNOWN_MINOR, Version,
+    self, CheckId, KubeVersion, Level, LevelVersion, NEWEST_KNOWN_MINOR, Version,
     model::{Pod, Volume, VolumeSources},
 };
 
@@ -132,7 +132,10 @@ fn every_upstream_fixture_gives_its_verdict() {
             }
             continue;
         }
-        let minor = f.level_version.version.effective_minor();
+        let minor = f
+            .level_version
+            .version
+            .effective_minor(KubeVersion::NEWEST_KNOWN);
         let check = denying_check(&f.check_prefix, f.level_version.level, minor);
         let substring = EXPECTATIONS
             .iter()
@@ -255,4 +258,86 @@ fn projection_normalization_never_changes_a_verdict_or_message() {
     }
     assert_eq!(texts.len(), 380, "distinct fixtures");
     println!("normalization: {compared} (fixture, level, version) evaluations unchanged");
+}
+
+/// The planner's strictness order (`pss::at_least_as_strict`, used for the `allowStricter` floor,
+/// the most restrictive of tied profiles and `WhenCompliant`) checked against the evaluator:
+/// whenever it says (level A, version A) is at least as strict as (level B, version B), every
+/// distinct upstream fixture that B refuses is refused by A too — for every pair of levels and
+/// versions v1.0..latest, on a server of the newest known version and on a v1.31 server.
+#[test]
+fn the_strictness_order_never_claims_more_than_the_evaluator_refuses() {
+    let mut texts = std::collections::BTreeMap::new();
+    for f in fixtures() {
+        let text = fs::read_to_string(&f.path).expect("fixture");
+        texts.entry(text).or_insert(f.path);
+    }
+    let pods: Vec<(String, Pod)> = texts
+        .values()
+        .map(|p| (p.display().to_string(), load(p)))
+        .collect();
+    let levels: Vec<LevelVersion> = [Level::Privileged, Level::Baseline, Level::Restricted]
+        .into_iter()
+        .flat_map(|level| {
+            (0..=NEWEST_KNOWN_MINOR)
+                .map(Version::V1)
+                .chain([Version::Latest])
+                .map(move |v| LevelVersion::new(level, v))
+        })
+        .collect();
+    for kube in [KubeVersion::NEWEST_KNOWN, KubeVersion { minor: 31 }] {
+        let refused: Vec<Vec<bool>> = levels
+            .iter()
+            .map(|&lv| {
+                pods.iter()
+                    .map(|(_, pod)| !pss::evaluate_on(kube, &pod.metadata, &pod.spec, lv).allowed())
+                    .collect()
+            })
+            .collect();
+        let (mut ordered, mut apart, mut witnessed) = (0, 0, 0);
+        for (i, &a) in levels.iter().enumerate() {
+            for (j, &b) in levels.iter().enumerate() {
+                let witness = (0..pods.len()).find(|&p| refused[j][p] && !refused[i][p]);
+                if pss::at_least_as_strict(a, b, kube) {
+                    ordered += 1;
+                    if let Some(p) = witness {
+                        panic!(
+                            "on {kube}: {a} is said to refuse all {b} refuses, but admits {}",
+                            pods[p].0
+                        );
+                    }
+                } else {
+                    apart += 1;
+                    witnessed += usize::from(witness.is_some());
+                }
+            }
+        }
+        println!(
+            "strictness on {kube}: {ordered} ordered pairs sound; {apart} not ordered, {witnessed} of them with a fixture that proves it"
+        );
+        assert!(ordered > levels.len(), "reflexive at least");
+    }
+    // The cases that motivated it, with the fixture that shows each.
+    let newest = KubeVersion::NEWEST_KNOWN;
+    let lv = |s: &str| s.parse::<LevelVersion>().expect("level");
+    assert!(!pss::at_least_as_strict(
+        lv("restricted:v1.30"),
+        lv("baseline:latest"),
+        newest
+    ));
+    assert!(!pss::at_least_as_strict(
+        lv("baseline:v1.20"),
+        lv("baseline:latest"),
+        newest
+    ));
+    assert!(pss::at_least_as_strict(
+        lv("restricted:latest"),
+        lv("baseline:latest"),
+        newest
+    ));
+    assert!(pss::at_least_as_strict(
+        lv("baseline:v1.30"),
+        lv("baseline:latest"),
+        KubeVersion { minor: 31 }
+    ));
 }

@@ -5,9 +5,78 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::str::FromStr;
 
-/// The newest policy version whose checks this evaluator knows. `latest`, and any newer version,
-/// is evaluated as this one (exactly what kube-apiserver 1.37 does).
+/// The newest policy version whose checks this evaluator knows: a server at this version or newer
+/// is evaluated with these checks (newer servers are flagged; see [`KubeVersion::is_known`]).
 pub const NEWEST_KNOWN_MINOR: u32 = 37;
+
+/// The Kubernetes minor version of the kube-apiserver whose PodSecurity admission decides.
+/// kube-apiserver evaluates `latest`, and any version label newer than itself, with its own
+/// newest checks: on a v1.31 server `baseline:latest` and `baseline:v1.35` both mean v1.31's
+/// checks (upstream `checkRegistry.EvaluatePod` caps the version at its `maxVersion`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KubeVersion {
+    pub minor: u32,
+}
+
+impl KubeVersion {
+    /// A server of the newest version this build knows (what `check` assumes by default).
+    pub const NEWEST_KNOWN: KubeVersion = KubeVersion {
+        minor: NEWEST_KNOWN_MINOR,
+    };
+
+    /// The newest policy minor version evaluated on this server.
+    pub fn policy_minor(self) -> u32 {
+        self.minor.min(NEWEST_KNOWN_MINOR)
+    }
+
+    /// Whether this build knows every check of this server's version. A newer server may have
+    /// checks this build lacks: it is evaluated with the newest known checks, and flagged.
+    pub fn is_known(self) -> bool {
+        self.minor <= NEWEST_KNOWN_MINOR
+    }
+
+    /// From the API server's `/version` fields: `major` "1" and `minor` "31" (managed clusters
+    /// add a `+`, as EKS's "31+"), falling back to `gitVersion` ("v1.31.13-eks-...").
+    pub fn from_server(major: &str, minor: &str, git_version: &str) -> Result<KubeVersion, String> {
+        let digits = |s: &str| -> Option<u32> {
+            let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            s[..end].parse().ok()
+        };
+        if let (Some(1), Some(minor)) = (digits(major), digits(minor)) {
+            return Ok(KubeVersion { minor });
+        }
+        git_version.parse().map_err(|_| {
+            format!(
+                "cannot read a Kubernetes version from /version (major {major:?}, minor {minor:?}, gitVersion {git_version:?})"
+            )
+        })
+    }
+}
+
+impl fmt::Display for KubeVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v1.{}", self.minor)
+    }
+}
+
+impl FromStr for KubeVersion {
+    type Err = String;
+    /// `v1.31`, `1.31` or a full `v1.31.13[-suffix]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid =
+            || format!("invalid Kubernetes version {s:?}: expected v1.<minor>, e.g. v1.31");
+        let rest = s.strip_prefix('v').unwrap_or(s);
+        let rest = rest.strip_prefix("1.").ok_or_else(invalid)?;
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if end == 0 || !(end == rest.len() || rest[end..].starts_with(['.', '-', '+'])) {
+            return Err(invalid());
+        }
+        let minor = rest[..end].parse().map_err(|_| invalid())?;
+        Ok(KubeVersion { minor })
+    }
+}
 
 /// A Pod Security Standards level, ordered from least to most strict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -60,7 +129,7 @@ impl FromStr for Level {
 }
 
 /// A policy version: `latest` or `v1.<minor>`. The minor is kept as written (`v1.99` stays
-/// `v1.99` in messages) and clamped to [`NEWEST_KNOWN_MINOR`] only when choosing checks.
+/// `v1.99` in messages) and resolved against the server's version only when choosing checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Version {
     Latest,
@@ -68,17 +137,17 @@ pub enum Version {
 }
 
 impl Version {
-    /// The minor version whose checks apply.
-    pub fn effective_minor(self) -> u32 {
+    /// The minor version whose checks apply on a server of version `kube`.
+    pub fn effective_minor(self, kube: KubeVersion) -> u32 {
         match self {
-            Version::Latest => NEWEST_KNOWN_MINOR,
-            Version::V1(minor) => minor.min(NEWEST_KNOWN_MINOR),
+            Version::Latest => kube.policy_minor(),
+            Version::V1(minor) => minor.min(kube.policy_minor()),
         }
     }
 
-    /// Whether two versions select the same checks (`latest` and `v1.37` do today).
-    pub fn equivalent(self, other: Version) -> bool {
-        self.effective_minor() == other.effective_minor()
+    /// Whether two versions select the same checks on `kube` (`latest` and `v1.31` do on v1.31).
+    pub fn equivalent(self, other: Version, kube: KubeVersion) -> bool {
+        self.effective_minor(kube) == other.effective_minor(kube)
     }
 }
 
@@ -144,10 +213,11 @@ impl LevelVersion {
 
     pub const PRIVILEGED: LevelVersion = LevelVersion::new(Level::Privileged, Version::Latest);
 
-    /// Whether both select the same checks: both privileged, or same level and same checks.
-    pub fn equivalent(self, other: LevelVersion) -> bool {
+    /// Whether both select the same checks on `kube`: both privileged, or same level and same
+    /// checks.
+    pub fn equivalent(self, other: LevelVersion, kube: KubeVersion) -> bool {
         (self.level == Level::Privileged && other.level == Level::Privileged)
-            || (self.level == other.level && self.version.equivalent(other.version))
+            || (self.level == other.level && self.version.equivalent(other.version, kube))
     }
 }
 
@@ -228,6 +298,12 @@ pub struct Policy {
     pub enforce: LevelVersion,
     pub audit: LevelVersion,
     pub warn: LevelVersion,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy::DEFAULT
+    }
 }
 
 impl Policy {
@@ -366,10 +442,56 @@ mod tests {
 
     #[test]
     fn versions_beyond_the_newest_select_the_newest_checks() {
-        assert_eq!(Version::V1(99).effective_minor(), NEWEST_KNOWN_MINOR);
-        assert_eq!(Version::Latest.effective_minor(), NEWEST_KNOWN_MINOR);
-        assert!(Version::V1(37).equivalent(Version::Latest));
+        let newest = KubeVersion::NEWEST_KNOWN;
+        assert_eq!(Version::V1(99).effective_minor(newest), NEWEST_KNOWN_MINOR);
+        assert_eq!(Version::Latest.effective_minor(newest), NEWEST_KNOWN_MINOR);
+        assert!(Version::V1(37).equivalent(Version::Latest, newest));
         assert!(Version::V1(3) < Version::V1(20) && Version::V1(1000) < Version::Latest);
+        // A newer server than this build is evaluated with the newest checks it knows.
+        let future = KubeVersion { minor: 40 };
+        assert!(!future.is_known());
+        assert_eq!(Version::Latest.effective_minor(future), NEWEST_KNOWN_MINOR);
+    }
+
+    #[test]
+    fn latest_is_the_servers_own_version() {
+        let v131 = KubeVersion { minor: 31 };
+        assert!(v131.is_known());
+        assert_eq!(Version::Latest.effective_minor(v131), 31);
+        assert_eq!(Version::V1(35).effective_minor(v131), 31);
+        assert_eq!(Version::V1(20).effective_minor(v131), 20);
+        assert!(Version::V1(31).equivalent(Version::Latest, v131));
+        assert!(Version::V1(35).equivalent(Version::Latest, v131));
+        assert!(!Version::V1(31).equivalent(Version::Latest, KubeVersion::NEWEST_KNOWN));
+    }
+
+    #[test]
+    fn kube_versions_parse_from_flags_and_from_the_server() {
+        for (text, minor) in [
+            ("v1.31", 31),
+            ("1.31", 31),
+            ("v1.31.13", 31),
+            ("v1.37.2-eks-1a2b", 37),
+        ] {
+            assert_eq!(text.parse(), Ok(KubeVersion { minor }), "{text}");
+        }
+        for bad in ["", "v1", "v2.3", "1.", "v1.x", "v1.31x", "latest"] {
+            assert!(
+                bad.parse::<KubeVersion>().is_err(),
+                "{bad:?} must be refused"
+            );
+        }
+        assert_eq!(
+            KubeVersion::from_server("1", "31+", ""),
+            Ok(KubeVersion { minor: 31 })
+        );
+        assert_eq!(
+            KubeVersion::from_server("", "", "v1.30.4-gke.100"),
+            Ok(KubeVersion { minor: 30 })
+        );
+        let err = KubeVersion::from_server("", "", "weird").unwrap_err();
+        assert!(err.contains("weird"), "{err}");
+        assert_eq!(KubeVersion { minor: 31 }.to_string(), "v1.31");
     }
 
     #[test]

@@ -14,17 +14,19 @@
 //! );
 //! ```
 
+pub mod admission;
 pub mod checks;
 pub mod format;
 pub mod level;
 pub mod model;
 
+pub use admission::{AdmissionConfig, Exemptions};
 pub use checks::{
     CheckId, CheckSet, Violation, annotation_is_checked, checks_for, volume_is_checked,
 };
 pub use level::{
-    LabelError, Level, LevelVersion, Mode, NEWEST_KNOWN_MINOR, ParseError, Policy, Version,
-    policy_from_labels,
+    KubeVersion, LabelError, Level, LevelVersion, Mode, NEWEST_KNOWN_MINOR, ParseError, Policy,
+    Version, policy_from_labels,
 };
 
 use model::{PodMeta, PodSpec};
@@ -96,13 +98,143 @@ pub fn warning_text(denial: &str) -> String {
     format!("would {}", denial.replacen("violates", "violate", 1))
 }
 
-/// Evaluates a pod against a level at a version. `spec` should carry the API server's
-/// defaulting (see [`model::Pod::apply_api_server_defaults`]), as stored Pods do.
+/// Whether a namespace whose label says `a` refuses every Pod (that the API server accepts) that
+/// one whose label says `b` refuses, on a server of version `kube`. The order the planner uses for
+/// the `allowStricter` floor, the most restrictive of tied profiles and `WhenCompliant`: levels
+/// alone are not enough (`restricted:v1.30` admits host probes that `baseline:latest` refuses),
+/// nor are versions (newer versions also relax: sysctls, user namespaces, Windows Pods).
+pub fn at_least_as_strict(a: LevelVersion, b: LevelVersion, kube: KubeVersion) -> bool {
+    checks::refuses_at_least(
+        a.level,
+        a.version.effective_minor(kube),
+        b.level,
+        b.version.effective_minor(kube),
+    )
+}
+
+/// Evaluates a pod against a level at a version, as a server of the newest version this build
+/// knows does (see [`evaluate_on`]). `spec` should carry the API server's defaulting (see
+/// [`model::Pod::apply_api_server_defaults`]), as stored Pods do.
 pub fn evaluate(meta: &PodMeta, spec: &PodSpec, level_version: LevelVersion) -> Evaluation {
-    let minor = level_version.version.effective_minor();
+    evaluate_on(KubeVersion::NEWEST_KNOWN, meta, spec, level_version)
+}
+
+/// Evaluates a pod as a kube-apiserver of version `kube` does: `latest`, and versions newer than
+/// the server, select the server's own checks; the message keeps the version as written.
+pub fn evaluate_on(
+    kube: KubeVersion,
+    meta: &PodMeta,
+    spec: &PodSpec,
+    level_version: LevelVersion,
+) -> Evaluation {
+    let minor = level_version.version.effective_minor(kube);
     let violations = checks::run_checks(checks_for(level_version.level, minor), meta, spec, minor);
     Evaluation {
         level_version,
         violations,
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::*;
+
+    fn every_level_version() -> Vec<LevelVersion> {
+        Level::ALL
+            .into_iter()
+            .flat_map(|level| {
+                (0..=NEWEST_KNOWN_MINOR + 1)
+                    .map(Version::V1)
+                    .chain([Version::Latest])
+                    .map(move |v| LevelVersion::new(level, v))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn privileged_is_the_bottom_and_every_pair_is_reflexive() {
+        for kube in [
+            KubeVersion::NEWEST_KNOWN,
+            KubeVersion { minor: 31 },
+            KubeVersion { minor: 20 },
+        ] {
+            for a in every_level_version() {
+                assert!(at_least_as_strict(a, a, kube), "{a} on {kube}");
+                assert!(at_least_as_strict(a, LevelVersion::PRIVILEGED, kube));
+                let privileged_only = at_least_as_strict(LevelVersion::PRIVILEGED, a, kube);
+                assert_eq!(privileged_only, a.level == Level::Privileged, "{a}");
+                // Equivalent labels are ordered both ways.
+                for b in every_level_version() {
+                    if a.equivalent(b, kube) {
+                        assert!(at_least_as_strict(a, b, kube) && at_least_as_strict(b, a, kube));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_order_is_transitive() {
+        let kube = KubeVersion::NEWEST_KNOWN;
+        let all = every_level_version();
+        for &a in &all {
+            for &b in all.iter().filter(|b| at_least_as_strict(a, **b, kube)) {
+                for &c in all.iter().filter(|c| at_least_as_strict(b, **c, kube)) {
+                    assert!(at_least_as_strict(a, c, kube), "{a} ≥ {b} ≥ {c}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn versions_matter_as_much_as_levels() {
+        let lv = |s: &str| s.parse::<LevelVersion>().unwrap();
+        let newest = KubeVersion::NEWEST_KNOWN;
+        // Host probes are refused from v1.34: an older restricted label admits them.
+        assert!(!at_least_as_strict(
+            lv("restricted:v1.30"),
+            lv("baseline:latest"),
+            newest
+        ));
+        assert!(at_least_as_strict(
+            lv("restricted:latest"),
+            lv("baseline:latest"),
+            newest
+        ));
+        assert!(at_least_as_strict(
+            lv("restricted:v1.30"),
+            lv("baseline:v1.30"),
+            newest
+        ));
+        // ... but not over an older baseline: v1.31 allows the container_engine_t SELinux type.
+        assert!(!at_least_as_strict(
+            lv("restricted:v1.34"),
+            lv("baseline:v1.30"),
+            newest
+        ));
+        // A raise of the version alone is a raise.
+        assert!(!at_least_as_strict(
+            lv("baseline:v1.20"),
+            lv("baseline:latest"),
+            newest
+        ));
+        // Newer versions relax too (sysctls, SELinux type, user namespaces): not the other way.
+        assert!(!at_least_as_strict(
+            lv("baseline:latest"),
+            lv("baseline:v1.20"),
+            newest
+        ));
+        // On a v1.31 server, v1.35 and latest are the server's own v1.31.
+        let v131 = KubeVersion { minor: 31 };
+        assert!(at_least_as_strict(
+            lv("baseline:v1.35"),
+            lv("baseline:latest"),
+            v131
+        ));
+        assert!(at_least_as_strict(
+            lv("baseline:latest"),
+            lv("baseline:v1.31"),
+            v131
+        ));
     }
 }

@@ -433,6 +433,13 @@ const SAFE_SYSCTLS: [(&str, u32); 14] = [
     ("net.ipv4.tcp_notsent_lowat", 37),
 ];
 
+/// Whether some sysctl became safe after 1.`older` and by 1.`newer`.
+pub(super) fn sysctls_allowed_after(older: u32, newer: u32) -> bool {
+    SAFE_SYSCTLS
+        .iter()
+        .any(|&(_, since)| older < since && since <= newer)
+}
+
 pub(super) fn sysctls(spec: &PodSpec, minor: u32) -> Option<Finding> {
     let forbidden = |name: &str| {
         !SAFE_SYSCTLS

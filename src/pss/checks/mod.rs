@@ -124,6 +124,42 @@ impl CheckId {
         }
     }
 
+    /// Whether this check at policy version 1.`minor` refuses every Pod the API server accepts
+    /// that `other` at 1.`other_minor` refuses. Each version of a check either keeps, tightens
+    /// or relaxes the one before; the relaxations are what make versions incomparable:
+    /// - `procMount` (v1.35) and `runAsNonRoot`/`runAsUser` (v1.35) let Pods in a user namespace
+    ///   through; `seLinuxOptions` (v1.31) allows `container_engine_t`; `sysctls` grows its safe
+    ///   list (v1.27, v1.29, v1.32, v1.37);
+    /// - the restricted `allowPrivilegeEscalation`, `capabilities` and `seccompProfile` checks
+    ///   exempt Windows Pods from v1.25;
+    /// - `seccompProfile_baseline` reads the alpha annotations before v1.19 and the fields from
+    ///   v1.19: neither covers the other.
+    ///
+    /// A restricted check covers the baseline check it replaces, including its Windows
+    /// exemption, because API validation refuses those fields on Windows Pods.
+    fn refuses_at_least(self, minor: u32, other: CheckId, other_minor: u32) -> bool {
+        use CheckId::*;
+        // Whether a relaxation made at 1.`since` separates the two versions the wrong way.
+        let relaxed_since = |since: u32| minor >= since && other_minor < since;
+        match (self, other) {
+            (a, b) if a == b => match a {
+                ProcMount | RunAsNonRoot | RunAsUser => !relaxed_since(35),
+                SeLinuxOptions => !relaxed_since(31),
+                AllowPrivilegeEscalation | CapabilitiesRestricted | SeccompProfileRestricted => {
+                    !relaxed_since(25)
+                }
+                SeccompProfileBaseline => (minor >= 19) == (other_minor >= 19),
+                Sysctls => !baseline::sysctls_allowed_after(other_minor, minor),
+                _ => true,
+            },
+            (ProcMountRestricted, ProcMount)
+            | (RestrictedVolumes, HostPathVolumes)
+            | (CapabilitiesRestricted, CapabilitiesBaseline) => true,
+            (SeccompProfileRestricted, SeccompProfileBaseline) => other_minor >= 19,
+            _ => false,
+        }
+    }
+
     /// Runs this check at policy version 1.`minor` (`minor` ≤ [`NEWEST_KNOWN_MINOR`]).
     fn run(self, meta: &PodMeta, spec: &PodSpec, minor: u32) -> Option<Finding> {
         use CheckId::*;
@@ -332,6 +368,22 @@ pub fn checks_for(level: Level, minor: u32) -> &'static [CheckId] {
         Level::Baseline => &REGISTRY[minor][0],
         Level::Restricted => &REGISTRY[minor][1],
     }
+}
+
+/// Whether `level` at 1.`minor` refuses every Pod the API server accepts that `other` at
+/// 1.`other_minor` refuses: every check of `other` is covered by one of `level`'s (see
+/// [`CheckId::refuses_at_least`]). Privileged refuses nothing.
+pub fn refuses_at_least(level: Level, minor: u32, other: Level, other_minor: u32) -> bool {
+    let ours = checks_for(level, minor);
+    checks_for(other, other_minor).iter().all(|&theirs| {
+        ours.iter().any(|&check| {
+            check.refuses_at_least(
+                minor.min(NEWEST_KNOWN_MINOR),
+                theirs,
+                other_minor.min(NEWEST_KNOWN_MINOR),
+            )
+        })
+    })
 }
 
 /// Runs `checks` and returns the violations, in order. No allocation when everything passes.
