@@ -22,6 +22,7 @@ use pss_operator::operator::metrics::MetricValues;
 use pss_operator::operator::pods::{SlimPod, WatchedPod};
 use pss_operator::operator::status::{Observed, profile_status};
 use pss_operator::operator::workloads::TemplateIndex;
+use pss_operator::pss::Admission;
 use serde_json::json;
 
 #[path = "common/scale_pods.rs"]
@@ -157,9 +158,13 @@ fn main() {
     let mut writes = 0;
     for _ in 0..rounds {
         let t = Instant::now();
-        let plans = plan(&views, &namespaces, &exclusions, &|ns, lv| {
-            index.blocking(ns, lv)
-        });
+        let plans = plan(
+            &views,
+            &namespaces,
+            &exclusions,
+            &Admission::default(),
+            &|ns, lv| index.blocking(ns, lv),
+        );
         plan_t += t.elapsed();
         let t = Instant::now();
         for p in plans.values() {

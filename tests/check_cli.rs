@@ -187,3 +187,122 @@ fn arbitrary_bytes_never_crash_the_reader() {
         );
     }
 }
+
+/// A Pod with a host probe: refused by `baseline:latest` from v1.34, admitted before.
+const HOST_PROBE_POD: &str = r#"apiVersion: v1
+kind: Pod
+metadata: {name: probe, namespace: app}
+spec:
+  containers:
+  - name: app
+    image: nginx
+    livenessProbe: {httpGet: {host: 10.0.0.1, port: 80}}
+"#;
+
+#[test]
+fn latest_means_the_kube_version_given() {
+    let out = check(&["--level", "baseline", "-"], HOST_PROBE_POD.as_bytes());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains(r#"violates PodSecurity "baseline:latest": probe or lifecycle host"#),
+        "{}",
+        stdout(&out)
+    );
+    let out = check(
+        &["--level", "baseline", "--kube-version", "v1.31", "-"],
+        HOST_PROBE_POD.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(stdout(&out), "Pod/probe in app: allowed\n");
+    assert!(
+        stderr(&out).contains("against baseline:latest on Kubernetes v1.31"),
+        "{}",
+        stderr(&out)
+    );
+    let out = check(&["--level", "baseline", "--kube-version", "1.x", "-"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("invalid Kubernetes version \"1.x\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn exemptions_of_the_admission_configuration_are_reported_as_exempt() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("admission.yaml");
+    std::fs::write(
+        &config,
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n- name: PodSecurity\n  configuration:\n    apiVersion: pod-security.admission.config.k8s.io/v1\n    kind: PodSecurityConfiguration\n    exemptions:\n      namespaces: [legacy]\n      runtimeClasses: [kata]\n",
+    )
+    .expect("write");
+    let config = config.to_str().expect("utf-8");
+    let deployment = format!("{SEED}/deployment-privileged.yaml");
+    let out = check(
+        &[
+            "--level",
+            "baseline",
+            "--admission-config",
+            config,
+            &deployment,
+        ],
+        b"",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "app is not exempt: {}",
+        stdout(&out)
+    );
+    let legacy = std::fs::read_to_string(&deployment)
+        .expect("seed")
+        .replace("namespace: app", "namespace: legacy");
+    let out = check(
+        &["--level", "baseline", "--admission-config", config, "-"],
+        legacy.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(
+        stdout(&out),
+        "Deployment/nginx in legacy: exempt (namespace \"legacy\" is exempt in the admission configuration)\n"
+    );
+    let kata = std::fs::read_to_string(&deployment)
+        .expect("seed")
+        .replace("containers:", "runtimeClassName: kata\n      containers:");
+    let out = check(
+        &[
+            "--level",
+            "baseline",
+            "--admission-config",
+            config,
+            "-o",
+            "json",
+            "-",
+        ],
+        kata.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(r#""exempt": "runtimeClass""#),
+        "{}",
+        stdout(&out)
+    );
+    // A bad configuration is an input error naming the file and the field.
+    std::fs::write(dir.path().join("bad.yaml"), "apiVersion: pod-security.admission.config.k8s.io/v1\nkind: PodSecurityConfiguration\ndefaults:\n  enforce: strict\n").expect("write");
+    let bad = dir.path().join("bad.yaml");
+    let out = check(
+        &[
+            "--admission-config",
+            bad.to_str().expect("utf-8"),
+            &deployment,
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("bad.yaml: defaults.enforce: invalid level \"strict\""),
+        "{}",
+        stderr(&out)
+    );
+}

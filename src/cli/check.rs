@@ -7,7 +7,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use crate::manifest::{self, Item, ManifestError};
-use crate::pss::{self, Level, LevelVersion, Version};
+use crate::pss::{self, AdmissionConfig, KubeVersion, Level, LevelVersion, Version};
 
 /// Exit codes: everything allowed, something violates, bad usage or input.
 pub const EXIT_ALLOWED: u8 = 0;
@@ -22,6 +22,15 @@ pub struct CheckArgs {
     /// Policy version: `latest` or `v1.N`.
     #[arg(long, default_value = "latest", value_parser = parse_version)]
     pub version: Version,
+    /// The Kubernetes version of the API server the manifests go to (`v1.N`): what `latest`, and
+    /// any newer version, means there. Default: the newest version this build knows.
+    #[arg(long, value_name = "v1.N", value_parser = parse_kube_version)]
+    pub kube_version: Option<KubeVersion>,
+    /// The cluster's PodSecurity admission configuration (the file given to kube-apiserver with
+    /// --admission-control-config-file): objects in exempt namespaces or with an exempt
+    /// runtimeClassName are reported as exempt, not evaluated.
+    #[arg(long, value_name = "FILE")]
+    pub admission_config: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t = Output::Text)]
     pub output: Output,
@@ -32,6 +41,10 @@ pub struct CheckArgs {
 
 fn parse_level(s: &str) -> Result<Level, String> {
     s.parse().map_err(|e: pss::ParseError| e.to_string())
+}
+
+fn parse_kube_version(s: &str) -> Result<KubeVersion, String> {
+    s.parse()
 }
 
 fn parse_version(s: &str) -> Result<Version, String> {
@@ -61,6 +74,9 @@ struct ResultRow<'a> {
     level: String,
     version: String,
     allowed: bool,
+    /// Why the server would not evaluate it: `namespace` or `runtimeClass` exempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exempt: Option<&'static str>,
     violations: Vec<ViolationRow<'a>>,
     message: String,
 }
@@ -95,8 +111,24 @@ pub fn run(
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> io::Result<u8> {
+    let config = match super::run::load_admission_config(args.admission_config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            writeln!(err, "error: {e}")?;
+            return Ok(EXIT_INPUT_ERROR);
+        }
+    };
+    let kube = args.kube_version.unwrap_or_default();
+    if !kube.is_known() {
+        writeln!(
+            err,
+            "warning: --kube-version {kube} is newer than the newest policy version this build knows (v1.{}): evaluated with its checks",
+            pss::NEWEST_KNOWN_MINOR
+        )?;
+    }
     let items = read_inputs(&args.paths, stdin);
     let level_version = LevelVersion::new(args.level, args.version);
+    let exemption = |w: &manifest::Workload| exemption(&config, w);
 
     let mut evaluated = Vec::new();
     let mut skipped = Vec::new();
@@ -105,7 +137,13 @@ pub fn run(
         match item {
             Item::Workload(w) => evaluated.push((
                 w,
-                pss::evaluate(&w.pod.metadata, &w.pod.spec, level_version),
+                match exemption(w) {
+                    Some(_) => pss::Evaluation {
+                        level_version,
+                        violations: Vec::new(),
+                    },
+                    None => pss::evaluate_on(kube, &w.pod.metadata, &w.pod.spec, level_version),
+                },
             )),
             Item::Skipped {
                 source,
@@ -124,10 +162,17 @@ pub fn run(
     match args.output {
         Output::Text => {
             for (w, eval) in &evaluated {
-                let verdict = if eval.allowed() {
-                    "allowed".to_owned()
-                } else {
-                    eval.denial_message()
+                let verdict = match exemption(w) {
+                    Some("namespace") => format!(
+                        "exempt (namespace {:?} is exempt in the admission configuration)",
+                        w.namespace
+                    ),
+                    Some(_) => format!(
+                        "exempt (runtimeClassName {:?} is exempt in the admission configuration)",
+                        w.pod.spec.runtime_class_name.as_deref().unwrap_or_default()
+                    ),
+                    None if eval.allowed() => "allowed".to_owned(),
+                    None => eval.denial_message(),
                 };
                 if w.namespace.is_empty() {
                     writeln!(out, "{}/{}: {verdict}", w.kind, w.name)?;
@@ -149,6 +194,7 @@ pub fn run(
                         level: args.level.to_string(),
                         version: args.version.to_string(),
                         allowed: eval.allowed(),
+                        exempt: exemption(w),
                         violations: eval
                             .violations
                             .iter()
@@ -186,7 +232,7 @@ pub fn run(
         .count();
     writeln!(
         err,
-        "checked {} objects against {level_version}: {} allowed, {violating} violating, {skipped_count} skipped (no pod template), {} errors",
+        "checked {} objects against {level_version} on Kubernetes {kube}: {} allowed, {violating} violating, {skipped_count} skipped (no pod template), {} errors",
         evaluated.len(),
         evaluated.len() - violating,
         errors.len(),
@@ -198,6 +244,17 @@ pub fn run(
     } else {
         EXIT_ALLOWED
     })
+}
+
+/// Why the API server would skip this object, per the admission configuration.
+fn exemption(config: &AdmissionConfig, w: &manifest::Workload) -> Option<&'static str> {
+    if !w.namespace.is_empty() && config.exempt_namespace(&w.namespace) {
+        Some("namespace")
+    } else if config.exempt_runtime_class(w.pod.spec.runtime_class_name.as_deref()) {
+        Some("runtimeClass")
+    } else {
+        None
+    }
 }
 
 /// Reads every path (files, walked directories, `-`), in a stable order.

@@ -15,6 +15,7 @@ use crate::operator::desired::Exclusions;
 use crate::operator::leader::{self, Leadership};
 use crate::operator::metrics::Metrics;
 use crate::operator::{Result, server};
+use crate::pss::AdmissionConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -28,14 +29,18 @@ pub struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
 
-    /// Namespaces never labelled nor reported as unprotected (comma-separated). The operator's
-    /// own namespace is always added.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "kube-system,kube-public,kube-node-lease"
-    )]
+    /// More namespaces never labelled nor reported as unprotected (comma-separated), besides
+    /// kube-system, kube-public, kube-node-lease and the operator's own, which always are.
+    #[arg(long, value_delimiter = ',')]
     pub exclude_namespaces: Vec<String>,
+
+    /// The cluster's PodSecurity admission configuration: the file given to kube-apiserver with
+    /// --admission-control-config-file (a PodSecurityConfiguration, alone or inside an
+    /// AdmissionConfiguration). Its defaults apply to unlabelled namespaces and its exempt
+    /// namespaces and runtimeClasses are not evaluated. Without it: privileged defaults, no
+    /// exemptions (kube-apiserver's own defaults).
+    #[arg(long, value_name = "FILE")]
+    pub admission_config: Option<std::path::PathBuf>,
 
     /// The namespace the operator runs in: excluded, and where the leader Lease lives.
     #[arg(long, env = "POD_NAMESPACE")]
@@ -117,7 +122,29 @@ async fn shutdown_signal() {
     }
 }
 
+/// Reads the admission configuration file, or kube-apiserver's defaults without one. An invalid
+/// file stops the start: the operator never runs on a half-read configuration.
+pub fn load_admission_config(
+    path: Option<&std::path::Path>,
+) -> std::result::Result<AdmissionConfig, String> {
+    let Some(path) = path else {
+        return Ok(AdmissionConfig::default());
+    };
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).map_err(|e| e.to_string());
+    let text = read(path).map_err(|e| format!("--admission-config {}: {e}", path.display()))?;
+    AdmissionConfig::parse(&text, path, &read).map_err(|e| format!("--admission-config {e}"))
+}
+
 async fn operate(args: RunArgs) -> Result<()> {
+    let admission = load_admission_config(args.admission_config.as_deref())
+        .map_err(crate::operator::error::Error::Config)?;
+    info!(
+        defaults = %format!("enforce={} audit={} warn={}", admission.defaults.enforce, admission.defaults.audit, admission.defaults.warn),
+        exempt_namespaces = admission.exemptions.namespaces.len(),
+        exempt_runtime_classes = admission.exemptions.runtime_classes.len(),
+        exempt_usernames = admission.exemptions.usernames.len(),
+        "PodSecurity admission configuration"
+    );
     let metrics = Arc::new(Metrics::new()?);
     let ready = Arc::new(AtomicBool::new(false));
     let client = Client::try_default().await?;
@@ -131,6 +158,7 @@ async fn operate(args: RunArgs) -> Result<()> {
     info!(%identity, leader_elect = args.leader_elect, "starting pss-operator");
     let config = Config {
         exclusions,
+        admission,
         identity: identity.clone(),
         pause_limit: args.leader_elect.then_some(leader::PAUSE_LIMIT),
     };

@@ -208,6 +208,13 @@ pub struct PodSecurityProfileStatus {
     /// Matched namespaces this profile governs whose labels are as declared.
     #[serde(default)]
     pub enforced_namespaces: i32,
+    /// Governed namespaces the cluster's PodSecurity admission configuration exempts: the API
+    /// server evaluates none of their Pods, whatever their labels say.
+    #[serde(default)]
+    pub exempt_namespaces: i32,
+    /// The API server's Kubernetes version (`v1.31`): what `latest` means in every verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
     /// Namespaces whose `enforce` level waits for violating Pods to go (`rollout: WhenCompliant`).
     #[serde(default)]
     pub pending_namespaces: i32,

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use kube::core::{Selector, SelectorExt};
 
 use super::crd::{PodSecurityProfile, ProfileMode, Rollout};
-use crate::pss::{Level, LevelVersion, Mode, Policy, Version, policy_from_labels};
+use crate::pss::{Admission, Level, LevelVersion, Mode, Policy, Version};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -91,6 +91,8 @@ pub struct Pending {
 pub struct NamespacePlan {
     pub name: String,
     pub excluded: bool,
+    /// The admission configuration exempts it: the server evaluates none of its Pods.
+    pub exempt: bool,
     /// Every profile whose selector matches, sorted by name.
     pub matched_by: Vec<String>,
     /// The profiles in force: the highest priority among `matched_by`, sorted by name. More than
@@ -104,7 +106,8 @@ pub struct NamespacePlan {
     /// `WhenCompliant` rollout holds `enforce`: while this stays the same, an observed label that
     /// no longer matches `desired` was changed by someone else (drift).
     pub declared: Labels,
-    /// The policy to evaluate Pods against: the observed labels with `desired` laid over them.
+    /// The policy to evaluate Pods against: the observed labels with `desired` laid over them,
+    /// the admission defaults for what neither sets (privileged everywhere if exempt).
     pub policy: Policy,
     pub pending: Option<Pending>,
     pub unprotected: bool,
@@ -146,18 +149,28 @@ pub fn label_changes(observed: &Labels, desired: &Labels) -> Vec<LabelChange> {
         .collect()
 }
 
-/// Namespaces left alone whatever the profiles say.
-#[derive(Debug, Clone, Default)]
+/// Namespaces left alone whatever the profiles say: the system namespaces always, and those the
+/// operator is told (`--exclude-namespaces`, its own namespace) on top.
+#[derive(Debug, Clone)]
 pub struct Exclusions(BTreeSet<String>);
 
+impl Default for Exclusions {
+    fn default() -> Self {
+        Exclusions::new(std::iter::empty::<String>())
+    }
+}
+
 impl Exclusions {
+    /// Always excluded: changing their labels can break the cluster itself.
     pub const DEFAULT: [&'static str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
-    pub fn new(names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+    /// The system namespaces plus `extra`.
+    pub fn new(extra: impl IntoIterator<Item = impl Into<String>>) -> Self {
         Exclusions(
-            names
-                .into_iter()
-                .map(Into::into)
+            Self::DEFAULT
+                .iter()
+                .map(|n| (*n).to_owned())
+                .chain(extra.into_iter().map(Into::into))
                 .filter(|n: &String| !n.is_empty())
                 .collect(),
         )
@@ -169,11 +182,14 @@ impl Exclusions {
 }
 
 /// Plans every namespace. `blocking(ns, level)` lists (sorted) the running Pods of `ns` that
-/// violate `level`; it is only asked for `WhenCompliant` namespaces.
+/// violate `level`; it is only asked for `WhenCompliant` namespaces. `admission` is what the
+/// server enforces beyond the labels: its version (what `latest` means, for the strictness
+/// order), the defaults of unlabelled modes and the exempt namespaces.
 pub fn plan(
     profiles: &[ProfileView],
     namespaces: &[NamespaceView],
     exclusions: &Exclusions,
+    admission: &Admission,
     blocking: &dyn Fn(&str, LevelVersion) -> Vec<String>,
 ) -> BTreeMap<String, NamespacePlan> {
     namespaces
@@ -181,26 +197,27 @@ pub fn plan(
         .map(|ns| {
             (
                 ns.name.clone(),
-                plan_namespace(profiles, ns, exclusions, blocking),
+                plan_namespace(profiles, ns, exclusions, admission, blocking),
             )
         })
         .collect()
-}
-
-fn observed_policy(labels: &Labels) -> Policy {
-    policy_from_labels(|k| labels.get(k).map(String::as_str), Policy::DEFAULT).0
 }
 
 pub fn plan_namespace(
     profiles: &[ProfileView],
     ns: &NamespaceView,
     exclusions: &Exclusions,
+    admission: &Admission,
     blocking: &dyn Fn(&str, LevelVersion) -> Vec<String>,
 ) -> NamespacePlan {
-    let observed = observed_policy(&ns.labels);
+    let in_force =
+        |labels: &Labels| admission.policy(&ns.name, |k| labels.get(k).map(String::as_str));
+    let observed = in_force(&ns.labels);
+    let exempt = admission.config.exempt_namespace(&ns.name);
     let mut plan = NamespacePlan {
         name: ns.name.clone(),
         excluded: exclusions.contains(&ns.name),
+        exempt,
         matched_by: Vec::new(),
         governed_by: Vec::new(),
         write: false,
@@ -213,6 +230,8 @@ pub fn plan_namespace(
     if plan.excluded {
         return plan;
     }
+    // What the server enforces right now: nothing in an exempt namespace.
+    let unprotected_now = !exempt && observed.enforce.level == Level::Privileged;
     let mut matched: Vec<&ProfileView> = profiles
         .iter()
         .filter(|p| p.selector.matches(&ns.labels))
@@ -220,12 +239,14 @@ pub fn plan_namespace(
     matched.sort_by(|a, b| a.name.cmp(&b.name));
     plan.matched_by = matched.iter().map(|p| p.name.clone()).collect();
     let Some(top) = matched.iter().map(|p| p.priority).max() else {
-        plan.unprotected = observed.enforce.level == Level::Privileged;
+        plan.unprotected = unprotected_now;
         return plan;
     };
     let governing: Vec<&ProfileView> = matched.into_iter().filter(|p| p.priority == top).collect();
     plan.governed_by = governing.iter().map(|p| p.name.clone()).collect();
     plan.write = governing.iter().any(|p| p.mode == ProfileMode::Enforce);
+    // An Audit-mode profile writes nothing: the namespace is as protected as its labels.
+    plan.unprotected = !plan.write && unprotected_now;
     let allow_stricter = governing.iter().all(|p| p.allow_stricter);
     let when_compliant = governing
         .iter()
@@ -233,10 +254,8 @@ pub fn plan_namespace(
 
     let mut targets = [None; 3];
     for mode in Mode::ALL {
-        targets[mode.index()] = governing
-            .iter()
-            .filter_map(|p| p.level(mode))
-            .max_by(|a, b| strictness(*a).cmp(&strictness(*b)));
+        let declared: Vec<LevelVersion> = governing.iter().filter_map(|p| p.level(mode)).collect();
+        targets[mode.index()] = most_restrictive(&declared, admission);
     }
 
     for mode in Mode::ALL {
@@ -249,7 +268,7 @@ pub fn plan_namespace(
         plan.declared
             .insert(version_key.to_owned(), target.version.to_string());
         let kept = allow_stricter
-            .then(|| stricter_observed(&ns.labels, mode, target))
+            .then(|| stricter_observed(&ns.labels, mode, target, admission))
             .flatten();
         let value = kept.unwrap_or_else(|| (target.level.to_string(), target.version.to_string()));
         plan.desired.insert(level_key.to_owned(), value.0);
@@ -258,7 +277,9 @@ pub fn plan_namespace(
 
     if when_compliant && let Some(target) = targets[Mode::Enforce.index()] {
         let (level_key, version_key) = Mode::Enforce.label_keys();
-        let already = observed_level(&ns.labels, Mode::Enforce).is_some_and(|l| l >= target.level);
+        // Nothing to wait for when what is in force already refuses all the target refuses,
+        // or when the server does not evaluate this namespace at all.
+        let already = exempt || admission.at_least_as_strict(observed.enforce, target);
         let blockers = if already {
             Vec::new()
         } else {
@@ -275,7 +296,7 @@ pub fn plan_namespace(
             }
             for mode in [Mode::Audit, Mode::Warn] {
                 let current = targets[mode.index()];
-                if current.is_none_or(|c| strictness(c) < strictness(target)) {
+                if current.is_none_or(|c| !admission.at_least_as_strict(c, target)) {
                     let (l, v) = mode.label_keys();
                     plan.desired.insert(l.to_owned(), target.level.to_string());
                     plan.desired
@@ -291,33 +312,51 @@ pub fn plan_namespace(
 
     let mut effective = ns.labels.clone();
     effective.extend(plan.desired.iter().map(|(k, v)| (k.clone(), v.clone())));
-    plan.policy = observed_policy(&effective);
+    plan.policy = in_force(&effective);
     plan
 }
 
-/// Orders levels by how much they forbid: the level first, then the policy version (`latest`
-/// newest).
-fn strictness(lv: LevelVersion) -> (Level, Version) {
-    (lv.level, lv.version)
+/// The most restrictive of tied profiles' levels for one mode: the one at least as strict as
+/// every other on this server if there is one; otherwise (versions that relax different things,
+/// e.g. `restricted:v1.20` and `baseline:latest`) the strictest level at the newest of their
+/// versions, which refuses what each of them refuses except what upstream deliberately relaxed.
+fn most_restrictive(declared: &[LevelVersion], admission: &Admission) -> Option<LevelVersion> {
+    let strictest = declared.iter().find(|a| {
+        declared
+            .iter()
+            .all(|b| admission.at_least_as_strict(**a, *b))
+    });
+    if let Some(lv) = strictest {
+        return Some(*lv);
+    }
+    let level = declared.iter().map(|lv| lv.level).max()?;
+    let version = declared.iter().map(|lv| lv.version).max()?;
+    Some(LevelVersion::new(level, version))
 }
 
-fn observed_level(labels: &Labels, mode: Mode) -> Option<Level> {
-    labels.get(mode.label_keys().0)?.parse().ok()
-}
-
-/// The observed (level, version) labels of `mode` when the level is stricter than `target`.
+/// The observed (level, version) labels of `mode` when they refuse everything `target` refuses
+/// and more (a missing or invalid version label is `latest`, as PSA reads it).
 fn stricter_observed(
     labels: &Labels,
     mode: Mode,
     target: LevelVersion,
+    admission: &Admission,
 ) -> Option<(String, String)> {
-    let level = observed_level(labels, mode).filter(|l| *l > target.level)?;
-    let version = labels
-        .get(mode.label_keys().1)
-        .filter(|v| v.parse::<Version>().is_ok())
-        .cloned()
-        .unwrap_or_else(|| target.version.to_string());
-    Some((level.to_string(), version))
+    let (level_key, version_key) = mode.label_keys();
+    let level: Level = labels.get(level_key)?.parse().ok()?;
+    let version_text = labels
+        .get(version_key)
+        .filter(|v| v.parse::<Version>().is_ok());
+    let version = version_text.map_or(Version::Latest, |v| v.parse().unwrap_or(Version::Latest));
+    let found = LevelVersion::new(level, version);
+    let stricter =
+        admission.at_least_as_strict(found, target) && !admission.at_least_as_strict(target, found);
+    stricter.then(|| {
+        (
+            level.to_string(),
+            version_text.cloned().unwrap_or_else(|| "latest".to_owned()),
+        )
+    })
 }
 
 #[cfg(test)]
@@ -363,6 +402,7 @@ mod tests {
             profiles,
             ns,
             &Exclusions::new(Exclusions::DEFAULT),
+            &Admission::default(),
             &no_pods,
         )
     }
@@ -384,6 +424,7 @@ mod tests {
             &profiles,
             &[mk_ns("app", &[("team", "apps")]), mk_ns("other", &[])],
             &Exclusions::new(Exclusions::DEFAULT),
+            &Admission::default(),
             &no_pods,
         );
         let app = &plans["app"];
@@ -430,7 +471,13 @@ mod tests {
             "kube-node-lease",
             "pss-system",
         ] {
-            let plan = plan_namespace(&profiles, &mk_ns(name, &[]), &excl, &no_pods);
+            let plan = plan_namespace(
+                &profiles,
+                &mk_ns(name, &[]),
+                &excl,
+                &Admission::default(),
+                &no_pods,
+            );
             assert!(plan.excluded, "{name}");
             assert!(plan.desired.is_empty() && plan.matched_by.is_empty());
             assert!(!plan.unprotected, "excluded namespaces are not reported");
@@ -472,8 +519,10 @@ mod tests {
         assert!(plan.conflicted());
         assert_eq!(plan.governed_by, ["a", "b"]);
         assert_eq!(plan.primary(), Some("a"));
+        // restricted:v1.20 and baseline:latest each refuse what the other admits (host probes,
+        // v1.34): the strictest level at the newest version refuses both.
         assert_eq!(plan.desired[psa::ENFORCE], "restricted");
-        assert_eq!(plan.desired[psa::ENFORCE_VERSION], "v1.20");
+        assert_eq!(plan.desired[psa::ENFORCE_VERSION], "latest");
         assert_eq!(plan.desired[psa::AUDIT_VERSION], "latest");
         assert_eq!(plan.desired[psa::WARN], "baseline");
     }
@@ -490,13 +539,28 @@ mod tests {
                 (psa::ENFORCE_VERSION, "v1.30"),
             ],
         );
+        // restricted:v1.30 is not stricter than baseline:latest: it admits host probes (v1.34).
+        let plan = plan_one(&profiles, &stricter);
+        assert_eq!(plan.desired[psa::ENFORCE], "baseline");
+        assert_eq!(plan.desired[psa::ENFORCE_VERSION], "latest");
+        let stricter = mk_ns(
+            "a",
+            &[
+                (psa::ENFORCE, "restricted"),
+                (psa::ENFORCE_VERSION, "v1.36"),
+            ],
+        );
         let plan = plan_one(&profiles, &stricter);
         assert_eq!(plan.desired[psa::ENFORCE], "restricted");
-        assert_eq!(plan.desired[psa::ENFORCE_VERSION], "v1.30");
+        assert_eq!(plan.desired[psa::ENFORCE_VERSION], "v1.36");
         assert!(
             plan.converged(&stricter.labels),
             "a stricter value is not drift"
         );
+        // A missing version label is latest, as PSA reads it.
+        let plan = plan_one(&profiles, &mk_ns("a", &[(psa::ENFORCE, "restricted")]));
+        assert_eq!(plan.desired[psa::ENFORCE], "restricted");
+        assert_eq!(plan.desired[psa::ENFORCE_VERSION], "latest");
         // A looser value is raised back to the floor.
         let looser = mk_ns("a", &[(psa::ENFORCE, "privileged")]);
         let plan = plan_one(&profiles, &looser);
@@ -516,7 +580,7 @@ mod tests {
                 },
                 LabelChange {
                     label: psa::ENFORCE_VERSION.into(),
-                    found: Some("v1.30".into()),
+                    found: Some("v1.36".into()),
                     want: "latest".into()
                 },
             ]
@@ -535,7 +599,12 @@ mod tests {
             Level::Restricted,
             "reports what it would enforce"
         );
-        assert!(!plan.unprotected);
+        assert!(
+            plan.unprotected,
+            "nothing is written: the namespace enforces nothing"
+        );
+        let labelled = mk_ns("a", &[(psa::ENFORCE, "baseline")]);
+        assert!(!plan_one(&[view(&p)], &labelled).unprotected);
     }
 
     #[test]
@@ -549,7 +618,13 @@ mod tests {
             assert_eq!((n, target), ("app", lv("baseline:latest")));
             vec!["nginx-1".to_owned()]
         };
-        let plan = plan_namespace(&profiles, &ns, &Exclusions::default(), &blocked);
+        let plan = plan_namespace(
+            &profiles,
+            &ns,
+            &Exclusions::default(),
+            &Admission::default(),
+            &blocked,
+        );
         let pending = plan.pending.as_ref().expect("pending");
         assert_eq!(pending.blocking, ["nginx-1"]);
         assert_eq!(
@@ -567,7 +642,13 @@ mod tests {
         assert_eq!(plan.policy.enforce.level, Level::Privileged);
 
         // Once the Pod is gone, enforce is raised.
-        let plan = plan_namespace(&profiles, &ns, &Exclusions::default(), &no_pods);
+        let plan = plan_namespace(
+            &profiles,
+            &ns,
+            &Exclusions::default(),
+            &Admission::default(),
+            &no_pods,
+        );
         assert!(plan.pending.is_none());
         assert_eq!(plan.desired[psa::ENFORCE], "baseline");
         assert_eq!(plan.desired[psa::AUDIT], "privileged");
@@ -575,7 +656,13 @@ mod tests {
         // Once enforced, violating Pods (created before) do not lower it again.
         let enforced = mk_ns("app", &[(psa::ENFORCE, "baseline")]);
         let always = |_: &str, _: LevelVersion| vec!["old".to_owned()];
-        let plan = plan_namespace(&profiles, &enforced, &Exclusions::default(), &always);
+        let plan = plan_namespace(
+            &profiles,
+            &enforced,
+            &Exclusions::default(),
+            &Admission::default(),
+            &always,
+        );
         assert!(plan.pending.is_none());
         assert_eq!(plan.desired[psa::ENFORCE], "baseline");
     }
@@ -584,7 +671,13 @@ mod tests {
     fn immediate_rollout_never_asks_about_pods() {
         let profiles = [view(&mk_profile("p", "", "restricted"))];
         let panics = |_: &str, _: LevelVersion| -> Vec<String> { panic!("not asked") };
-        let plan = plan_namespace(&profiles, &mk_ns("a", &[]), &Exclusions::default(), &panics);
+        let plan = plan_namespace(
+            &profiles,
+            &mk_ns("a", &[]),
+            &Exclusions::default(),
+            &Admission::default(),
+            &panics,
+        );
         assert_eq!(plan.desired[psa::ENFORCE], "restricted");
     }
 
@@ -623,5 +716,100 @@ mod tests {
         for ns in [mk_ns("a", &[]), mk_ns("b", &[("x", "y")])] {
             assert_eq!(plan_one(&profiles, &ns).governed_by, ["all"]);
         }
+    }
+
+    fn admission(yaml: &str, minor: u32) -> Admission {
+        let config = crate::pss::AdmissionConfig::parse(
+            yaml,
+            std::path::Path::new("admission.yaml"),
+            &|_| Err("no files".into()),
+        )
+        .expect("config");
+        Admission {
+            kube: crate::pss::KubeVersion { minor },
+            config,
+        }
+    }
+
+    const CONFIG: &str = "apiVersion: pod-security.admission.config.k8s.io/v1\nkind: PodSecurityConfiguration\ndefaults:\n  enforce: baseline\nexemptions:\n  namespaces: [legacy]\n";
+
+    #[test]
+    fn admission_defaults_protect_unlabelled_namespaces_and_exempt_ones_are_not_judged() {
+        let a = admission(CONFIG, 37);
+        let none: [ProfileView; 0] = [];
+        let plan = |ns: &NamespaceView,
+                    profiles: &[ProfileView],
+                    blocking: &dyn Fn(&str, LevelVersion) -> Vec<String>| {
+            plan_namespace(profiles, ns, &Exclusions::default(), &a, blocking)
+        };
+        let unlabelled = plan(&mk_ns("app", &[]), &none, &no_pods);
+        assert!(
+            !unlabelled.unprotected,
+            "the server's default enforces baseline"
+        );
+        assert_eq!(unlabelled.policy.enforce, lv("baseline:latest"));
+        let privileged = plan(
+            &mk_ns("app", &[(psa::ENFORCE, "privileged")]),
+            &none,
+            &no_pods,
+        );
+        assert!(privileged.unprotected, "a label overrides the default");
+
+        let legacy = plan(
+            &mk_ns("legacy", &[(psa::ENFORCE, "restricted")]),
+            &none,
+            &no_pods,
+        );
+        assert!(legacy.exempt && !legacy.unprotected);
+        assert_eq!(legacy.policy, Policy::DEFAULT, "no Pod of it is evaluated");
+        // A WhenCompliant rollout never waits for Pods the server does not judge.
+        let mut p = mk_profile("p", "", "restricted");
+        p.spec.rollout = Rollout::WhenCompliant;
+        let always = |_: &str, _: LevelVersion| vec!["old".to_owned()];
+        let legacy = plan(&mk_ns("legacy", &[]), &[view(&p)], &always);
+        assert!(legacy.pending.is_none());
+        assert_eq!(legacy.desired[psa::ENFORCE], "restricted");
+    }
+
+    #[test]
+    fn when_compliant_guards_a_raise_of_the_version_alone() {
+        let mut p = mk_profile("p", "", "baseline");
+        p.spec.rollout = Rollout::WhenCompliant;
+        let ns = mk_ns(
+            "app",
+            &[(psa::ENFORCE, "baseline"), (psa::ENFORCE_VERSION, "v1.20")],
+        );
+        let probes = |_: &str, _: LevelVersion| vec!["probe".to_owned()];
+        let plan = plan_namespace(
+            &[view(&p)],
+            &ns,
+            &Exclusions::default(),
+            &Admission::default(),
+            &probes,
+        );
+        assert_eq!(plan.pending.expect("pending").target, lv("baseline:latest"));
+        assert_eq!(
+            plan.desired[psa::ENFORCE_VERSION],
+            "v1.20",
+            "kept until compliant"
+        );
+        // On a v1.20 server, v1.20 and latest are the same checks: nothing to wait for.
+        let old = admission(
+            "apiVersion: pod-security.admission.config.k8s.io/v1\nkind: PodSecurityConfiguration\n",
+            20,
+        );
+        let plan = plan_namespace(&[view(&p)], &ns, &Exclusions::default(), &old, &probes);
+        assert!(plan.pending.is_none());
+        assert_eq!(plan.desired[psa::ENFORCE_VERSION], "latest");
+    }
+
+    #[test]
+    fn system_namespaces_stay_excluded_whatever_is_added() {
+        let excl = Exclusions::new(["tools"]);
+        for ns in ["kube-system", "kube-public", "kube-node-lease", "tools"] {
+            assert!(excl.contains(ns), "{ns}");
+        }
+        assert!(!excl.contains("app"));
+        assert!(Exclusions::default().contains("kube-system"));
     }
 }

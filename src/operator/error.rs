@@ -34,6 +34,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// A configuration the operator refuses to start with (the text names the input and field).
+    #[error("{0}")]
+    Config(String),
+
     #[error("serving {addr}: {source}")]
     Serve {
         addr: String,
@@ -58,6 +62,7 @@ impl Error {
             Error::Serialize { .. } => "serialize",
             Error::Metrics(_) => "metrics",
             Error::Serve { .. } => "serve",
+            Error::Config(_) => "config",
         }
     }
 }

@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
 
-use crate::pss::{CheckSet, LevelVersion, Mode, Policy};
+use crate::pss::{Admission, CheckSet, KubeVersion, LevelVersion, Mode, Policy};
 
 /// The outcome of evaluating one Pod at one level.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -31,13 +31,31 @@ impl Verdict {
 
 /// What the index needs from a pod projection.
 pub trait Evaluate {
-    fn evaluate(&self, level: LevelVersion) -> Verdict;
+    /// The verdict of a server of version `kube` (what `latest` means there).
+    fn evaluate(&self, level: LevelVersion, kube: KubeVersion) -> Verdict;
     /// Only the failing check ids: what the index keeps for every Pod, without rendering a
     /// message it would drop (messages are rendered on demand for the few samples).
-    fn failing_checks(&self, level: LevelVersion) -> CheckSet {
-        self.evaluate(level).checks
+    fn failing_checks(&self, level: LevelVersion, kube: KubeVersion) -> CheckSet {
+        self.evaluate(level, kube).checks
     }
     fn privileged_containers(&self) -> usize;
+    /// `spec.runtimeClassName`: admission skips Pods whose RuntimeClass it exempts.
+    fn runtime_class(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// Whether the server described by `admission` skips this Pod (its RuntimeClass is exempt).
+fn exempt<P: Evaluate>(pod: &P, admission: &Admission) -> bool {
+    admission.config.exempt_runtime_class(pod.runtime_class())
+}
+
+/// The verdict of the server described by `admission`: nothing fails for an exempt Pod.
+pub fn judge<P: Evaluate>(pod: &P, level: LevelVersion, admission: &Admission) -> Verdict {
+    if exempt(pod, admission) {
+        return Verdict::default();
+    }
+    pod.evaluate(level, admission.kube)
 }
 
 /// A content-addressed table of shared projections: `intern` hands out one `Arc` per distinct
@@ -107,18 +125,31 @@ impl<P> Interner<P> {
 /// one template in one namespace share both, so `reset` and `set_policy` evaluate each pair once.
 /// Keys are the projections' addresses, valid because nothing is freed while a memo lives (the
 /// callers release nothing before they return).
-struct Memo(HashMap<(usize, LevelVersion), CheckSet>);
+struct Memo<'a> {
+    admission: &'a Admission,
+    checks: HashMap<(usize, LevelVersion), CheckSet>,
+}
 
-impl Memo {
-    fn new() -> Self {
-        Memo(HashMap::new())
+impl<'a> Memo<'a> {
+    fn new(admission: &'a Admission) -> Self {
+        Memo {
+            admission,
+            checks: HashMap::new(),
+        }
     }
 
     fn checks<P: Evaluate>(&mut self, pod: &Arc<P>, level: LevelVersion) -> CheckSet {
+        let admission = self.admission;
         *self
-            .0
+            .checks
             .entry((Arc::as_ptr(pod) as usize, level))
-            .or_insert_with(|| pod.failing_checks(level))
+            .or_insert_with(|| {
+                if exempt(&**pod, admission) {
+                    CheckSet::default()
+                } else {
+                    pod.failing_checks(level, admission.kube)
+                }
+            })
     }
 
     /// Failing checks per mode (indexed like `Mode::ALL`) against `policy`.
@@ -138,7 +169,7 @@ struct Entry<P> {
 }
 
 impl<P: Evaluate> Entry<P> {
-    fn new(pod: Arc<P>, policy: &Policy, memo: &mut Memo, owner: Option<Arc<str>>) -> Self {
+    fn new(pod: Arc<P>, policy: &Policy, memo: &mut Memo<'_>, owner: Option<Arc<str>>) -> Self {
         Entry {
             privileged: u32::try_from(pod.privileged_containers()).unwrap_or(u32::MAX),
             checks: memo.all_modes(&pod, policy),
@@ -156,6 +187,8 @@ pub struct PodIndex<P> {
     shared: Interner<P>,
     /// Owner names, one allocation each, shared by their Pods.
     owners: HashSet<Arc<str>>,
+    /// The server whose verdicts the index keeps (its version, its exempt RuntimeClasses).
+    admission: Arc<Admission>,
 }
 
 impl<P> Default for PodIndex<P> {
@@ -165,6 +198,7 @@ impl<P> Default for PodIndex<P> {
             policies: HashMap::new(),
             shared: Interner::default(),
             owners: HashSet::new(),
+            admission: Arc::default(),
         }
     }
 }
@@ -212,7 +246,12 @@ impl<P: Evaluate + Hash + Eq> PodIndex<P> {
         }
         let pod = self.shared.intern(pod);
         let owner = owner.map(|o| self.owner(o));
-        let entry = Entry::new(pod, &self.policy(ns), &mut Memo::new(), owner);
+        let entry = Entry::new(
+            pod,
+            &self.policy(ns),
+            &mut Memo::new(&self.admission),
+            owner,
+        );
         if !self.pods.contains_key(ns) {
             self.pods.insert(ns.to_owned(), BTreeMap::new());
         }
@@ -287,7 +326,8 @@ impl<P: Evaluate + Hash + Eq> PodIndex<P> {
         // The table keeps its entries until the sweep below: a relist mostly brings the same
         // projections back, and the memo needs every projection alive until then.
         self.pods.clear();
-        let mut memo = Memo::new();
+        let admission = Arc::clone(&self.admission);
+        let mut memo = Memo::new(&admission);
         self.owners.clear();
         for (ns, name, pod, owner) in pods {
             let pod = self.shared.intern_shared(pod.into());
@@ -311,7 +351,24 @@ impl<P: Evaluate + Hash + Eq> PodIndex<P> {
         }
         self.policies.insert(ns.to_owned(), policy);
         if let Some(pods) = self.pods.get_mut(ns) {
-            let mut memo = Memo::new();
+            let mut memo = Memo::new(&self.admission);
+            for entry in pods.values_mut() {
+                entry.checks = memo.all_modes(&entry.pod, &policy);
+            }
+        }
+        true
+    }
+
+    /// Sets the server the verdicts are those of, re-evaluating every Pod when it changed (a
+    /// reconnect to an upgraded API server). Returns whether it changed.
+    pub fn set_admission(&mut self, admission: Arc<Admission>) -> bool {
+        if *self.admission == *admission {
+            return false;
+        }
+        self.admission = admission;
+        let mut memo = Memo::new(&self.admission);
+        for (ns, pods) in &mut self.pods {
+            let policy = self.policies.get(ns).copied().unwrap_or_default();
             for entry in pods.values_mut() {
                 entry.checks = memo.all_modes(&entry.pod, &policy);
             }
@@ -321,6 +378,10 @@ impl<P: Evaluate + Hash + Eq> PodIndex<P> {
 }
 
 impl<P: Evaluate> PodIndex<P> {
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
     pub fn policy(&self, ns: &str) -> Policy {
         self.policies.get(ns).copied().unwrap_or(Policy::DEFAULT)
     }
@@ -332,7 +393,7 @@ impl<P: Evaluate> PodIndex<P> {
 
     /// Sorted names of the Pods in `ns` that violate `level` (whatever the namespace policy).
     pub fn blocking(&self, ns: &str, level: LevelVersion) -> Vec<String> {
-        let mut memo = Memo::new();
+        let mut memo = Memo::new(&self.admission);
         self.pods
             .get(ns)
             .into_iter()
@@ -370,7 +431,7 @@ impl<P: Evaluate> PodIndex<P> {
     /// The admission message for one Pod in `mode`, recomputed (only samples need it).
     pub fn message(&self, ns: &str, pod: &str, mode: Mode) -> Option<String> {
         let entry = self.pods.get(ns)?.get(pod)?;
-        let verdict = entry.pod.evaluate(self.policy(ns).get(mode));
+        let verdict = judge(&*entry.pod, self.policy(ns).get(mode), &self.admission);
         (!verdict.allowed()).then_some(verdict.message)
     }
 
@@ -415,7 +476,7 @@ pub(crate) mod tests {
     }
 
     impl Evaluate for FakePod {
-        fn evaluate(&self, lv: LevelVersion) -> Verdict {
+        fn evaluate(&self, lv: LevelVersion, _: KubeVersion) -> Verdict {
             if lv.level <= self.passes {
                 return Verdict::default();
             }

@@ -192,6 +192,7 @@ mod tests {
     use crate::operator::crd::{DeletionPolicy, Rollout};
     use crate::operator::desired::{NamespaceView, ProfileView, plan};
     use crate::operator::testing::profile;
+    use crate::pss::Admission;
     use crate::pss::level::labels as psa;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::FieldsV1;
     use serde_json::json;
@@ -221,6 +222,7 @@ mod tests {
             &views,
             &namespaces,
             &Exclusions::new(Exclusions::DEFAULT),
+            &Admission::default(),
             &|_, _| Vec::new(),
         )
     }
@@ -390,9 +392,13 @@ mod tests {
             labels: Labels::new(),
         }];
         let excl = Exclusions::new(Exclusions::DEFAULT);
-        let blocked = plan(std::slice::from_ref(&view), &ns, &excl, &|_, _| {
-            vec!["old".into()]
-        });
+        let blocked = plan(
+            std::slice::from_ref(&view),
+            &ns,
+            &excl,
+            &Admission::default(),
+            &|_, _| vec!["old".into()],
+        );
         let mut ledger = Ledger::default();
         // Pending, with audit/warn already at the target: nothing to write.
         let labels: BTreeMap<String, Labels> =
@@ -404,7 +410,13 @@ mod tests {
                 .is_empty()
         );
         // The blocking Pod goes: enforce is raised, as an application, not a repair.
-        let free = plan(std::slice::from_ref(&view), &ns, &excl, &|_, _| Vec::new());
+        let free = plan(
+            std::slice::from_ref(&view),
+            &ns,
+            &excl,
+            &Admission::default(),
+            &|_, _| Vec::new(),
+        );
         let w = Pass::new(&free, &labels, &profiles).writes(&mut ledger, &none);
         assert_eq!(applies(&w), [("app", false)]);
     }

@@ -179,6 +179,7 @@ mod tests {
     use crate::operator::desired::ProfileView;
     use crate::operator::desired::{Exclusions, NamespaceView, plan};
     use crate::operator::testing::profile;
+    use crate::pss::Admission;
 
     fn plan_of(profiles: &[&str], blocking: &[&str]) -> NamespacePlan {
         let views: Vec<ProfileView> = profiles
@@ -196,9 +197,13 @@ mod tests {
             labels: Labels::new(),
         }];
         let blocking: Vec<String> = blocking.iter().map(|s| s.to_string()).collect();
-        let plans = plan(&views, &ns, &Exclusions::default(), &|_, _| {
-            blocking.clone()
-        });
+        let plans = plan(
+            &views,
+            &ns,
+            &Exclusions::default(),
+            &Admission::default(),
+            &|_, _| blocking.clone(),
+        );
         plans["app"].clone()
     }
 

@@ -6,7 +6,7 @@ use kube::api::ObjectMeta;
 use serde::Deserialize;
 
 use super::index::{Evaluate, Verdict};
-use crate::pss::{self, CheckSet, LevelVersion, model};
+use crate::pss::{self, CheckSet, KubeVersion, LevelVersion, model};
 
 /// A Pod as the watch deserializes it: full metadata (the watch machinery needs it), the slim
 /// spec, and the phase.
@@ -96,20 +96,24 @@ impl SlimPod {
 }
 
 impl Evaluate for SlimPod {
-    fn evaluate(&self, level: LevelVersion) -> Verdict {
-        let eval = pss::evaluate(&self.meta, &self.spec, level);
+    fn evaluate(&self, level: LevelVersion, kube: KubeVersion) -> Verdict {
+        let eval = pss::evaluate_on(kube, &self.meta, &self.spec, level);
         Verdict {
             checks: eval.failed_check_set(),
             message: eval.denial_message(),
         }
     }
 
-    fn failing_checks(&self, level: LevelVersion) -> CheckSet {
-        pss::evaluate(&self.meta, &self.spec, level).failed_check_set()
+    fn failing_checks(&self, level: LevelVersion, kube: KubeVersion) -> CheckSet {
+        pss::evaluate_on(kube, &self.meta, &self.spec, level).failed_check_set()
     }
 
     fn privileged_containers(&self) -> usize {
         self.spec.privileged_containers()
+    }
+
+    fn runtime_class(&self) -> Option<&str> {
+        self.spec.runtime_class_name.as_deref()
     }
 }
 
@@ -137,13 +141,59 @@ mod tests {
         let (ns, name, slim) = pod.into_slim().expect("named");
         assert_eq!((ns.as_str(), name.as_str()), ("app", "nginx-1"));
         assert_eq!(slim.privileged_containers(), 1);
-        let v = slim.evaluate(LevelVersion::new(Level::Baseline, Version::Latest));
+        let v = slim.evaluate(
+            LevelVersion::new(Level::Baseline, Version::Latest),
+            KubeVersion::NEWEST_KNOWN,
+        );
         assert_eq!(v.checks.ids().collect::<Vec<_>>(), ["privileged"]);
         assert_eq!(
             v.message,
             r#"violates PodSecurity "baseline:latest": privileged (container "nginx" must not set securityContext.privileged=true)"#
         );
-        assert!(slim.evaluate(LevelVersion::PRIVILEGED).allowed());
+        assert!(
+            slim.evaluate(LevelVersion::PRIVILEGED, KubeVersion::NEWEST_KNOWN)
+                .allowed()
+        );
+    }
+
+    #[test]
+    fn exempt_runtime_classes_and_the_servers_version_decide_the_index() {
+        let mut pod: WatchedPod = serde_json::from_str(SEED_POD).expect("pod json");
+        pod.spec.runtime_class_name = Some("kata".into());
+        let (ns, name, slim) = pod.into_slim().expect("named");
+        let mut index = PodIndex::default();
+        let baseline = crate::pss::Policy {
+            enforce: LevelVersion::new(Level::Baseline, Version::Latest),
+            ..Default::default()
+        };
+        index.set_policy(&ns, baseline);
+        index.apply(&ns, &name, slim);
+        assert_eq!(index.tally(&ns, crate::pss::Mode::Enforce).pods, 1);
+        let config = crate::pss::AdmissionConfig {
+            exemptions: crate::pss::Exemptions {
+                runtime_classes: ["kata".to_owned()].into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let exempting = Arc::new(crate::pss::Admission {
+            kube: KubeVersion { minor: 31 },
+            config,
+        });
+        assert!(index.set_admission(Arc::clone(&exempting)));
+        assert!(
+            !index.set_admission(exempting),
+            "the same server again changes nothing"
+        );
+        assert_eq!(index.tally(&ns, crate::pss::Mode::Enforce).pods, 0);
+        assert_eq!(index.message(&ns, &name, crate::pss::Mode::Enforce), None);
+        assert!(
+            index
+                .blocking(&ns, LevelVersion::new(Level::Restricted, Version::Latest))
+                .is_empty()
+        );
+        assert!(index.set_admission(Arc::default()));
+        assert_eq!(index.tally(&ns, crate::pss::Mode::Enforce).pods, 1);
     }
 
     #[test]
@@ -221,7 +271,10 @@ mod tests {
             ["data"]
         );
         assert_eq!(slim_a.meta().annotations.len(), 1);
-        let v = slim_a.evaluate(LevelVersion::new(Level::Baseline, Version::Latest));
+        let v = slim_a.evaluate(
+            LevelVersion::new(Level::Baseline, Version::Latest),
+            KubeVersion::NEWEST_KNOWN,
+        );
         assert_eq!(
             v.message,
             r#"violates PodSecurity "baseline:latest": forbidden AppArmor profile (annotation must not set AppArmor profile type to "container.apparmor.security.beta.kubernetes.io/web="unconfined""), hostPath volumes (volume "data")"#

@@ -16,7 +16,7 @@ use super::status::{MAX_STATUS_BYTES, Observed, profile_status};
 use super::testing::profile;
 use super::workloads::TemplateIndex;
 use crate::pss::level::labels as psa;
-use crate::pss::{Level, Mode};
+use crate::pss::{Admission, Level, Mode};
 
 const TEAMS: [&str; 3] = ["a", "b", "c"];
 const LEVELS: [&str; 3] = ["privileged", "baseline", "restricted"];
@@ -141,7 +141,7 @@ proptest! {
         let exclusions = Exclusions::new(["ns0"]);
         let plans = {
             let idx = &index;
-            plan(&views, &namespaces, &exclusions, &|ns, lv| idx.blocking(ns, lv))
+            plan(&views, &namespaces, &exclusions, &Admission::default(), &|ns, lv| idx.blocking(ns, lv))
         };
         for p in plans.values() {
             index.set_policy(&p.name, p.policy);
@@ -162,10 +162,16 @@ proptest! {
             if p.excluded {
                 prop_assert!(name == "ns0" && p.desired.is_empty() && !p.unprotected);
             }
-            prop_assert_eq!(
-                p.unprotected,
-                !p.excluded && p.governed_by.is_empty() && p.policy.enforce.level == Level::Privileged
-            );
+            if p.governed_by.is_empty() {
+                prop_assert_eq!(
+                    p.unprotected,
+                    !p.excluded && p.policy.enforce.level == Level::Privileged
+                );
+            } else if p.write {
+                // Namespaces an Enforce-mode profile governs are protected by its declaration;
+                // Audit-mode ones are as protected as the labels they carry.
+                prop_assert!(!p.unprotected);
+            }
             // Only PSA labels are ever desired, always level and version together.
             if p.pending.is_none() {
                 for mode in Mode::ALL {
@@ -204,9 +210,11 @@ proptest! {
             for (mode, mode_status) in [(Mode::Enforce, &status.enforce), (Mode::Audit, &status.audit), (Mode::Warn, &status.warn)] {
                 let Some(mode_status) = mode_status else { continue };
                 let governed: Vec<&String> = plans.values().filter(|pl| pl.governed_by.contains(&name)).map(|pl| &pl.name).collect();
+                // In force, or (Audit mode) what the profile would enforce: one or the other.
                 let from_metrics: i32 = metrics
                     .violating_pods
                     .iter()
+                    .chain(&metrics.would_violate_pods)
                     .filter(|(l, _)| governed.contains(&&l[0]) && l[2] == mode.as_str())
                     .map(|(_, n)| *n)
                     .sum();

@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
@@ -18,7 +19,7 @@ use serde::Deserialize;
 
 use super::index::{Evaluate, PodIndex, Tally, Violator};
 use super::pods::SlimPod;
-use crate::pss::{LevelVersion, Mode, Policy, model};
+use crate::pss::{Admission, LevelVersion, Mode, Policy, model};
 
 /// The workload kinds with a Pod template, in the order their indexes are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -244,6 +245,15 @@ impl<P: Evaluate + std::hash::Hash + Eq> TemplateIndex<P> {
         &mut self.kinds[kind.index()]
     }
 
+    /// Sets the server the verdicts are those of, for every kind; returns whether it changed.
+    pub fn set_admission(&mut self, admission: &Arc<Admission>) -> bool {
+        let mut changed = false;
+        for index in &mut self.kinds {
+            changed |= index.set_admission(Arc::clone(admission));
+        }
+        changed
+    }
+
     /// Sets the policy of `ns` for every kind; returns whether it changed.
     pub fn set_policy(&mut self, ns: &str, policy: Policy) -> bool {
         let mut changed = false;
@@ -406,7 +416,7 @@ impl<P: Evaluate> TemplateIndex<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pss::{Level, Version};
+    use crate::pss::{KubeVersion, Level, Version};
     use serde_json::json;
 
     const SEED_DEPLOYMENT: &str = r#"{
@@ -590,7 +600,10 @@ mod tests {
         let Reported::Template(_, _, slim, _) = reported(WorkloadKind::CronJob, meta, spec) else {
             panic!("reported")
         };
-        let v = slim.evaluate(LevelVersion::new(Level::Baseline, Version::Latest));
+        let v = slim.evaluate(
+            LevelVersion::new(Level::Baseline, Version::Latest),
+            KubeVersion::NEWEST_KNOWN,
+        );
         assert_eq!(v.checks.ids().collect::<Vec<_>>(), ["privileged"]);
         assert!(v.message.contains(r#"container "c299""#), "{}", v.message);
     }
@@ -611,7 +624,10 @@ mod tests {
             panic!("reported")
         };
         assert_eq!(name, "nightly");
-        let v = slim.evaluate(LevelVersion::new(Level::Baseline, Version::Latest));
+        let v = slim.evaluate(
+            LevelVersion::new(Level::Baseline, Version::Latest),
+            KubeVersion::NEWEST_KNOWN,
+        );
         assert_eq!(v.checks.ids().collect::<Vec<_>>(), ["hostNamespaces"]);
     }
 }

@@ -10,7 +10,33 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::level::{Level, LevelVersion, Policy, Version};
+use super::level::{KubeVersion, Level, LevelVersion, Policy, Version, policy_from_labels};
+
+/// What the cluster's PodSecurity admission enforces beyond the namespace labels: the server's
+/// version (what `latest` means) and its admission configuration. Everything the operator and
+/// `check` report is judged through this, so they say what that server would.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Admission {
+    pub kube: KubeVersion,
+    pub config: AdmissionConfig,
+}
+
+impl Admission {
+    /// The policy a namespace with these labels is evaluated under: its labels, the
+    /// configuration's defaults for what they do not set (upstream `PolicyToEvaluate`), and
+    /// nothing at all (privileged in every mode) when the namespace is exempt.
+    pub fn policy<'a>(&self, namespace: &str, get: impl Fn(&str) -> Option<&'a str>) -> Policy {
+        if self.config.exempt_namespace(namespace) {
+            return Policy::DEFAULT;
+        }
+        policy_from_labels(get, self.config.defaults).0
+    }
+
+    /// [`super::at_least_as_strict`] on this server.
+    pub fn at_least_as_strict(&self, a: LevelVersion, b: LevelVersion) -> bool {
+        super::at_least_as_strict(a, b, self.kube)
+    }
+}
 
 /// A validated PodSecurity admission configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

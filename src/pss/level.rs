@@ -53,6 +53,12 @@ impl KubeVersion {
     }
 }
 
+impl Default for KubeVersion {
+    fn default() -> Self {
+        KubeVersion::NEWEST_KNOWN
+    }
+}
+
 impl fmt::Display for KubeVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "v1.{}", self.minor)

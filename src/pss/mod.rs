@@ -20,7 +20,7 @@ pub mod format;
 pub mod level;
 pub mod model;
 
-pub use admission::{AdmissionConfig, Exemptions};
+pub use admission::{Admission, AdmissionConfig, Exemptions};
 pub use checks::{
     CheckId, CheckSet, Violation, annotation_is_checked, checks_for, volume_is_checked,
 };

@@ -152,6 +152,10 @@ pub struct PodSpec {
     pub host_users: Option<bool>,
     #[serde(default)]
     pub os: Option<PodOs>,
+    /// No check reads it; PodSecurity admission skips Pods whose RuntimeClass its configuration
+    /// exempts.
+    #[serde(default)]
+    pub runtime_class_name: Option<Box<str>>,
     /// Boxed, like the optional parts of [`Container`]: absent in many Pods, and inline they
     /// made every distinct Pod the operator keeps ~400 bytes larger.
     #[serde(default)]

@@ -25,12 +25,15 @@ use crate::operator::ledger::Ledger;
 use crate::operator::metrics::Metrics;
 use crate::operator::pods::SlimPod;
 use crate::operator::workloads::TemplateIndex;
+use crate::pss::AdmissionConfig;
 
 /// The longest wait before retrying a failed write.
 pub(super) const MAX_RETRY: Duration = Duration::from_secs(30);
 
 pub struct Config {
     pub exclusions: Exclusions,
+    /// The cluster's PodSecurity admission configuration (defaults, exemptions).
+    pub admission: AdmissionConfig,
     /// Reported in Events (`reportingInstance`).
     pub identity: String,
     /// With leader election: the longest standstill after which the Lease may still be ours
@@ -56,6 +59,8 @@ pub(super) struct Context {
     pub shared: Mutex<Shared>,
     /// Wakes the pass loop.
     pub wake: tokio::sync::Notify,
+    /// A watch lost its connection: the API server's version is read again.
+    pub reconnected: tokio::sync::Notify,
     /// Every write checks it first.
     pub fence: Fence,
     /// Label writes, for the label writer.
@@ -98,6 +103,7 @@ impl Context {
             templates: Default::default(),
             shared: Mutex::new(Shared::default()),
             wake: tokio::sync::Notify::new(),
+            reconnected: tokio::sync::Notify::new(),
             writes,
             events,
             pictures,

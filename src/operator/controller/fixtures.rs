@@ -45,7 +45,8 @@ pub fn booking_context() -> (Arc<Context>, Writer<PartialObjectMeta<Namespace>>)
     let (profiles, _) = reflector::store();
     let (namespaces, writer) = reflector::store();
     let config = Config {
-        exclusions: Exclusions::new(Exclusions::DEFAULT),
+        exclusions: Exclusions::default(),
+        admission: Default::default(),
         identity: "test".into(),
         pause_limit: None,
     };

@@ -27,6 +27,7 @@ mod finalizer;
 mod fixtures;
 mod pass;
 mod reporter;
+mod version;
 mod watch;
 mod writer;
 
@@ -67,10 +68,13 @@ pub async fn run(
             e => Error::Kube(e),
         })?;
 
+    // Every verdict depends on what `latest` means on this server.
+    let kube = version::first(&client).await;
     let (profiles, profiles_writer) = reflector::store();
     let (namespaces, namespaces_writer) = reflector::store();
     let (ctx, receivers) = Context::new(client, config, metrics, ready, profiles, namespaces);
     let ctx = Arc::new(ctx);
+    version::adopt(&ctx, kube).await;
 
     // Separate tasks, so the pass, the reporter and the decoding of watch events use both cores
     // instead of taking turns in one task. Dropping the set (leadership lost) aborts them all.
@@ -100,6 +104,7 @@ pub async fn run(
     ));
     tasks.spawn(watch::workloads::<WatchedStatefulSet>(ctx.clone()));
     tasks.spawn(watch::refusals(ctx.clone()));
+    tasks.spawn(version::follow(ctx.clone(), kube));
     tasks.spawn(pass::pass_loop(ctx.clone()));
     tasks.spawn(reporter::report_loop(ctx.clone(), receivers.pictures));
     tasks.spawn(writer::label_writer(ctx.clone(), receivers.writes));

@@ -340,9 +340,13 @@ fn replan_one(
         None => n.labels().clone(),
     };
     let view = NamespaceView { name, labels };
-    let plan = plan_namespace(profiles, &view, &ctx.config.exclusions, &|ns, lv| {
-        inputs.blocking(ns, lv)
-    });
+    let plan = plan_namespace(
+        profiles,
+        &view,
+        &ctx.config.exclusions,
+        inputs.index.admission(),
+        &|ns, lv| inputs.blocking(ns, lv),
+    );
     cache
         .owned
         .insert(view.name.clone(), owned_labels(&n.metadata.managed_fields));

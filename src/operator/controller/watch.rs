@@ -102,6 +102,7 @@ fn note<K>(
         }
         Err(e) => {
             warn!(error = %e, "watching {what}");
+            ctx.reconnected.notify_one();
             return;
         }
     }
@@ -197,7 +198,10 @@ async fn feed_pods(
                     forget(ctx, &ns, &name).await;
                 }
             }
-            Err(e) => warn!(error = %e, "watching pods"),
+            Err(e) => {
+                warn!(error = %e, "watching pods");
+                ctx.reconnected.notify_one();
+            }
         }
     }
 }
@@ -319,7 +323,10 @@ where
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "watching {kind}s"),
+            Err(e) => {
+                warn!(error = %e, "watching {kind}s");
+                ctx.reconnected.notify_one();
+            }
         }
     }
 }
@@ -365,7 +372,10 @@ pub(super) async fn refusals(ctx: Arc<Context>) {
                     ctx.wake.notify_one();
                 }
             }
-            Err(e) => warn!(error = %e, "watching FailedCreate events"),
+            Err(e) => {
+                warn!(error = %e, "watching FailedCreate events");
+                ctx.reconnected.notify_one();
+            }
         }
     }
 }

@@ -20,7 +20,12 @@ pub(super) struct Family {
 }
 
 /// The gauge families, sorted by name as the exposition lists families.
-pub(super) const FAMILIES: [Family; 9] = [
+pub(super) const FAMILIES: [Family; 13] = [
+    Family {
+        name: "pss_apiserver_version_unsupported",
+        help: "1 when the API server is newer than the newest Pod Security policy version this build knows (its checks are evaluated as that version's)",
+        labels: &["version"],
+    },
     Family {
         name: "pss_blocked_workloads",
         help: "Workloads whose Pod template violates the enforce level in force: their next Pod is refused",
@@ -32,13 +37,23 @@ pub(super) const FAMILIES: [Family; 9] = [
         labels: &["namespace"],
     },
     Family {
+        name: "pss_namespace_excluded",
+        help: "1 for a namespace the operator leaves alone (system namespaces, --exclude-namespaces, its own)",
+        labels: &["namespace"],
+    },
+    Family {
+        name: "pss_namespace_exempt",
+        help: "1 for a namespace the PodSecurity admission configuration exempts: none of its Pods is evaluated",
+        labels: &["namespace"],
+    },
+    Family {
         name: "pss_namespace_level",
         help: "1 per written namespace and mode, labelled with the level and version in force",
         labels: &["level", "mode", "namespace", "profile", "version"],
     },
     Family {
         name: "pss_pod_violations",
-        help: "Running Pods failing a check at the level of a mode in their namespace",
+        help: "Running Pods failing a check at the level in force of a mode in their namespace",
         labels: &["check", "mode", "namespace", "profile"],
     },
     Family {
@@ -53,18 +68,23 @@ pub(super) const FAMILIES: [Family; 9] = [
     },
     Family {
         name: "pss_unprotected_namespace",
-        help: "1 for a namespace no profile selects whose enforce level is privileged or unset",
+        help: "1 for a namespace whose enforce level in force is privileged (labels and admission defaults), not exempt, and no Enforce-mode profile governs",
         labels: &["namespace"],
     },
     Family {
         name: "pss_violating_pods",
-        help: "Running Pods that violate the level of a mode in their namespace",
+        help: "Running Pods that violate the level in force of a mode in their namespace",
         labels: &["mode", "namespace", "profile"],
     },
     Family {
         name: "pss_violating_workloads",
-        help: "Workloads whose Pod template violates the level of a mode in their namespace",
+        help: "Workloads whose Pod template violates the level in force of a mode in their namespace",
         labels: &["kind", "mode", "namespace", "profile"],
+    },
+    Family {
+        name: "pss_would_violate_pods",
+        help: "Running Pods that would violate the level an Audit-mode profile declares for a mode (not in force)",
+        labels: &["mode", "namespace", "profile"],
     },
 ];
 
@@ -114,6 +134,18 @@ impl Gauges {
     pub fn new(v: &MetricValues) -> Gauges {
         let mut interner = LabelValueIds::default();
         // Each family's label values in the order of its (sorted) label names.
+        let unsupported = interner.series(
+            v.apiserver_version
+                .iter()
+                .map(|(version, n)| ([version.as_str()], *n)),
+        );
+        let excluded = interner.series(v.excluded.iter().map(|ns| ([ns.as_str()], 1)));
+        let exempt = interner.series(v.exempt.iter().map(|ns| ([ns.as_str()], 1)));
+        let would = interner.series(
+            v.would_violate_pods
+                .iter()
+                .map(|([ns, profile, mode], n)| ([mode, ns, profile].map(String::as_str), *n)),
+        );
         let blocked = interner.series(
             v.blocked_workloads
                 .iter()
@@ -165,15 +197,19 @@ impl Gauges {
             g.ends
                 .push(u32::try_from(g.strings.len()).expect("label values under 4 GiB"));
         }
-        g.set(0, blocked, &rank);
-        g.set(1, conflict, &rank);
-        g.set(2, level, &rank);
-        g.set(3, violations, &rank);
-        g.set(4, privileged, &rank);
-        g.set(5, pending, &rank);
-        g.set(6, unprotected, &rank);
-        g.set(7, violating, &rank);
-        g.set(8, violating_workloads, &rank);
+        g.set(0, unsupported, &rank);
+        g.set(1, blocked, &rank);
+        g.set(2, conflict, &rank);
+        g.set(3, excluded, &rank);
+        g.set(4, exempt, &rank);
+        g.set(5, level, &rank);
+        g.set(6, violations, &rank);
+        g.set(7, privileged, &rank);
+        g.set(8, pending, &rank);
+        g.set(9, unprotected, &rank);
+        g.set(10, violating, &rank);
+        g.set(11, violating_workloads, &rank);
+        g.set(12, would, &rank);
         g
     }
 

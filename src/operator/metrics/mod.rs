@@ -199,6 +199,10 @@ mod tests {
                 1,
             )],
             blocked_workloads: vec![([ns.into(), "apps".into(), "Deployment".into()], 1)],
+            apiserver_version: vec![("v1.31".into(), 0)],
+            excluded: vec!["kube-system".into()],
+            exempt: vec![],
+            would_violate_pods: vec![([ns.into(), "audit".into(), "enforce".into()], 4)],
         }
     }
 
@@ -207,8 +211,14 @@ mod tests {
     /// families of `m`'s registry and encoded by the crate's `TextEncoder`.
     fn with_prometheus_gauges(m: &Metrics, v: &MetricValues) -> String {
         let r = Registry::new();
-        let gauge = |f: usize| {
-            let family = &FAMILIES[f];
+        let index = |name: &str| {
+            FAMILIES
+                .iter()
+                .position(|f| f.name == name)
+                .expect("family")
+        };
+        let gauge = |name: &str| {
+            let family = &FAMILIES[index(name)];
             let g = IntGaugeVec::new(Opts::new(family.name, family.help), family.labels)
                 .expect("gauge");
             r.register(Box::new(g.clone())).expect("register");
@@ -220,45 +230,66 @@ mod tests {
             g.with_label_values(&labels).set(i64::from(value));
         };
         // A family whose gauge had its labels in another order than the sorted one.
-        let unsorted = |f: usize, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(FAMILIES[f].name, FAMILIES[f].help), labels)
-                .expect("gauge");
+        let unsorted = |name: &str, labels: &[&str]| {
+            let f = &FAMILIES[index(name)];
+            let g = IntGaugeVec::new(Opts::new(f.name, f.help), labels).expect("gauge");
             r.register(Box::new(g.clone())).expect("register");
             g
         };
-        let blocked = unsorted(0, &["namespace", "profile", "kind"]);
+        let unsupported = gauge("pss_apiserver_version_unsupported");
+        for (version, n) in &v.apiserver_version {
+            set(&unsupported, &[version], *n);
+        }
+        let blocked = unsorted("pss_blocked_workloads", &["namespace", "profile", "kind"]);
         for (l, n) in &v.blocked_workloads {
             set(&blocked, &l.iter().collect::<Vec<_>>(), *n);
         }
-        let conflict = gauge(1);
-        for ns in &v.conflicted {
-            set(&conflict, &[ns], 1);
+        for (name, list) in [
+            ("pss_namespace_conflict", &v.conflicted),
+            ("pss_namespace_excluded", &v.excluded),
+            ("pss_namespace_exempt", &v.exempt),
+            ("pss_unprotected_namespace", &v.unprotected),
+        ] {
+            let g = gauge(name);
+            for ns in list {
+                set(&g, &[ns], 1);
+            }
         }
-        let level = unsorted(2, &["namespace", "profile", "mode", "level", "version"]);
+        let level = unsorted(
+            "pss_namespace_level",
+            &["namespace", "profile", "mode", "level", "version"],
+        );
         for l in &v.namespace_level {
             set(&level, &l.iter().collect::<Vec<_>>(), 1);
         }
-        let violations = unsorted(3, &["namespace", "profile", "mode", "check"]);
+        let violations = unsorted(
+            "pss_pod_violations",
+            &["namespace", "profile", "mode", "check"],
+        );
         for (l, n) in &v.pod_violations {
             set(&violations, &l.iter().collect::<Vec<_>>(), *n);
         }
-        let privileged = gauge(4);
+        let privileged = gauge("pss_privileged_containers");
         for (ns, n) in &v.privileged_containers {
             set(&privileged, &[ns], *n);
         }
-        let pending = gauge(5);
+        let pending = gauge("pss_rollout_pending");
         for (l, n) in &v.rollout_pending {
             set(&pending, &l.iter().collect::<Vec<_>>(), *n);
         }
-        let unprotected = gauge(6);
-        for ns in &v.unprotected {
-            set(&unprotected, &[ns], 1);
+        for (name, series) in [
+            ("pss_violating_pods", &v.violating_pods),
+            ("pss_would_violate_pods", &v.would_violate_pods),
+        ] {
+            let g = unsorted(name, &["namespace", "profile", "mode"]);
+            for (l, n) in series {
+                set(&g, &l.iter().collect::<Vec<_>>(), *n);
+            }
         }
-        let violating = unsorted(7, &["namespace", "profile", "mode"]);
-        for (l, n) in &v.violating_pods {
-            set(&violating, &l.iter().collect::<Vec<_>>(), *n);
-        }
-        let workloads = unsorted(8, &["namespace", "profile", "mode", "kind"]);
+        let workloads = unsorted(
+            "pss_violating_workloads",
+            &["namespace", "profile", "mode", "kind"],
+        );
         for (l, n) in &v.violating_workloads {
             set(&workloads, &l.iter().collect::<Vec<_>>(), *n);
         }
@@ -320,6 +351,12 @@ mod tests {
                 }
             }
         }
+        v.apiserver_version.push(("v1.99".into(), 1));
+        v.excluded
+            .extend(["kube-system".to_owned(), ODD[2].to_owned()]);
+        v.exempt.push(ODD[3].to_owned());
+        v.would_violate_pods
+            .push(([ODD[4].into(), ODD[5].into(), "enforce".into()], 9));
         // The same labels twice: the last value counts.
         v.privileged_containers.push(("app".into(), i32::MIN));
         v
@@ -478,7 +515,13 @@ mod tests {
             prop::collection::vec(label(), 0..3),
             prop::collection::vec((prop::array::uniform2(label()), n.clone()), 0..3),
             prop::collection::vec((prop::array::uniform4(label()), n.clone()), 0..4),
-            prop::collection::vec((prop::array::uniform3(label()), n), 0..4),
+            prop::collection::vec((prop::array::uniform3(label()), n.clone()), 0..4),
+            (
+                prop::collection::vec((label(), 0..2i32), 0..2),
+                prop::collection::vec(label(), 0..3),
+                prop::collection::vec(label(), 0..3),
+                prop::collection::vec((prop::array::uniform3(label()), n), 0..4),
+            ),
         )
             .prop_map(
                 |(
@@ -491,6 +534,7 @@ mod tests {
                     rollout_pending,
                     violating_workloads,
                     blocked_workloads,
+                    (apiserver_version, excluded, exempt, would_violate_pods),
                 )| MetricValues {
                     namespace_level,
                     violating_pods,
@@ -501,6 +545,10 @@ mod tests {
                     rollout_pending,
                     violating_workloads,
                     blocked_workloads,
+                    apiserver_version,
+                    excluded,
+                    exempt,
+                    would_violate_pods,
                 },
             )
     }

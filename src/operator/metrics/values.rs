@@ -29,18 +29,34 @@ pub struct MetricValues {
     /// (namespace, profile, kind) → workloads whose template violates the enforce level, when
     /// not zero.
     pub blocked_workloads: Vec<([String; 3], i32)>,
+    /// The API server's version → 1 when newer than the newest policy version this build knows.
+    pub apiserver_version: Vec<(String, i32)>,
+    /// Existing namespaces the operator leaves alone.
+    pub excluded: Vec<String>,
+    /// Existing namespaces the admission configuration exempts.
+    pub exempt: Vec<String>,
+    /// (namespace, profile, mode) → Pods violating what an Audit-mode profile declares (not in
+    /// force: the namespace's labels are not written).
+    pub would_violate_pods: Vec<([String; 3], i32)>,
 }
 
 impl MetricValues {
     /// The values of everything observed in one pass.
     pub fn of<P: Evaluate>(obs: &Observed<'_, P>) -> MetricValues {
         let mut m = MetricValues::default();
+        let kube = obs.index.admission().kube;
+        m.apiserver_version
+            .push((kube.to_string(), i32::from(!kube.is_known())));
         for plan in obs.plans.values() {
             let ns = &plan.name;
             m.privileged_containers
                 .push((ns.clone(), count(obs.index.privileged_containers(ns))));
             if plan.excluded {
+                m.excluded.push(ns.clone());
                 continue;
+            }
+            if plan.exempt {
+                m.exempt.push(ns.clone());
             }
             if plan.unprotected {
                 m.unprotected.push(ns.clone());
@@ -52,6 +68,16 @@ impl MetricValues {
             if let Some(pending) = &plan.pending {
                 m.rollout_pending
                     .push(([ns.clone(), profile.clone()], count(pending.blocking.len())));
+            }
+            // An Audit-mode profile's levels are not in force: its namespaces are evaluated
+            // against them and reported apart, so that no alert on what is enforced fires.
+            if !plan.write && !plan.governed_by.is_empty() {
+                for mode in Mode::ALL {
+                    let tally = obs.index.tally(ns, mode);
+                    m.would_violate_pods
+                        .push(([ns.clone(), profile.clone(), mode.to_string()], tally.pods));
+                }
+                continue;
             }
             for mode in Mode::ALL {
                 if plan.write {

@@ -13,7 +13,7 @@ use super::crd::{
 use super::desired::{Labels, NamespacePlan, ProfileView};
 use super::index::{Evaluate, PodIndex, Tally};
 use super::workloads::TemplateIndex;
-use crate::pss::{CheckSet, Mode};
+use crate::pss::{CheckSet, Mode, NEWEST_KNOWN_MINOR};
 
 pub const MAX_NAMESPACES: usize = 100;
 pub const MAX_SAMPLES: usize = 20;
@@ -212,12 +212,21 @@ pub fn profile_status<P: Evaluate>(
             ),
         )
     };
+    let kube = obs.index.admission().kube;
     let degraded = match failed.first() {
         Some((ns, why)) => condition(
             "Degraded",
             true,
             "ApplyFailed",
             truncate(&format!("namespace {ns}: {why}"), MAX_MESSAGE_BYTES),
+        ),
+        None if !kube.is_known() => condition(
+            "Degraded",
+            true,
+            "ServerNewerThanOperator",
+            format!(
+                "kube-apiserver is {kube}, newer than the newest Pod Security policy version this pss-operator knows (v1.{NEWEST_KNOWN_MINOR}): Pods are evaluated with v1.{NEWEST_KNOWN_MINOR}'s checks and may miss checks added since; upgrade pss-operator"
+            ),
         ),
         None => condition("Degraded", false, "AsExpected", "".into()),
     };
@@ -229,6 +238,8 @@ pub fn profile_status<P: Evaluate>(
         enforced_namespaces: count(enforced),
         pending_namespaces: count(pending.len()),
         conflicted_namespaces: count(conflicted.len()),
+        exempt_namespaces: count(governed.iter().filter(|p| p.exempt).count()),
+        kubernetes_version: Some(kube.to_string()),
         drift_corrections,
         blocked_workloads: 0,
         pending: pending

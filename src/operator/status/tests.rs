@@ -8,7 +8,7 @@ use crate::operator::index::tests::{FakePod, mk_pod};
 use crate::operator::metrics::MetricValues;
 use crate::operator::testing::profile;
 use crate::operator::workloads::WorkloadKind;
-use crate::pss::Level;
+use crate::pss::{Admission, Level};
 use k8s_openapi::jiff::Timestamp;
 
 fn time(secs: i64) -> Time {
@@ -59,6 +59,7 @@ impl World {
             &views,
             &self.namespaces,
             &Exclusions::new(Exclusions::DEFAULT),
+            &Admission::default(),
             &|ns, lv| index.blocking(ns, lv),
         );
         for p in plans.values() {
