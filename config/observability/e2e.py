@@ -228,6 +228,18 @@ metadata: {name: obs-open}
 apiVersion: v1
 kind: Namespace
 metadata: {name: obs-frozen, labels: {team: obs, obs-e2e/frozen: "true"}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: obs-legacy}   # exempt by the operator's --admission-config
+"""
+
+# The operator's admission configuration (as a cluster admin gives kube-apiserver): obs-legacy is
+# exempt, so it is neither unprotected nor alerted on, and pss_namespace_exempt names it.
+ADMISSION_CONFIG = """apiVersion: pod-security.admission.config.k8s.io/v1
+kind: PodSecurityConfiguration
+exemptions:
+  namespaces: [obs-legacy]
 """
 
 # Applied once obs-app enforces baseline: the API server only warns, and its ReplicaSet's Pods
@@ -383,8 +395,11 @@ def scenario(run):
     def start_replica(name):
         port = free_port()
         replicas[name] = f"127.0.0.1:{port}"
+        admission = run.work / "admission.yaml"
+        admission.write_text(ADMISSION_CONFIG)
         run.start(name, [operator_bin, "run", f"--metrics-addr=127.0.0.1:{port}", "--leader-elect",
-                         "--operator-namespace=pss-system", "--log-format=text"],
+                         "--operator-namespace=pss-system", "--log-format=text",
+                         f"--admission-config={admission}"],
                   env=dict(os.environ, KUBECONFIG=run.kubeconfig, RUST_LOG="info", POD_NAME=name))
 
     def leaders(names):
@@ -523,6 +538,11 @@ scrape_configs:
         'sum(pss_pod_violations{mode="enforce", namespace="obs-app", check="privileged"})': 1,
         'sum(pss_blocked_workloads{namespace="obs-app", kind="Deployment"})': 1,
         'sum(pss_violating_workloads{mode="enforce", namespace="obs-app", kind="Deployment"})': 1,
+        'sum(pss_namespace_exempt{namespace="obs-legacy"})': 1,
+        'sum(pss_namespace_excluded{namespace="pss-system"})': 1,
+        'sum(pss_namespace_excluded{namespace="kube-system"})': 1,
+        'count(pss_unprotected_namespace{namespace="obs-legacy"})': None,
+        'sum(pss_apiserver_version_unsupported)': 0,
     }
 
     def values_match():

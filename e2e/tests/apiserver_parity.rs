@@ -24,7 +24,7 @@ use kube::Client;
 use kube::api::PostParams;
 use serde_json::{Value, json};
 
-use pss_operator::pss::{self, Level, LevelVersion, Version};
+use pss_operator::pss::{self, KubeVersion, Level, LevelVersion, Version};
 
 use crate::harness::{
     TestEnv, create_namespace, repo_root, unique_name, wait_for_default_service_account,
@@ -192,6 +192,9 @@ async fn evaluator_matches_apiserver_warnings_on_workload_templates() -> Result<
 /// with the evaluator, prints a summary and writes the full report to CARGO_TARGET_TMPDIR.
 async fn run_parity(test: &str, mode: Mode, cases: Vec<Case>) -> Result<()> {
     let env = TestEnv::new(test, &[]).await?;
+    // `latest`, and versions newer than the server, mean the server's own version: the evaluator
+    // is asked as that server (`K8S_VERSION=v1.31.13` runs the same cases on a v1.31 server).
+    let kube = server_version(&env.client).await?;
     let pairs: BTreeSet<(Level, String)> =
         cases.iter().map(|c| (c.level, c.version.clone())).collect();
     let (level_label, version_label) = mode.labels();
@@ -210,7 +213,7 @@ async fn run_parity(test: &str, mode: Mode, cases: Vec<Case>) -> Result<()> {
         wait_for_default_service_account(&env.client, ns).await?;
     }
 
-    let outcomes = run_all(&env.client, mode, cases, &namespaces).await;
+    let outcomes = run_all(&env.client, kube, mode, cases, &namespaces).await;
     // Dry-runs leave nothing behind worth inspecting: drop the namespaces whatever the outcome.
     for ns in namespaces.values() {
         crate::harness::delete_namespace(&env.client, ns).await?;
@@ -242,7 +245,7 @@ async fn run_parity(test: &str, mode: Mode, cases: Vec<Case>) -> Result<()> {
         Mode::DeploymentWarn => ("workload dry-runs (warn, 7 kinds)", "warned"),
     };
     let summary = format!(
-        "{test}: compared {total} {what} with the evaluator ({} fixtures, {} generated; {flagged_count} {flagged_what}, {} allowed); {} matched, {} differed; {} rejected as invalid (422) before admission, not compared",
+        "{test} on kube-apiserver {kube}: compared {total} {what} with the evaluator ({} fixtures, {} generated; {flagged_count} {flagged_what}, {} allowed); {} matched, {} differed; {} rejected as invalid (422) before admission, not compared",
         compared[0],
         compared[1],
         total - flagged_count,
@@ -279,8 +282,15 @@ async fn run_parity(test: &str, mode: Mode, cases: Vec<Case>) -> Result<()> {
     Ok(())
 }
 
+/// The API server's Kubernetes version, as the operator reads it.
+pub async fn server_version(client: &Client) -> Result<KubeVersion> {
+    let info = client.apiserver_version().await?;
+    KubeVersion::from_server(&info.major, &info.minor, &info.git_version).map_err(|e| anyhow!(e))
+}
+
 async fn run_all(
     client: &Client,
+    kube: KubeVersion,
     mode: Mode,
     cases: Vec<Case>,
     namespaces: &BTreeMap<(Level, String), String>,
@@ -305,8 +315,8 @@ async fn run_all(
                 };
                 let ns = &namespaces[&(case.level, case.version.clone())];
                 let outcome = match mode {
-                    Mode::PodEnforce => compare(&client, ns, case).await,
-                    Mode::DeploymentWarn => compare_template(&client, ns, case).await,
+                    Mode::PodEnforce => compare(&client, kube, ns, case).await,
+                    Mode::DeploymentWarn => compare_template(&client, kube, ns, case).await,
                 };
                 outcomes.push(outcome.with_context(|| format!("case {}", case.id))?);
             }
@@ -352,7 +362,7 @@ async fn apiserver_verdict(
     }
 }
 
-async fn compare(client: &Client, ns: &str, case: &Case) -> Result<Outcome> {
+async fn compare(client: &Client, kube: KubeVersion, ns: &str, case: &Case) -> Result<Outcome> {
     let mut pod = case.pod.clone();
     pod["metadata"]["namespace"] = ns.into();
     // Upstream fixture names such as `capabilities_baseline0` are not valid object names; the name
@@ -369,21 +379,33 @@ async fn compare(client: &Client, ns: &str, case: &Case) -> Result<Outcome> {
             });
         }
     };
-    if let Source::Fixture { expect_allowed } = case.source {
+    let mut model: pss::model::Pod = serde_json::from_value(pod.clone())
+        .with_context(|| format!("the evaluator's Pod model cannot read {}", case.id))?;
+    let mut submitted = model.clone();
+    submitted.apply_api_server_defaults();
+    model.apply_api_server_defaults_on(kube);
+    // The fixtures' expectations are those of the newest version's library: they hold where the
+    // server selects the same checks (an older server runs its own checks for newer versions)
+    // and sees the same Pod (an older server drops fields its default feature gates disable).
+    let fixture_version: Option<Version> = case.version.parse().ok();
+    let same_checks = fixture_version
+        .is_some_and(|v| v.effective_minor(kube) == v.effective_minor(KubeVersion::NEWEST_KNOWN));
+    if let Source::Fixture { expect_allowed } = case.source
+        && same_checks
+        && submitted == model
+    {
         ensure!(
             api.is_none() == expect_allowed,
             "kube-apiserver disagrees with the upstream fixture's expectation (allowed={expect_allowed}): {api:?}"
         );
     }
 
-    let mut model: pss::model::Pod = serde_json::from_value(pod.clone())
-        .with_context(|| format!("the evaluator's Pod model cannot read {}", case.id))?;
-    model.apply_api_server_defaults();
     let version: Version = case
         .version
         .parse()
         .map_err(|e| anyhow!("version {}: {e}", case.version))?;
-    let eval = pss::evaluate(
+    let eval = pss::evaluate_on(
+        kube,
         &model.metadata,
         &model.spec,
         LevelVersion::new(case.level, version),
@@ -475,7 +497,12 @@ fn warning_text(header: &str) -> Option<String> {
     Some(text)
 }
 
-async fn compare_template(client: &Client, ns: &str, case: &Case) -> Result<Outcome> {
+async fn compare_template(
+    client: &Client,
+    kube: KubeVersion,
+    ns: &str,
+    case: &Case,
+) -> Result<Outcome> {
     let (deployment, path) = workload_for(case.kind, &case.pod, ns);
     let request = kube::core::Request::new(path).create(
         &PostParams {
@@ -524,9 +551,12 @@ async fn compare_template(client: &Client, ns: &str, case: &Case) -> Result<Outc
         .version
         .parse()
         .map_err(|e| anyhow!("version {}: {e}", case.version))?;
-    let eval = pss::evaluate(
-        &workload.pod.metadata,
-        &workload.pod.spec,
+    let mut pod = workload.pod.clone();
+    pod.apply_version_skew(kube, true);
+    let eval = pss::evaluate_on(
+        kube,
+        &pod.metadata,
+        &pod.spec,
         LevelVersion::new(case.level, version),
     );
     let ours = (!eval.allowed()).then(|| eval.warning_message());

@@ -142,7 +142,11 @@ pub fn run(
                         level_version,
                         violations: Vec::new(),
                     },
-                    None => pss::evaluate_on(kube, &w.pod.metadata, &w.pod.spec, level_version),
+                    None => {
+                        let mut pod = w.pod.clone();
+                        pod.apply_version_skew(kube, w.kind != "Pod");
+                        pss::evaluate_on(kube, &pod.metadata, &pod.spec, level_version)
+                    }
                 },
             )),
             Item::Skipped {

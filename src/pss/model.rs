@@ -66,6 +66,71 @@ impl Pod {
 }
 
 impl Pod {
+    /// [`Pod::apply_api_server_defaults`], then what kube-apiserver `kube` changes besides (see
+    /// [`Pod::apply_version_skew`]).
+    pub fn apply_api_server_defaults_on(&mut self, kube: super::KubeVersion) {
+        self.apply_api_server_defaults();
+        self.apply_version_skew(kube, false);
+    }
+
+    /// What kube-apiserver `kube`, with its default feature gates, does differently from the
+    /// newest version to a new Pod (`template: false`) or pod template, after the defaults: before
+    /// v1.34 it copies a Pod's `appArmorProfile` fields to the deprecated annotations, and before
+    /// v1.33 it drops `procMount` and `hostUsers`. For manifests only: stored Pods (what the
+    /// operator watches) come as the server kept them.
+    pub fn apply_version_skew(&mut self, kube: super::KubeVersion, template: bool) {
+        if !template && kube.minor < 34 {
+            self.copy_app_armor_fields_to_annotations();
+        }
+        self.spec.drop_fields_disabled_on(kube);
+    }
+
+    /// The other half of `applyAppArmorVersionSkew` before v1.34: a container without the
+    /// deprecated annotation gets the one its own profile (else the pod's) means; a Localhost
+    /// profile without a name, or an unknown type, gives none.
+    fn copy_app_armor_fields_to_annotations(&mut self) {
+        if self.spec.is_windows() {
+            return;
+        }
+        let pod_profile = self
+            .spec
+            .security_context
+            .as_ref()
+            .and_then(|sc| sc.app_armor_profile.as_ref());
+        for container in self
+            .spec
+            .init_containers
+            .iter()
+            .chain(&self.spec.containers)
+            .chain(&self.spec.ephemeral_containers)
+        {
+            let key = format!(
+                "container.apparmor.security.beta.kubernetes.io/{}",
+                container.name
+            );
+            if self.metadata.annotations.contains_key(&key) {
+                continue;
+            }
+            let profile = container
+                .security_context
+                .as_ref()
+                .and_then(|sc| sc.app_armor_profile.as_ref())
+                .or(pod_profile);
+            let annotation = profile.and_then(|p| match p.type_.as_str() {
+                "Unconfined" => Some("unconfined".to_owned()),
+                "RuntimeDefault" => Some("runtime/default".to_owned()),
+                "Localhost" => p
+                    .localhost_profile
+                    .as_ref()
+                    .map(|l| format!("localhost/{l}")),
+                _ => None,
+            });
+            if let Some(annotation) = annotation {
+                self.metadata.annotations.insert(key, annotation);
+            }
+        }
+    }
+
     /// kube-apiserver's `applyAppArmorVersionSkew` (pod strategy `PrepareForCreate`, before
     /// admission): a container with a deprecated `container.apparmor.security.beta.kubernetes.io/<name>`
     /// annotation and no `appArmorProfile` of its own gets the field the annotation means, unless
@@ -177,6 +242,27 @@ impl PodSpec {
             .iter()
             .chain(&self.containers)
             .chain(&self.ephemeral_containers)
+    }
+
+    /// What kube-apiserver `kube` drops from a new Pod or template with its default feature gates,
+    /// before admission sees it: before v1.33 the `ProcMountType` and `UserNamespacesSupport`
+    /// gates are off by default, so `procMount` and `hostUsers` never reach PodSecurity. For
+    /// manifests only: stored Pods (what the operator watches) come as the server kept them.
+    pub fn drop_fields_disabled_on(&mut self, kube: super::KubeVersion) {
+        if kube.minor >= 33 {
+            return;
+        }
+        self.host_users = None;
+        for c in self
+            .init_containers
+            .iter_mut()
+            .chain(&mut self.containers)
+            .chain(&mut self.ephemeral_containers)
+        {
+            if let Some(sc) = c.security_context.as_mut() {
+                sc.proc_mount = None;
+            }
+        }
     }
 
     /// Defaulting kube-apiserver applies to every pod spec, templates included: a volume with no
