@@ -27,7 +27,7 @@ test-unit: ## Unit, conformance (4,537 upstream fixtures), CLI, property and sho
 	$(CARGO) test --lib --bins --test conformance --test check_cli --test properties --test fuzz
 	$(CARGO) test --doc
 
-test-e2e: e2e-test faults-test ## End-to-end tests on a real kube-apiserver + etcd + kube-controller-manager (then faults, load, hostile input)
+test-e2e: e2e-test e2e-test-second faults-test ## End-to-end tests on a real kube-apiserver + etcd + kube-controller-manager, at v1.37 and v1.31 (then faults, load, hostile input)
 
 PSS_FUZZ_CASES ?= 20000
 fuzz: ## Bounded fuzzing of the evaluator and manifest reader (PSS_FUZZ_CASES inputs per generator, default 20000: ~160,000 inputs)
@@ -63,6 +63,7 @@ PYTHON ?= $(PY_BIN_DIR)/python
 tools: preflight e2e-binaries tool-prometheus tool-python tool-npm ## Check the system, then build/install (once, cached by version) every tool `make test` uses; lists them
 	@printf '  %-15s %s\n' \
 	  control-plane "$$(e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1)" \
+	  control-plane "$$(K8S_VERSION=$(K8S_SECOND_VERSION) e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1)" \
 	  promtool "$(PROMTOOL) ($$($(PROMTOOL) --version 2>&1 | head -n1))" \
 	  prometheus "$(PROMETHEUS_BIN) ($$($(PROMETHEUS_BIN) --version 2>&1 | head -n1))" \
 	  python "$(PYTHON) ($$($(PYTHON) -c 'import platform, yaml; print("Python", platform.python_version(), "with PyYAML", yaml.__version__)'))" \

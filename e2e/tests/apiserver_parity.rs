@@ -194,7 +194,7 @@ async fn run_parity(test: &str, mode: Mode, cases: Vec<Case>) -> Result<()> {
     let env = TestEnv::new(test, &[]).await?;
     // `latest`, and versions newer than the server, mean the server's own version: the evaluator
     // is asked as that server (`K8S_VERSION=v1.31.13` runs the same cases on a v1.31 server).
-    let kube = server_version(&env.client).await?;
+    let kube = crate::harness::server_version(&env.client).await?;
     let pairs: BTreeSet<(Level, String)> =
         cases.iter().map(|c| (c.level, c.version.clone())).collect();
     let (level_label, version_label) = mode.labels();
@@ -280,12 +280,6 @@ async fn run_parity(test: &str, mode: Mode, cases: Vec<Case>) -> Result<()> {
     }
     ensure!(total > 0, "nothing was compared");
     Ok(())
-}
-
-/// The API server's Kubernetes version, as the operator reads it.
-pub async fn server_version(client: &Client) -> Result<KubeVersion> {
-    let info = client.apiserver_version().await?;
-    KubeVersion::from_server(&info.major, &info.minor, &info.git_version).map_err(|e| anyhow!(e))
 }
 
 async fn run_all(

@@ -52,6 +52,36 @@ pub fn cluster() -> &'static Cluster {
     }
 }
 
+static ADMISSION_CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
+
+/// A second private control plane whose kube-apiserver runs with this PodSecurity admission
+/// configuration (`--admission-control-config-file`), started on first use (the first caller's
+/// configuration counts). It needs a private control plane: with `PSS_E2E_USE_KUBECONFIG=1` the
+/// caller fails, saying so.
+pub fn admission_cluster(config: &str) -> &'static Cluster {
+    let started = ADMISSION_CLUSTER.get_or_init(|| {
+        if std::env::var("PSS_E2E_USE_KUBECONFIG").as_deref() == Ok("1") {
+            return Err("this test starts a kube-apiserver with its own admission configuration: it cannot run on PSS_E2E_USE_KUBECONFIG's cluster".to_owned());
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("pss-e2e-admission-")
+            .tempdir()
+            .map(|d| d.keep())
+            .map_err(|e| format!("creating a folder for the admission configuration: {e}"))?;
+        let file = dir.join("admission.yaml");
+        std::fs::write(&file, config).map_err(|e| format!("writing {}: {e}", file.display()))?;
+        start_private(Some(format!(
+            "--admission-control-config-file={}",
+            file.display()
+        )))
+        .map_err(|e| format!("{e:#}"))
+    });
+    match started {
+        Ok(cluster) => cluster,
+        Err(reason) => panic!("no control plane with the admission configuration: {reason}"),
+    }
+}
+
 fn connect_or_start() -> Result<Cluster> {
     if std::env::var("PSS_E2E_USE_KUBECONFIG").as_deref() == Ok("1") {
         let kubeconfig = std::env::var_os("KUBECONFIG")
@@ -68,6 +98,11 @@ fn connect_or_start() -> Result<Cluster> {
         });
     }
 
+    start_private(None)
+}
+
+/// Starts a private control plane (`cluster-up.sh`), with extra kube-apiserver flags if given.
+fn start_private(apiserver_extra: Option<String>) -> Result<Cluster> {
     // An empty folder of our own; cluster-up.sh fills it, the watchdog's cluster-down.sh removes it.
     let dir = tempfile::Builder::new()
         .prefix("pss-e2e-cluster-")
@@ -82,7 +117,11 @@ fn connect_or_start() -> Result<Cluster> {
     let started = Instant::now();
     // stderr is inherited so progress (and, on failure, the failing component's log tail) shows
     // up even though libtest captures the tests' own output.
-    let output = Command::new("bash")
+    let mut command = Command::new("bash");
+    if let Some(extra) = apiserver_extra {
+        command.env("PSS_APISERVER_EXTRA_ARGS", extra);
+    }
+    let output = command
         .arg(&script)
         .env("PSS_CLUSTER_DIR", &dir)
         .env("PSS_CLUSTER_OWNER_PID", std::process::id().to_string())
@@ -266,4 +305,11 @@ where
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The API server's Kubernetes version, as the operator reads it.
+pub async fn server_version(client: &Client) -> Result<pss_operator::pss::KubeVersion> {
+    let info = client.apiserver_version().await?;
+    pss_operator::pss::KubeVersion::from_server(&info.major, &info.minor, &info.git_version)
+        .map_err(|e| anyhow!(e))
 }

@@ -75,6 +75,24 @@ mod config_tests {
         assert!(text.contains("readOnlyRootFilesystem: true"));
     }
 
+    #[test]
+    fn the_shipped_admission_configuration_is_kube_apiservers_default_and_is_mounted() {
+        let text = read("config/manager/admission-config.yaml");
+        let map: Value = serde_yaml_ng::from_str(&text).expect("ConfigMap");
+        let file = map["data"]["admission.yaml"]
+            .as_str()
+            .expect("data.admission.yaml");
+        let config =
+            pss::AdmissionConfig::parse(file, std::path::Path::new("admission.yaml"), &|_| {
+                Err("no other file".into())
+            })
+            .expect("valid");
+        assert_eq!(config, pss::AdmissionConfig::default());
+        let manager = read("config/manager/manager.yaml");
+        assert!(manager.contains("--admission-config=/etc/pss-operator/admission.yaml"));
+        assert!(manager.contains("name: pss-operator-admission"));
+    }
+
     fn strings(v: &Value) -> Vec<String> {
         v.as_sequence()
             .into_iter()

@@ -372,9 +372,9 @@ exemptions:
     fn expected() -> AdmissionConfig {
         AdmissionConfig {
             defaults: Policy {
-                enforce: "baseline:v1.31".parse().unwrap(),
+                enforce: "baseline:v1.31".parse().expect("valid"),
                 audit: LevelVersion::PRIVILEGED,
-                warn: "restricted:latest".parse().unwrap(),
+                warn: "restricted:latest".parse().expect("valid"),
             },
             exemptions: Exemptions {
                 usernames: ["system:serviceaccount:kube-system:replicaset-controller".to_owned()]
@@ -387,7 +387,7 @@ exemptions:
 
     #[test]
     fn reads_a_pod_security_configuration_alone() {
-        let config = parse(POD_SECURITY).unwrap();
+        let config = parse(POD_SECURITY).expect("valid");
         assert_eq!(config, expected());
         assert!(config.exempt_namespace("legacy") && !config.exempt_namespace("app"));
         assert!(config.exempt_runtime_class(Some("kata")));
@@ -408,7 +408,7 @@ exemptions:
         let by_path = "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n- name: PodSecurity\n  path: pod-security.yaml\n";
         assert_eq!(parse(by_path), Ok(expected()));
         let missing = by_path.replace("pod-security.yaml", "nope.yaml");
-        let err = parse(&missing).unwrap_err();
+        let err = parse(&missing).expect_err("an error");
         assert!(
             err.contains("plugins[0].path /etc/k8s/nope.yaml: no such file"),
             "{err}"
@@ -423,7 +423,7 @@ exemptions:
         let config = parse(
             "apiVersion: pod-security.admission.config.k8s.io/v1beta1\nkind: PodSecurityConfiguration\n",
         )
-        .unwrap();
+        .expect("valid");
         assert_eq!(config, AdmissionConfig::default());
         assert_eq!(config.defaults, Policy::DEFAULT);
     }
@@ -464,7 +464,7 @@ exemptions:
             ("{{{", "not YAML"),
         ];
         for (text, want) in cases {
-            let err = parse(text).unwrap_err();
+            let err = parse(text).expect_err("an error");
             assert!(err.starts_with("/etc/k8s/admission.yaml: "), "{err}");
             assert!(err.contains(want), "{text:?}: {err:?} lacks {want:?}");
         }

@@ -495,7 +495,7 @@ mod tests {
             KubeVersion::from_server("", "", "v1.30.4-gke.100"),
             Ok(KubeVersion { minor: 30 })
         );
-        let err = KubeVersion::from_server("", "", "weird").unwrap_err();
+        let err = KubeVersion::from_server("", "", "weird").expect_err("an error");
         assert!(err.contains("weird"), "{err}");
         assert_eq!(KubeVersion { minor: 31 }.to_string(), "v1.31");
     }

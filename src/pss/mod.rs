@@ -188,7 +188,7 @@ mod order_tests {
 
     #[test]
     fn versions_matter_as_much_as_levels() {
-        let lv = |s: &str| s.parse::<LevelVersion>().unwrap();
+        let lv = |s: &str| s.parse::<LevelVersion>().expect("valid");
         let newest = KubeVersion::NEWEST_KNOWN;
         // Host probes are refused from v1.34: an older restricted label admits them.
         assert!(!at_least_as_strict(

@@ -1,6 +1,7 @@
 //! The operator (`pss-operator run`) against the real control plane: one operator process, running
 //! as its ServiceAccount with only `config/rbac`, shared by these tests (see `support.rs`).
 
+mod admission;
 mod labels;
 mod leader;
 mod policy;

@@ -191,16 +191,24 @@ async fn audit_mode_writes_nothing_but_reports() -> Result<()> {
             sample.len() == 1 && sample[0].namespace == ns && sample[0].pod == pod,
             "one sample, the legacy pod: {sample:?}"
         );
-        t.wait_metrics("violating pods reported for the audited namespace", |m| {
-            m.value(
-                "pss_violating_pods",
-                &[
-                    ("namespace", &ns),
-                    ("profile", &profile),
-                    ("mode", "enforce"),
-                ],
-            ) == Some(1.0)
-        })
+        // What the profile would enforce, apart from what is in force (nothing here): the
+        // enforce alert, on pss_violating_pods, stays silent.
+        t.wait_metrics(
+            "would-violate pods reported for the audited namespace",
+            |m| {
+                m.value(
+                    "pss_would_violate_pods",
+                    &[
+                        ("namespace", &ns),
+                        ("profile", &profile),
+                        ("mode", "enforce"),
+                    ],
+                ) == Some(1.0)
+                    && m.find("pss_violating_pods", &[("namespace", &ns)])
+                        .is_empty()
+                    && m.value("pss_unprotected_namespace", &[("namespace", &ns)]) == Some(1.0)
+            },
+        )
         .await?;
 
         // Written: nothing. The status above was computed in a pass that would have written.

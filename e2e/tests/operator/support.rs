@@ -869,7 +869,10 @@ pub async fn evaluate_stored(
     let pod = t.pods(ns).get(name).await?;
     let model: pss::model::Pod = serde_json::from_value(serde_json::to_value(&pod)?)
         .with_context(|| format!("the evaluator's model cannot read pod {ns}/{name}"))?;
-    let eval = pss::evaluate(
+    // As the server it runs on evaluates it (`latest` is its own version).
+    let kube = crate::harness::server_version(&t.client).await?;
+    let eval = pss::evaluate_on(
+        kube,
         &model.metadata,
         &model.spec,
         LevelVersion::new(level, Version::Latest),
