@@ -343,10 +343,23 @@ async fn allow_stricter_keeps_a_stricter_level_when_true_and_reverts_it_when_fal
     run_test("allow-stricter", async |t: &OpTest| {
         let floor = [("stricter", "true")];
         let exact = [("stricter", "false")];
-        // Found stricter before the profile exists.
+        // Found stricter before the profile exists (restricted at v1.36 refuses all that
+        // baseline:latest refuses, on v1.37 and on v1.31 servers alike).
         let keep = t
             .namespace(
                 "keep",
+                &[
+                    floor[0],
+                    (ENFORCE, "restricted"),
+                    (ENFORCE_VERSION, "v1.36"),
+                ],
+            )
+            .await?;
+        // Found at a stricter level but an older version: restricted:v1.30 admits host probes
+        // (refused from v1.34), so on a server that checks them it is raised to the floor.
+        let older = t
+            .namespace(
+                "older",
                 &[
                     floor[0],
                     (ENFORCE, "restricted"),
@@ -392,11 +405,24 @@ async fn allow_stricter_keeps_a_stricter_level_when_true_and_reverts_it_when_fal
         assert_eq!(labels.get(ENFORCE).map(String::as_str), Some("restricted"));
         assert_eq!(
             labels.get(ENFORCE_VERSION).map(String::as_str),
-            Some("v1.30")
+            Some("v1.36")
         );
+        let kube = crate::harness::server_version(&t.client).await?;
+        let older_wanted = if kube.minor >= 34 {
+            [(ENFORCE, "baseline"), (ENFORCE_VERSION, "latest")]
+        } else {
+            // v1.31 has no host probe check: restricted:v1.30 refuses all baseline:latest does.
+            [(ENFORCE, "restricted"), (ENFORCE_VERSION, "v1.30")]
+        };
+        t.wait_labels(
+            &older,
+            &[(WARN, "baseline"), older_wanted[0], older_wanted[1]],
+            &[],
+        )
+        .await?;
         let p = t
-            .wait_status(&p_true, "both namespaces as declared", |p| {
-                is_true(p, "Ready") && status_num(p, |s| s.enforced_namespaces.into()) == 2
+            .wait_status(&p_true, "its three namespaces as declared", |p| {
+                is_true(p, "Ready") && status_num(p, |s| s.enforced_namespaces.into()) == 3
             })
             .await?;
         assert_eq!(
