@@ -340,7 +340,21 @@ async fn the_shipped_deployment_passes_restricted_read_only_and_unprivileged() -
     ensure!(container["privileged"].as_bool() != Some(true));
     ensure!(container["capabilities"]["drop"][0].as_str() == Some("ALL"));
     ensure!(container["capabilities"]["add"].is_null());
-    ensure!(pod["hostNetwork"].is_null() && pod["hostPID"].is_null() && pod["volumes"].is_null());
+    ensure!(pod["hostNetwork"].is_null() && pod["hostPID"].is_null());
+    // Its only volume is the admission configuration, a ConfigMap mounted read-only.
+    let volumes = pod["volumes"].as_sequence().cloned().unwrap_or_default();
+    ensure!(
+        volumes.iter().all(|v| v["configMap"].is_mapping()),
+        "only ConfigMap volumes: {volumes:?}"
+    );
+    ensure!(
+        pod["containers"][0]["volumeMounts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .all(|m| m["readOnly"].as_bool() == Some(true)),
+        "mounted read-only"
+    );
     ensure!(
         pod["automountServiceAccountToken"].as_bool() != Some(false),
         "it needs its token"
