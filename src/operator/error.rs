@@ -34,6 +34,12 @@ pub enum Error {
         reason: String,
     },
 
+    #[error("metrics TLS: {0}")]
+    Tls(String),
+
+    #[error("invalid flags: {0}")]
+    Flags(String),
+
     #[error("serving {addr}: {source}")]
     Serve {
         addr: String,
@@ -58,6 +64,8 @@ impl Error {
             Error::Serialize { .. } => "serialize",
             Error::Metrics(_) => "metrics",
             Error::Serve { .. } => "serve",
+            Error::Tls(_) => "tls",
+            Error::Flags(_) => "flags",
         }
     }
 }
