@@ -193,6 +193,8 @@ impl OperatorProc {
         let binary = env!("CARGO_BIN_EXE_pss-operator");
         let mut args = vec![
             "run".to_owned(),
+            // Plain metrics on loopback, read directly (faults::metrics_auth tests the secure port).
+            "--metrics-secure=false".into(),
             "--metrics-addr".into(),
             metrics_addr.clone(),
             "--operator-namespace".into(),
