@@ -13,7 +13,8 @@
 //!   the leader Lease; [`error`]: the operator's errors.
 //!
 //! I/O edges: [`controller`] (watches, the pass, label writes, status and metrics, Events),
-//! [`leader`] (Lease-based leader election), [`server`] (`/metrics`, `/healthz`, `/readyz`).
+//! [`leader`] (Lease-based leader election), [`server`] (`/metrics` over TLS for authorized
+//! readers, `/healthz`, `/readyz`; its pure token and cache rules in [`server::access`]).
 
 pub mod backoff;
 pub mod controller;
@@ -155,7 +156,11 @@ mod config_tests {
                 Some("pss-operator-metrics-reader"),
                 "{binding}"
             );
-            assert_eq!(b["subjects"].as_sequence().map(Vec::len), Some(1), "{binding}");
+            assert_eq!(
+                b["subjects"].as_sequence().map(Vec::len),
+                Some(1),
+                "{binding}"
+            );
             assert_eq!(b["subjects"][0]["name"].as_str(), Some("pss-operator"));
         }
         let granted = grants("config/rbac/role.yaml", false);
