@@ -41,7 +41,14 @@ pub struct RunArgs {
     /// (SubjectAccessReview: `get` on the non-resource URL /metrics, e.g. the ClusterRole
     /// pss-operator-metrics-reader). `--metrics-secure=false`: plain HTTP, no authentication, for a
     /// laptop (`make run`).
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
     pub metrics_secure: bool,
 
     /// A folder with `tls.crt` and `tls.key` (PEM; a mounted kubernetes.io/tls Secret, e.g.
@@ -280,7 +287,7 @@ mod tests {
             }
             other => panic!("self-signed expected, got {other:?}"),
         }
-        let o = options(&["--metrics-cert-dir", "/certs"]).expect("options");
+        let o = options(&["--metrics-secure", "--metrics-cert-dir", "/certs"]).expect("options");
         assert!(matches!(o.tls, Some(CertSource::Dir(d)) if d == std::path::Path::new("/certs")));
     }
 
