@@ -243,7 +243,20 @@ async fn scenario(
         format!("system:serviceaccounts:{OPERATOR_NAMESPACE}"),
         "system:authenticated".to_owned(),
     ];
-    ensure!(url_allowed(admin, &user(reader), &groups, "get", "/metrics").await?);
+    // (kube-apiserver's RBAC authorizer sees a new binding once its informer has it.)
+    harness::eventually(
+        "the new binding to pss-operator-metrics-reader in effect",
+        Duration::from_secs(30),
+        || {
+            let (admin, user, groups) = (admin.clone(), user(reader), groups.clone());
+            async move {
+                Ok(url_allowed(&admin, &user, &groups, "get", "/metrics")
+                    .await?
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
     for (verb, url) in [
         ("post", "/metrics"),
         ("get", "/debug/pprof/"),
