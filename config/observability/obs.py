@@ -18,7 +18,9 @@ Subcommands:
                             `promtool check rules` to parse, and OUT_DIR/dashboard.ts for `tsc`
   queries                   JSON: every panel query and variable selector, variables substituted
   check-wiring              the ServiceMonitor reaches the manager's metrics port through the
-                            Service of config/manager, under the job the alerts use
+                            Service of config/manager, under the job the alerts use, over HTTPS
+                            with a bearer token (the secure port); the probes use the plain
+                            health port; the NetworkPolicy opens only the metrics port
   check-names METRICS_FILE  every metric name used by the rules and the dashboard is exported in
                             METRICS_FILE (real /metrics output of the operator)
 
