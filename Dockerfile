@@ -20,6 +20,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/static-debian12:nonroot
 COPY --from=build /pss-operator /usr/local/bin/pss-operator
 USER 65532:65532
-EXPOSE 8080
+# 8443: /metrics over HTTPS (authorized readers only); 8081: /healthz, /readyz (plain).
+EXPOSE 8443 8081
 ENTRYPOINT ["/usr/local/bin/pss-operator"]
 CMD ["run"]

@@ -101,8 +101,8 @@ crds: build ## Regenerate crds/ and config/crd/ from the Rust types
 install: ## Install the PodSecurityProfile CRD into the cluster
 	@$(KUBE_ENV); kubectl apply --server-side -f crds/
 
-run: build install ## Run the operator locally against the cluster (metrics on 127.0.0.1:8080)
-	@$(KUBE_ENV); $(BIN) run --metrics-addr 127.0.0.1:8080
+run: build install ## Run the operator locally against the cluster (plain local metrics on http://127.0.0.1:8080)
+	@$(KUBE_ENV); $(BIN) run --metrics-secure=false --metrics-addr 127.0.0.1:8080
 
 deploy: ## Deploy CRD, RBAC and the operator Deployment (config/default)
 	@$(KUBE_ENV); kubectl apply --server-side -k config/default

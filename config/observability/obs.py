@@ -18,7 +18,9 @@ Subcommands:
                             `promtool check rules` to parse, and OUT_DIR/dashboard.ts for `tsc`
   queries                   JSON: every panel query and variable selector, variables substituted
   check-wiring              the ServiceMonitor reaches the manager's metrics port through the
-                            Service of config/manager, under the job the alerts use
+                            Service of config/manager, under the job the alerts use, over HTTPS
+                            with a bearer token (the secure port); the probes use the plain
+                            health port; the NetworkPolicy opens only the metrics port
   check-names METRICS_FILE  every metric name used by the rules and the dashboard is exported in
                             METRICS_FILE (real /metrics output of the operator)
 
@@ -386,11 +388,24 @@ def cmd_queries(_args):
 MANAGER = ROOT / "config/manager/manager.yaml"
 SERVICE = ROOT / "config/manager/service.yaml"
 SERVICE_MONITOR = ROOT / "config/prometheus/monitor.yaml"
+NETWORK_POLICY = ROOT / "config/network-policy/allow-metrics-traffic.yaml"
 JOB = "pss-operator"
 
 
-def wiring_errors(deployment, service, monitor, rules):
-    """Why the ServiceMonitor would not scrape the manager's metrics port under job pss-operator."""
+def flag_value(args, flag):
+    """The value of `--flag=value` or `--flag value` in a container's args, or None."""
+    for i, arg in enumerate(args):
+        if arg.startswith(flag + "="):
+            return arg.split("=", 1)[1]
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1]
+    return None
+
+
+def wiring_errors(deployment, service, monitor, rules, netpol=None):
+    """Why the ServiceMonitor would not scrape the manager's metrics port under job pss-operator
+    (HTTPS with a bearer token when the operator serves it securely, its default), and why the
+    probes or the NetworkPolicy would miss their ports."""
     errors = []
     svc_labels = service["metadata"].get("labels", {})
     svc_ns = service["metadata"].get("namespace")
@@ -436,6 +451,43 @@ def wiring_errors(deployment, service, monitor, rules):
         elif metrics_addr_ports and number not in metrics_addr_ports:
             errors.append(f"the scraped container port {number} is not the operator's --metrics-addr "
                           f"port {sorted(metrics_addr_ports)}")
+    # The secure metrics port (the default; --metrics-secure=false is for a laptop): HTTPS, a token.
+    manager = pod["spec"]["containers"][0]
+    args = manager.get("args", [])
+    secure = (flag_value(args, "--metrics-secure") or "true") != "false"
+    if secure:
+        for e in sm["endpoints"]:
+            if e.get("scheme") != "https":
+                errors.append("the operator serves /metrics over HTTPS (--metrics-secure, its default): "
+                              "the endpoint needs scheme: https")
+            if not (e.get("bearerTokenFile") or e.get("authorization")):
+                errors.append("the endpoint sends no bearer token (bearerTokenFile or authorization): "
+                              "the metrics port answers 401 without one")
+            if not e.get("tlsConfig"):
+                errors.append("the endpoint has no tlsConfig (insecureSkipVerify for the self-signed "
+                              "certificate, or ca + serverName for a mounted one)")
+        health = flag_value(args, "--health-addr")
+        health_port = int(health.rsplit(":", 1)[1]) if health else 8081
+        for probe in ("livenessProbe", "readinessProbe"):
+            target = manager.get(probe, {}).get("httpGet", {}).get("port")
+            number = container_ports.get(target) if isinstance(target, str) else target
+            if number != health_port:
+                errors.append(f"the {probe} targets port {target!r} ({number}), not the plain health "
+                              f"port {health_port} (--health-addr): the metrics port is TLS and "
+                              "authenticated")
+    if netpol is not None:
+        selector = netpol["spec"].get("podSelector", {}).get("matchLabels", {})
+        if any(pod_labels.get(k) != v for k, v in selector.items()):
+            errors.append(f"the NetworkPolicy selects {selector}, not the manager's Pods {pod_labels}")
+        metrics_names = {name for name, number in container_ports.items() if number in metrics_addr_ports}
+        for rule in netpol["spec"].get("ingress", []):
+            if not rule.get("from"):
+                errors.append("a NetworkPolicy ingress rule allows every source")
+            for port in rule.get("ports", []) or [{"port": None}]:
+                p = port.get("port")
+                if p not in metrics_names and p not in metrics_addr_ports:
+                    errors.append(f"the NetworkPolicy opens port {p!r}, not only the metrics port "
+                                  f"{sorted(metrics_names) or sorted(metrics_addr_ports)}")
     for group in rules["groups"]:
         for rule in group["rules"]:
             for m in re.finditer(r'job\s*=~?\s*"([^"]*)"', rule["expr"]):
@@ -446,11 +498,14 @@ def wiring_errors(deployment, service, monitor, rules):
 
 def cmd_check_wiring(_args):
     load = lambda p: yaml.safe_load(p.read_text())  # noqa: E731
-    errors = wiring_errors(load(MANAGER), load(SERVICE), load(SERVICE_MONITOR), load_rules())
+    errors = wiring_errors(load(MANAGER), load(SERVICE), load(SERVICE_MONITOR), load_rules(),
+                           load(NETWORK_POLICY))
     if errors:
         raise Failure("ServiceMonitor wiring:\n  " + "\n  ".join(errors))
     print("ServiceMonitor -> Service pss-operator-metrics -> manager container port `metrics` "
-          f"(= --metrics-addr) wired; job={JOB!r} as the alerts expect; honorLabels keeps `namespace`")
+          f"(= --metrics-addr) wired; job={JOB!r} as the alerts expect; honorLabels keeps `namespace`; "
+          "HTTPS with a bearer token; probes on the plain health port; the NetworkPolicy opens only "
+          "the metrics port")
 
 
 # ---- metric names --------------------------------------------------------------------------------

@@ -158,6 +158,41 @@ class Wiring(unittest.TestCase):
             s["spec"]["ports"][0]["targetPort"] = "http"
         self.assertIn("not a container port", self.errors(m))
 
+    def test_plain_http_scrape_of_the_secure_port(self):
+        def m(_d, _s, sm, _r):
+            del sm["spec"]["endpoints"][0]["scheme"]
+            del sm["spec"]["endpoints"][0]["bearerTokenFile"]
+        errors = self.errors(m)
+        self.assertIn("scheme: https", errors)
+        self.assertIn("401", errors)
+
+    def test_plain_mode_needs_no_token(self):
+        def m(d, _s, sm, _r):
+            d["spec"]["template"]["spec"]["containers"][0]["args"].append("--metrics-secure=false")
+            for key in ("scheme", "bearerTokenFile", "tlsConfig"):
+                del sm["spec"]["endpoints"][0][key]
+        self.assertEqual(self.errors(m), "")
+
+    def test_probes_on_the_tls_port(self):
+        def m(d, _s, _sm, _r):
+            d["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"] = "metrics"
+        self.assertIn("readinessProbe targets port 'metrics'", self.errors(m))
+
+    def test_network_policy(self):
+        load = lambda p: yaml.safe_load(p.read_text())  # noqa: E731
+        parts = copy.deepcopy(self.parts)
+        netpol = load(obs.NETWORK_POLICY)
+        self.assertEqual(obs.wiring_errors(*parts, netpol), [])
+        wide = copy.deepcopy(netpol)
+        wide["spec"]["ingress"][0]["ports"].append({"port": 8081, "protocol": "TCP"})
+        self.assertIn("opens port 8081", "\n".join(obs.wiring_errors(*parts, wide)))
+        anyone = copy.deepcopy(netpol)
+        del anyone["spec"]["ingress"][0]["from"]
+        self.assertIn("every source", "\n".join(obs.wiring_errors(*parts, anyone)))
+        other = copy.deepcopy(netpol)
+        other["spec"]["podSelector"]["matchLabels"] = {"app": "x"}
+        self.assertIn("not the manager's Pods", "\n".join(obs.wiring_errors(*parts, other)))
+
     def test_metrics_addr_moved(self):
         def m(d, _s, _sm, _r):
             args = d["spec"]["template"]["spec"]["containers"][0]["args"]

@@ -529,7 +529,8 @@ class Bench:
         env = dict(os.environ, KUBECONFIG=kubeconfig, RUST_LOG=os.environ.get("RUST_LOG", "info"))
         out = open(self.oplog, "w")
         t0 = time.time()
-        self.op = subprocess.Popen([self.a.operator, "run", "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
+        self.op = subprocess.Popen([self.a.operator, "run", "--metrics-secure=false",
+                                    "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
                                     "--log-format", "json", "--operator-namespace", "pss-system"],
                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         log(f"operator pid {self.op.pid}, metrics :{self.metrics_port}, log {self.oplog}")

@@ -105,8 +105,10 @@ EOF
 say "2. The PodSecurityProfile CRD (make install) and the operator"
 run kubectl apply --server-side --force-conflicts -f "$REPO/crds/podsecurityprofiles.yaml"
 kubectl wait --for=condition=Established --timeout="${HANG_GUARD}s" crd/podsecurityprofiles.pss-operator.io >/dev/null
-printf '%s$ %s%s\n' "$bold" "$operator_bin run --metrics-addr 127.0.0.1:$port > $op_log 2>&1 &" "$reset"
-NO_COLOR=1 "$operator_bin" run --metrics-addr "127.0.0.1:$port" >"$op_log" 2>&1 &
+# Plain local metrics (--metrics-secure=false): a laptop demo; in a cluster /metrics is HTTPS for
+# authorized readers only (README, "Metrics security").
+printf '%s$ %s%s\n' "$bold" "$operator_bin run --metrics-secure=false --metrics-addr 127.0.0.1:$port > $op_log 2>&1 &" "$reset"
+NO_COLOR=1 "$operator_bin" run --metrics-secure=false --metrics-addr "127.0.0.1:$port" >"$op_log" 2>&1 &
 op_pid=$!
 until_ok "pss-operator ready on $metrics/readyz" curl -fsS "$metrics/readyz"
 note "pss-operator (pid $op_pid) is ready: $metrics/readyz answers $(curl -fsS "$metrics/readyz")"
@@ -215,7 +217,7 @@ run kubectl get podsecurityprofile "$profile"
 
 say "Done"
 echo "The operator stops with this script; the profile, namespace $NS and its labels stay."
-echo "Explore the cluster (run the operator again with: $operator_bin run):"
+echo "Explore the cluster (run the operator again with: $operator_bin run --metrics-secure=false --metrics-addr 127.0.0.1:8080):"
 echo "  export KUBECONFIG=$KUBECONFIG"
 if $local_cluster; then
   echo "  ${kubectl_bin} get podsecurityprofiles"

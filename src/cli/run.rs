@@ -2,6 +2,7 @@
 //! in-cluster ServiceAccount).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -12,10 +13,17 @@ use tracing::{error, info, warn};
 
 use crate::operator::controller::{self, Config};
 use crate::operator::desired::Exclusions;
+use crate::operator::error::Error;
 use crate::operator::leader::{self, Leadership};
 use crate::operator::metrics::Metrics;
+use crate::operator::server::tls::CertSource;
 use crate::operator::{Result, server};
 use crate::pss::AdmissionConfig;
+
+/// The health address of the secure mode when none is given.
+pub const DEFAULT_HEALTH_ADDR: &str = "0.0.0.0:8081";
+/// The metrics Service of `config/manager`: a name the self-signed certificate carries.
+pub const METRICS_SERVICE: &str = "pss-operator-metrics";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -25,9 +33,35 @@ pub enum LogFormat {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Address serving /metrics, /healthz and /readyz.
-    #[arg(long, default_value = "0.0.0.0:8080")]
+    /// Address serving /metrics: HTTPS for authorized readers by default; with
+    /// --metrics-secure=false plain HTTP (and /healthz, /readyz too unless --health-addr is given).
+    #[arg(long, default_value = "0.0.0.0:8443")]
     pub metrics_addr: SocketAddr,
+
+    /// Serve /metrics over TLS, each request authenticated (TokenReview) and authorized
+    /// (SubjectAccessReview: `get` on the non-resource URL /metrics, e.g. the ClusterRole
+    /// pss-operator-metrics-reader). `--metrics-secure=false`: plain HTTP, no authentication, for a
+    /// laptop (`make run`).
+    #[arg(
+        long,
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_name = "BOOL"
+    )]
+    pub metrics_secure: bool,
+
+    /// A folder with `tls.crt` and `tls.key` (PEM; a mounted kubernetes.io/tls Secret, e.g.
+    /// cert-manager's) for the metrics port, read again when they change. Without it a
+    /// self-signed certificate is made at start.
+    #[arg(long, value_name = "DIR")]
+    pub metrics_cert_dir: Option<PathBuf>,
+
+    /// Address serving /healthz and /readyz in plain HTTP (for the kubelet's probes). Default:
+    /// 0.0.0.0:8081 with --metrics-secure, else the metrics address.
+    #[arg(long)]
+    pub health_addr: Option<SocketAddr>,
 
     /// More namespaces never labelled nor reported as unprotected (comma-separated), besides
     /// kube-system, kube-public, kube-node-lease and the operator's own, which always are.
@@ -135,7 +169,61 @@ pub fn load_admission_config(
     AdmissionConfig::parse(&text, path, &read).map_err(|e| format!("--admission-config {e}"))
 }
 
+/// The server options the flags ask for; an error names the flags that do not go together.
+pub fn server_options(args: &RunArgs, hostname: &str) -> Result<server::Options> {
+    if !args.metrics_secure && args.metrics_cert_dir.is_some() {
+        return Err(Error::Flags(
+            "--metrics-cert-dir needs --metrics-secure=true (plain HTTP uses no certificate)"
+                .into(),
+        ));
+    }
+    let tls = args.metrics_secure.then(|| match &args.metrics_cert_dir {
+        Some(dir) => CertSource::Dir(dir.clone()),
+        None => CertSource::SelfSigned(self_signed_names(
+            args.operator_namespace.as_deref(),
+            hostname,
+        )),
+    });
+    let health_addr = match (args.health_addr, args.metrics_secure) {
+        (Some(addr), _) => Some(addr),
+        (None, true) => Some(DEFAULT_HEALTH_ADDR.parse().map_err(|e| {
+            Error::Flags(format!("default health address {DEFAULT_HEALTH_ADDR}: {e}"))
+        })?),
+        (None, false) => None,
+    };
+    Ok(server::Options {
+        metrics_addr: args.metrics_addr,
+        tls,
+        health_addr,
+    })
+}
+
+/// What the self-signed certificate is made for: loopback, the Pod's host name, and the metrics
+/// Service's DNS names in the operator's namespace.
+pub fn self_signed_names(namespace: Option<&str>, hostname: &str) -> Vec<String> {
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    if !hostname.is_empty()
+        && hostname
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    {
+        names.push(hostname.to_owned());
+    }
+    if let Some(ns) = namespace.filter(|ns| !ns.is_empty()) {
+        for suffix in ["", ".svc", ".svc.cluster.local"] {
+            names.push(format!("{METRICS_SERVICE}.{ns}{suffix}"));
+        }
+    }
+    names
+}
+
 async fn operate(args: RunArgs) -> Result<()> {
+    // Flags and certificate first: a wrong --metrics-cert-dir stops the operator at once.
+    let serving = server::prepare(server_options(&args, &identity())?)?;
     let admission = load_admission_config(args.admission_config.as_deref())
         .map_err(crate::operator::error::Error::Config)?;
     info!(
@@ -163,7 +251,7 @@ async fn operate(args: RunArgs) -> Result<()> {
         pause_limit: args.leader_elect.then_some(leader::PAUSE_LIMIT),
     };
 
-    let server = server::serve(args.metrics_addr, metrics.clone(), ready.clone());
+    let server = server::serve(serving, metrics.clone(), ready.clone(), client.clone());
     let mut leadership = None;
     if args.leader_elect {
         let namespace = args
@@ -192,4 +280,79 @@ async fn operate(args: RunArgs) -> Result<()> {
         l.release().await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn options(args: &[&str]) -> Result<server::Options> {
+        let cli = Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+            .map_err(|e| Error::Flags(e.to_string()))?;
+        server_options(&cli.run, "pss-operator-abc")
+    }
+
+    #[test]
+    fn secure_by_default_with_health_on_its_own_port() {
+        let o = options(&["--operator-namespace", "pss-system"]).expect("options");
+        assert_eq!(o.metrics_addr.to_string(), "0.0.0.0:8443");
+        assert_eq!(
+            o.health_addr.map(|a| a.to_string()).as_deref(),
+            Some("0.0.0.0:8081")
+        );
+        match o.tls {
+            Some(CertSource::SelfSigned(names)) => {
+                assert!(names.contains(&"pss-operator-metrics.pss-system.svc".to_owned()));
+                assert!(names.contains(&"pss-operator-abc".to_owned()));
+                assert!(names.contains(&"localhost".to_owned()));
+            }
+            other => panic!("self-signed expected, got {other:?}"),
+        }
+        let o = options(&["--metrics-secure", "--metrics-cert-dir", "/certs"]).expect("options");
+        assert!(matches!(o.tls, Some(CertSource::Dir(d)) if d == std::path::Path::new("/certs")));
+    }
+
+    #[test]
+    fn plain_mode_is_one_port_unless_told_otherwise() {
+        let o = options(&["--metrics-secure=false", "--metrics-addr", "127.0.0.1:8080"])
+            .expect("options");
+        assert!(o.tls.is_none());
+        assert_eq!(o.health_addr, None, "health on the metrics port");
+        let o = options(&[
+            "--metrics-secure",
+            "false",
+            "--health-addr",
+            "127.0.0.1:9000",
+        ])
+        .expect("options");
+        assert_eq!(o.health_addr.map(|a| a.port()), Some(9000));
+    }
+
+    #[test]
+    fn contradictory_flags_are_named() {
+        let err = options(&["--metrics-secure=false", "--metrics-cert-dir", "/certs"])
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("--metrics-cert-dir") && err.contains("--metrics-secure"),
+            "{err}"
+        );
+        let err = options(&["--metrics-secure=maybe"])
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("maybe"), "{err}");
+    }
+
+    #[test]
+    fn odd_host_names_are_left_out_of_the_certificate() {
+        let names = self_signed_names(None, "bad name!");
+        assert_eq!(names, ["localhost", "127.0.0.1", "::1"]);
+    }
 }

@@ -38,6 +38,12 @@ pub enum Error {
     #[error("{0}")]
     Config(String),
 
+    #[error("metrics TLS: {0}")]
+    Tls(String),
+
+    #[error("invalid flags: {0}")]
+    Flags(String),
+
     #[error("serving {addr}: {source}")]
     Serve {
         addr: String,
@@ -63,6 +69,8 @@ impl Error {
             Error::Metrics(_) => "metrics",
             Error::Serve { .. } => "serve",
             Error::Config(_) => "config",
+            Error::Tls(_) => "tls",
+            Error::Flags(_) => "flags",
         }
     }
 }

@@ -13,7 +13,8 @@
 //!   the leader Lease; [`error`]: the operator's errors.
 //!
 //! I/O edges: [`controller`] (watches, the pass, label writes, status and metrics, Events),
-//! [`leader`] (Lease-based leader election), [`server`] (`/metrics`, `/healthz`, `/readyz`).
+//! [`leader`] (Lease-based leader election), [`server`] (`/metrics` over TLS for authorized
+//! readers, `/healthz`, `/readyz`; its pure token and cache rules in [`server::access`]).
 
 pub mod backoff;
 pub mod controller;
@@ -101,19 +102,86 @@ mod config_tests {
             .collect()
     }
 
-    #[test]
-    fn rbac_is_least_privilege() {
-        let role: Value = serde_yaml_ng::from_str(&read("config/rbac/role.yaml")).expect("yaml");
+    /// "resource:verb" (or "group/resource:verb" with `with_groups`, "url:verb" for
+    /// non-resource URLs) for every rule of a role file.
+    fn grants(path: &str, with_groups: bool) -> Vec<String> {
+        let role: Value = serde_yaml_ng::from_str(&read(path)).expect("yaml");
         let rules = role["rules"].as_sequence().expect("rules");
         let mut granted = Vec::new();
         for rule in rules {
+            let groups = strings(&rule["apiGroups"]);
             for resource in strings(&rule["resources"]) {
                 for verb in strings(&rule["verbs"]) {
-                    granted.push(format!("{resource}:{verb}"));
+                    if with_groups {
+                        for group in &groups {
+                            granted.push(format!("{group}/{resource}:{verb}"));
+                        }
+                    } else {
+                        granted.push(format!("{resource}:{verb}"));
+                    }
+                }
+            }
+            for url in strings(&rule["nonResourceURLs"]) {
+                for verb in strings(&rule["verbs"]) {
+                    granted.push(format!("{url}:{verb}"));
                 }
             }
         }
         granted.sort();
+        granted
+    }
+
+    #[test]
+    fn rbac_is_least_privilege() {
+        // config/rbac holds exactly these objects: nothing else is granted.
+        let kustomization: Value =
+            serde_yaml_ng::from_str(&read("config/rbac/kustomization.yaml")).expect("yaml");
+        assert_eq!(
+            strings(&kustomization["resources"]),
+            [
+                "service_account.yaml",
+                "role.yaml",
+                "role_binding.yaml",
+                "leader_election_role.yaml",
+                "leader_election_role_binding.yaml",
+                "metrics_auth_role.yaml",
+                "metrics_auth_role_binding.yaml",
+                "metrics_reader_role.yaml",
+            ]
+        );
+        // The secure metrics port: create reviews (no reads), and nothing else.
+        assert_eq!(
+            grants("config/rbac/metrics_auth_role.yaml", true),
+            [
+                "authentication.k8s.io/tokenreviews:create",
+                "authorization.k8s.io/subjectaccessreviews:create",
+            ]
+        );
+        // What Prometheus is bound to: reading /metrics, nothing else (and config/rbac binds it
+        // to nobody: the cluster's Prometheus is not ours to name).
+        assert_eq!(
+            grants("config/rbac/metrics_reader_role.yaml", true),
+            ["/metrics:get"]
+        );
+        for binding in [
+            "config/rbac/role_binding.yaml",
+            "config/rbac/metrics_auth_role_binding.yaml",
+            "config/rbac/leader_election_role_binding.yaml",
+        ] {
+            let b: Value = serde_yaml_ng::from_str(&read(binding)).expect("yaml");
+            assert_ne!(
+                b["roleRef"]["name"].as_str(),
+                Some("pss-operator-metrics-reader"),
+                "{binding}"
+            );
+            assert_eq!(
+                b["subjects"].as_sequence().map(Vec::len),
+                Some(1),
+                "{binding}"
+            );
+            assert_eq!(b["subjects"][0]["name"].as_str(), Some("pss-operator"));
+        }
+        let granted = grants("config/rbac/role.yaml", false);
         assert_eq!(
             granted,
             [

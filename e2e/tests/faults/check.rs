@@ -467,6 +467,33 @@ pub async fn create_pods(
 }
 
 /// Deletes what a test created (best effort: the control plane goes with the test binary).
+/// Waits until no namespace is terminating: the namespaces earlier tests deleted (hundreds, by
+/// `cleanup`, which does not wait) are gone, and kube-controller-manager's namespace controller
+/// is idle. For a test whose own deletions must finish within its deadline. The time it waited.
+pub async fn no_namespace_terminating(client: &Client, limit: Duration) -> Result<Duration> {
+    let started = std::time::Instant::now();
+    let ns: Api<Namespace> = Api::all(client.clone());
+    eventually(
+        "no namespace terminating (earlier tests' deletions done)",
+        limit,
+        || {
+            let ns = ns.clone();
+            async move {
+                let terminating = ns
+                    .list_metadata(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .filter(|n| n.metadata.deletion_timestamp.is_some())
+                    .count();
+                Ok((terminating == 0).then_some(()))
+            }
+        },
+    )
+    .await?;
+    Ok(started.elapsed())
+}
+
 pub async fn cleanup(client: &Client, tag: &str, profiles: &[&str]) {
     let api: Api<PodSecurityProfile> = Api::all(client.clone());
     for p in profiles {

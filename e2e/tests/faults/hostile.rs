@@ -455,6 +455,11 @@ async fn namespaces_deleted_while_labelled_and_a_profile_deleted_mid_reconcile()
     let env = env().await?;
     let client = env.admin().await?;
     let tag = unique_name("deleted");
+    // Its 30 deletions must finish within LONG: not behind the hundreds of namespaces earlier tests
+    // deleted (kube-controller-manager deletes them in the background; on a loaded 2-core machine
+    // that backlog took over 90 s, and this test failed in 2 of 3 full runs of the suite).
+    let waited = check::no_namespace_terminating(&client, Duration::from_secs(600)).await?;
+    eprintln!("faults: waited {waited:?} for earlier tests' namespace deletions to finish");
     let kept = Declared::new(
         &format!("{tag}-a"),
         "a",

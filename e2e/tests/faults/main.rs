@@ -22,6 +22,7 @@ mod check;
 mod crash;
 mod hostile;
 mod load;
+mod metrics_auth;
 mod outage;
 mod procs;
 mod security;

@@ -170,10 +170,24 @@ fn signal(target: &str, sig: &str) -> Result<()> {
     Ok(())
 }
 
+/// How the operator serves its metrics.
+#[derive(Debug, Clone, Default)]
+pub enum Serving {
+    /// `--metrics-secure=false`: /metrics, /healthz, /readyz in plain HTTP on one loopback port.
+    #[default]
+    Plain,
+    /// The default: /metrics over TLS for authorized readers (certificate self-signed, or from
+    /// `cert_dir`), /healthz and /readyz on a plain port of their own.
+    Secure { cert_dir: Option<PathBuf> },
+}
+
 /// One `pss-operator run` process under test, running as the ServiceAccount. Killed when dropped.
 pub struct OperatorProc {
     pub identity: String,
+    /// `127.0.0.1:<port>` of /metrics (HTTPS in [`Serving::Secure`]).
     pub metrics_addr: String,
+    /// `127.0.0.1:<port>` of /healthz and /readyz (plain HTTP).
+    pub health_addr: String,
     pub log: PathBuf,
     child: Child,
     exited: Option<ExitStatus>,
@@ -183,8 +197,19 @@ impl OperatorProc {
     /// Starts `pss-operator run` as `identity` (POD_NAME) with leader election on Lease `lease`
     /// (when given), debug logs of every write.
     pub fn start(env: &Env, identity: &str, lease: Option<&str>) -> Result<Self> {
+        Self::start_serving(env, identity, lease, Serving::Plain)
+    }
+
+    /// [`OperatorProc::start`], serving metrics as `serving` says.
+    pub fn start_serving(
+        env: &Env,
+        identity: &str,
+        lease: Option<&str>,
+        serving: Serving,
+    ) -> Result<Self> {
         let port = support::free_port()?;
         let metrics_addr = format!("127.0.0.1:{port}");
+        let mut health_addr = metrics_addr.clone();
         let log = env.dir.join(format!("{identity}.log"));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -200,6 +225,20 @@ impl OperatorProc {
             "--log-format".into(),
             "text".into(),
         ];
+        match &serving {
+            // Plain metrics on loopback, read directly (faults::metrics_auth tests the secure port).
+            Serving::Plain => args.push("--metrics-secure=false".into()),
+            Serving::Secure { cert_dir } => {
+                health_addr = format!("127.0.0.1:{}", support::free_port()?);
+                args.extend(["--health-addr".into(), health_addr.clone()]);
+                if let Some(dir) = cert_dir {
+                    args.extend([
+                        "--metrics-cert-dir".into(),
+                        dir.to_string_lossy().into_owned(),
+                    ]);
+                }
+            }
+        }
         if let Some(lease) = lease {
             args.extend(["--leader-elect".into(), "--lease-name".into(), lease.into()]);
         }
@@ -226,6 +265,7 @@ impl OperatorProc {
         Ok(OperatorProc {
             identity: identity.to_owned(),
             metrics_addr,
+            health_addr,
             log,
             child,
             exited: None,
@@ -306,7 +346,7 @@ impl OperatorProc {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             self.check_alive()?;
-            if let Ok((200, _)) = http_get(&self.metrics_addr, "/readyz").await {
+            if let Ok((200, _)) = http_get(&self.health_addr, "/readyz").await {
                 return Ok(());
             }
             if Instant::now() > deadline {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::authorization::v1::{
-    ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
@@ -73,7 +73,22 @@ const RESOURCES: &[(&str, &str, &str, &str)] = &[
         "",
         "",
     ),
+    // The secure metrics port's reviews (create only: a review reads nothing stored).
+    ("authentication.k8s.io", "tokenreviews", "", ""),
+    ("authorization.k8s.io", "subjectaccessreviews", "", ""),
+    (
+        "authorization.k8s.io",
+        "localsubjectaccessreviews",
+        "",
+        OPERATOR_NAMESPACE,
+    ),
+    ("", "serviceaccounts", "", OPERATOR_NAMESPACE),
+    ("rbac.authorization.k8s.io", "clusterrolebindings", "", ""),
 ];
+
+/// Non-resource URLs probed for `get` and `post`: the operator reads none of them (not even its
+/// own /metrics: that is for whoever is bound to pss-operator-metrics-reader).
+const URLS: &[&str] = &["/metrics", "/debug/pprof/", "/logs/"];
 
 /// What config/rbac grants, as "group/resource[/sub]@ns:verb" (ns `*` = any).
 fn granted() -> BTreeSet<String> {
@@ -109,7 +124,40 @@ fn granted() -> BTreeSet<String> {
         OPERATOR_NAMESPACE,
         &["get", "create", "patch"],
     );
+    add("authentication.k8s.io/tokenreviews", "*", &["create"]);
+    add(
+        "authorization.k8s.io/subjectaccessreviews",
+        "*",
+        &["create"],
+    );
     g
+}
+
+/// Whether `user` (with `groups`) may `verb` the non-resource URL `path`.
+pub async fn url_allowed(
+    admin: &Client,
+    user: &str,
+    groups: &[String],
+    verb: &str,
+    path: &str,
+) -> Result<bool> {
+    let review = SubjectAccessReview {
+        spec: SubjectAccessReviewSpec {
+            user: Some(user.to_owned()),
+            groups: Some(groups.to_vec()),
+            non_resource_attributes: Some(NonResourceAttributes {
+                path: Some(path.to_owned()),
+                verb: Some(verb.to_owned()),
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SubjectAccessReview>::all(admin.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .context("SubjectAccessReview")?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
 }
 
 async fn allowed(
@@ -181,6 +229,14 @@ async fn the_service_account_can_do_its_job_and_nothing_else() -> Result<()> {
                 wrong.push(format!(
                     "{verb} {what} in {ns:?}: allowed={got}, want {want}"
                 ));
+            }
+        }
+    }
+    for url in URLS {
+        for verb in ["get", "post"] {
+            probed += 1;
+            if url_allowed(&admin, &user, &groups, verb, url).await? {
+                wrong.push(format!("{verb} {url}: allowed, want denied"));
             }
         }
     }

@@ -233,6 +233,9 @@ pub fn spawn_operator(
     let child = Command::new(binary)
         .args([
             "run",
+            // Plain metrics on loopback: these tests read /metrics directly (the secure port is
+            // tested by faults::metrics_auth and the observability e2e).
+            "--metrics-secure=false",
             "--metrics-addr",
             &metrics_addr,
             "--operator-namespace",
