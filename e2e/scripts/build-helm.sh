@@ -40,11 +40,21 @@ rm -rf "$tmp"
 mkdir -p "$tmp"
 log "building helm $HELM_VERSION from the Go module proxy (a cold build takes a few minutes on 2 cores)..."
 start=$(date +%s)
-# helm's version comes from ldflags in its own Makefile; set it the same way.
+# helm's version, and the Kubernetes version `helm template` and `helm lint` assume, come from
+# ldflags in its own Makefile (the latter from its k8s.io/client-go v0.N.M: Kubernetes 1.N); set
+# them the same way, else charts with a kubeVersion are checked against Kubernetes 1.20.
+gomod=$(cd "$tmp" && GOFLAGS=-mod=mod go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+[[ -f "$gomod" ]] || die "cannot read helm $HELM_VERSION's go.mod from the Go module proxy"
+client_go=$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$gomod")
+[[ "$client_go" =~ ^v0\.([0-9]+)\. ]] || die "no k8s.io/client-go version in $gomod"
+k8s_minor=${BASH_REMATCH[1]}
 ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+  ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$k8s_minor"
+done
 GOBIN="$tmp" CGO_ENABLED=0 go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" >&2
 "$tmp/helm" version --template '{{.Version}}' | grep -qx "$HELM_VERSION" || die "$tmp/helm version does not say $HELM_VERSION"
 mv "$tmp/helm" "$BIN_DIR/"
 rmdir "$tmp"
-log "built helm $HELM_VERSION in $(($(date +%s) - start))s: $BIN_DIR"
+log "built helm $HELM_VERSION (Kubernetes 1.$k8s_minor by default) in $(($(date +%s) - start))s: $BIN_DIR"
 echo "$BIN_DIR"
