@@ -22,7 +22,8 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --target x86_64-unknown-linux-musl --bin pss-operator \
- && install -m 0755 target/x86_64-unknown-linux-musl/release/pss-operator /pss-operator
+ && strip -o /pss-operator.tmp target/x86_64-unknown-linux-musl/release/pss-operator \
+ && install -m 0755 /pss-operator.tmp /pss-operator
 
 FROM scratch AS prebuilt
 COPY pss-operator /pss-operator

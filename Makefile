@@ -5,7 +5,7 @@ CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/pss-operator
 
 .PHONY: crds install run deploy undeploy docker-build image help build test lint fmt-check clippy test-unit test-e2e demo bench bench-metrics bench-upstream bench-scale fixtures check-seed fuzz deny
-.PHONY: tools preflight preflight-demo tool-prometheus tool-python tool-helm test-chart chart-files helm-install helm-uninstall
+.PHONY: tools preflight preflight-demo tool-prometheus tool-python tool-helm test-chart chart-files helm-install helm-uninstall e2e-node
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -143,6 +143,14 @@ chart-files: ## Copy the CRD, alert rules and dashboard into charts/pss-operator
 test-chart: tool-helm tool-python e2e-binaries ## helm lint --strict; helm template (default values) renders kubectl kustomize config/default; copies in sync
 	HELM=$(HELM) KUBECTL="$$(e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1)/kubectl" \
 	  $(PYTHON) charts/test_chart.py -v
+
+# In-cluster end-to-end test on a real node (root: kubelet, containerd + runc, CNI bridge, iptables);
+# node.sh preflight says in its first second what is missing. See e2e/README.md.
+e2e-node: ## The image in-cluster on a real node (needs root): make deploy and helm install into pss-system, probes, leader, metrics, labels, drift, privileged Pod; nothing left
+	@e2e/scripts/node.sh preflight
+	@$(MAKE) --no-print-directory image tool-helm
+	@e2e/scripts/build-binaries.sh --node >/dev/null
+	IMG=$(IMG) IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) HELM=$(HELM) e2e/scripts/e2e-node.sh
 
 helm-install: tool-helm ## helm install the chart into pss-system (IMG= sets the image; the namespace must exist, labelled)
 	@$(KUBE_ENV); img='$(IMG)'; $(HELM) upgrade --install pss-operator charts/pss-operator --namespace pss-system \

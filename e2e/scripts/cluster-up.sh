@@ -230,6 +230,7 @@ start kube-apiserver "$CLUSTER_DIR/bin/kube-apiserver" \
   --bind-address="$bind_address" \
   --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
   --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+  --kubelet-preferred-address-types=InternalIP \
   --advertise-address=127.0.0.1 \
   --secure-port="$api_port" \
   --cert-dir="$CLUSTER_DIR/apiserver-certs" \

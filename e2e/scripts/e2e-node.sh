@@ -83,7 +83,7 @@ say "cluster with a Ready node in $(($(date +%s) - t0))s"
 K=$PSS_CLUSTER_DIR/bin/kubectl
 kubectl() { "$K" --request-timeout=20s "$@"; }
 PSS_CLUSTER_DIR="$PSS_CLUSTER_DIR" "$SCRIPTS/node.sh" load "$IMAGE_ARCHIVE" "$IMG"
-CRICTL=("$PSS_CLUSTER_DIR/bin/crictl" --runtime-endpoint "unix://$PSS_CLUSTER_DIR/node/containerd.sock" --timeout 20s)
+CRICTL=("$PSS_CLUSTER_DIR/bin/crictl" --config "$PSS_CLUSTER_DIR/node/crictl.yaml")
 BUSYBOX=localhost/pss-busybox:latest
 
 # ---- helpers ------------------------------------------------------------------------------------
@@ -116,21 +116,24 @@ process_checks() { # the operator's processes as the kubelet and runc started th
   done
 }
 
-in_cluster_metrics() { # from a Pod on the pod network: wget the leader's /metrics by Pod IP
+in_cluster_metrics() { # from a Pod on the pod network: GET the leader's /metrics by Pod IP
   local ip
   ip=$(kubectl -n $NS get pod "$(leader)" -o jsonpath='{.status.podIP}')
   [[ -n "$ip" ]] || return 1
-  kubectl -n e2e-probe delete pod wget --ignore-not-found --wait >/dev/null
-  kubectl -n e2e-probe run wget --image=$BUSYBOX --image-pull-policy=Never --restart=Never \
-    --command -- /busybox wget -q -T 5 -O - "http://$ip:8080/metrics" >/dev/null
-  eventually 60 bash -c "[[ \$('$K' -n e2e-probe get pod wget -o jsonpath='{.status.phase}') == Succeeded ]]" || {
-    kubectl -n e2e-probe describe pod wget | tail -n 20; kubectl -n e2e-probe logs wget; return 1; }
-  kubectl -n e2e-probe logs wget | grep -E '^pss_namespace_level\{' | head -n 3
-  kubectl -n e2e-probe logs wget | grep -q '^pss_namespace_level{namespace="app"'
+  kubectl -n e2e-probe delete pod http-get --ignore-not-found --wait >/dev/null
+  # busybox's nc, not its wget (which crashes in a FROM scratch image: static glibc's NSS).
+  kubectl -n e2e-probe run http-get --image=$BUSYBOX --image-pull-policy=Never --restart=Never --command -- \
+    /busybox sh -c "printf 'GET /metrics HTTP/1.0\\r\\nHost: $ip\\r\\n\\r\\n' | /busybox nc -w 5 $ip 8080" >/dev/null
+  eventually 60 bash -c "[[ \$('$K' -n e2e-probe get pod http-get -o jsonpath='{.status.phase}') == Succeeded ]]" || {
+    kubectl -n e2e-probe get pod http-get -o jsonpath='{.status.containerStatuses}'; kubectl -n e2e-probe logs http-get; return 1; }
+  kubectl -n e2e-probe logs http-get | head -n 1
+  kubectl -n e2e-probe logs http-get | grep -E '^pss_namespace_level\{' | head -n 3
+  kubectl -n e2e-probe logs http-get | head -n 1 | grep -q '^HTTP/1.[01] 200' &&
+    kubectl -n e2e-probe logs http-get | grep -q '^pss_namespace_level{namespace="app"'
 }
 
-service_metrics() { # through the Service's endpoints (the API server's service proxy)
-  kubectl get --raw "/api/v1/namespaces/$NS/services/pss-operator-metrics:metrics/proxy/metrics" | grep -c '^pss_' | grep -qv '^0$'
+service_metrics() { # through the Service's endpoints (the API server's service proxy), until the leader answers
+  kubectl get --raw "/api/v1/namespaces/$NS/services/pss-operator-metrics:metrics/proxy/metrics" | grep -q '^pss_namespace_level{namespace="app"'
 }
 
 label_is() { [[ "$(kubectl get ns "$1" -o jsonpath="{.metadata.labels.pod-security\.kubernetes\.io/$2}")" == "$3" ]]; }
@@ -154,12 +157,12 @@ operator_does_its_job() { # $1: how it was installed (for the test names)
   kubectl label ns app --overwrite pod-security.kubernetes.io/enforce=privileged >/dev/null
   check "$how: drift repaired (enforce privileged -> baseline)" eventually 30 label_is app enforce baseline
   check "$how: the metrics answer from a Pod on the pod network" in_cluster_metrics
-  check "$how: the metrics answer through the Service" service_metrics
+  check "$how: the metrics answer through the Service" eventually 30 service_metrics
   check "$how: the privileged container really runs and is counted (pss_privileged_containers)" eventually 60 bash -c "
     [[ \$('$K' -n legacy get pod privileged -o jsonpath='{.status.phase}') == Running ]] &&
     '$K' get --raw /api/v1/namespaces/$NS/pods/$leader_pod:8080/proxy/metrics | grep -qx 'pss_privileged_containers{namespace=\"legacy\"} 1'"
-  check "$how: the profile's status counts the privileged Pod" eventually 60 bash -c \
-    "'$K' get pssp -o json | grep -q '\"privileged\"'"
+  check "$how: profile app's status counts the running Pod that breaks audit=restricted" eventually 60 bash -c \
+    "[[ \$('$K' get pssp app -o jsonpath='{.status.audit.violatingPods}') == 1 ]] && '$K' get pssp app -o jsonpath='{.status.audit.byCheck}' | grep -q runAsNonRoot"
 }
 
 nothing_left() { # $1: how it was removed
@@ -170,7 +173,7 @@ nothing_left() { # $1: how it was removed
 }
 
 # ---- workloads the operator must see ------------------------------------------------------------
-say "namespaces app (for profile app), legacy (a privileged Pod) and e2e-probe"
+say "namespaces app (profile app; a Pod running as root), legacy (a privileged Pod) and e2e-probe"
 kubectl create ns app >/dev/null
 kubectl create ns legacy >/dev/null
 kubectl create ns e2e-probe >/dev/null
@@ -186,6 +189,19 @@ spec:
     imagePullPolicy: Never
     command: [/busybox, sleep, "3600"]
     securityContext: {privileged: true}
+---
+# Runs as root with the runtime's defaults: allowed by baseline (app's enforce), not by restricted
+# (its audit and warn).
+apiVersion: v1
+kind: Pod
+metadata: {name: root-shell, namespace: app}
+spec:
+  automountServiceAccountToken: false
+  containers:
+  - name: shell
+    image: $BUSYBOX
+    imagePullPolicy: Never
+    command: [/busybox, sleep, "3600"]
 EOF
 
 # ---- kustomize ----------------------------------------------------------------------------------

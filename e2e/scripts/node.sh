@@ -35,7 +35,8 @@ K8S_VERSION=${K8S_VERSION:-v1.37.2}
 PAUSE_IMAGE="localhost/pss-pause:$K8S_VERSION"
 CNI_BIN_DIR=${CNI_BIN_DIR:-/usr/lib/cni}
 
-crictl_() { "$CLUSTER_DIR/bin/crictl" --runtime-endpoint "unix://$SOCK" --image-endpoint "unix://$SOCK" --timeout 20s "$@"; }
+# crictl's own config file (else it warns about /etc/crictl.yaml on every call); up writes it.
+crictl_() { "$CLUSTER_DIR/bin/crictl" --config "$NODE_DIR/crictl.yaml" "$@"; }
 ctr_() { ctr --address "$SOCK" --namespace k8s.io "$@"; }
 
 # ---- preflight ---------------------------------------------------------------------------------
@@ -116,8 +117,8 @@ load() {
   [[ "$full" == */* ]] || full="docker.io/library/$full"
   [[ "${full%%/*}" == *.* || "${full%%/*}" == *:* || "${full%%/*}" == localhost ]] || full="docker.io/$full"
   [[ "${full##*/}" == *:* || "$full" == *@* ]] || full="$full:latest"
-  digest=$(ctr_ images import --digests --all-platforms "$archive" 2>&1 | tee /dev/stderr | grep -oE 'sha256:[0-9a-f]{64}' | head -n1) \
-    || die "ctr images import $archive failed"
+  digest=$(ctr_ images import --digests --all-platforms "$archive" 2>&1 | tee -a "$CLUSTER_DIR/logs/ctr-import.log" | grep -oE 'sha256:[0-9a-f]{64}' | head -n1) \
+    || die "ctr images import $archive failed (see $CLUSTER_DIR/logs/ctr-import.log)"
   [[ -n "$digest" ]] || die "ctr images import printed no digest for $archive"
   ctr_ images rm "$full" >/dev/null 2>&1 || true
   # The import names the image import-DATE@DIGEST; give it the CRI name (and keep it from image GC).
@@ -256,6 +257,7 @@ state = "$NODE_DIR/containerd-state"
     bin_dir = "$CNI_BIN_DIR"
     conf_dir = "$NODE_DIR/cni/net.d"
 EOF
+  printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 20\n' "$SOCK" "$SOCK" >"$NODE_DIR/crictl.yaml"
   start_node_component containerd containerd --config "$NODE_DIR/containerd.toml"
   wait_until "containerd's CRI on $SOCK" 60 containerd crictl_ info
   load "$(pause_archive)" "$PAUSE_IMAGE"
@@ -333,7 +335,7 @@ down() {
   rm -f "$CLUSTER_DIR/pids/containerd.pid"
   pids=()
   for p in /proc/[0-9]*; do
-    tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "-address $SOCK" && pids+=("${p#/proc/}")
+    { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "-address $SOCK" && pids+=("${p#/proc/}")
   done
   if ((${#pids[@]})); then log "killing ${#pids[@]} leftover containerd shim(s)"; kill -KILL "${pids[@]}" 2>/dev/null || true; fi
   # Whatever still runs in the node's cgroups (containers whose shim was killed).
@@ -384,7 +386,7 @@ leftovers() {
   done
   if awk -v d="$NODE_DIR" 'index($5, d) == 1 {f=1} END {exit !f}' /proc/self/mountinfo; then echo "mounts under $NODE_DIR"; found=1; fi
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$NODE_DIR"; then echo "process ${p#/proc/}: $(tr '\0' ' ' <"$p/cmdline" | cut -c1-120)"; found=1; fi
+    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "$NODE_DIR"; then echo "process ${p#/proc/}: $({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | cut -c1-120)"; found=1; fi
   done
   return $((found))
 }
