@@ -63,7 +63,8 @@ finish() {
       bad "cluster-down left: $left"
     fi
   fi
-  if ((rc != 0 && failed == 0)); then bad "the run stopped early (exit $rc)"; fi
+  [[ -n "${completed:-}" ]] || bad "the run stopped early (exit $rc) after $((passed + failed)) checks"
+  ((rc != 0)) || [[ -n "${completed:-}" ]] || rc=1
   echo
   for f in "${failures[@]}"; do echo "failed: $f"; done
   echo "e2e-node: $passed passed, $failed failed"
@@ -121,19 +122,20 @@ in_cluster_metrics() { # from a Pod on the pod network: GET the leader's /metric
   ip=$(kubectl -n $NS get pod "$(leader)" -o jsonpath='{.status.podIP}')
   [[ -n "$ip" ]] || return 1
   kubectl -n e2e-probe delete pod http-get --ignore-not-found --wait >/dev/null
-  # busybox's nc, not its wget (which crashes in a FROM scratch image: static glibc's NSS).
+  # busybox's nc, not its wget (which crashes in a FROM scratch image: static glibc's NSS); its
+  # stdin stays open until the answer is in (nc stops reading when it closes).
   kubectl -n e2e-probe run http-get --image=$BUSYBOX --image-pull-policy=Never --restart=Never --command -- \
-    /busybox sh -c "printf 'GET /metrics HTTP/1.0\\r\\nHost: $ip\\r\\n\\r\\n' | /busybox nc -w 5 $ip 8080" >/dev/null
+    /busybox sh -c "{ printf 'GET /metrics HTTP/1.0\\r\\nHost: $ip\\r\\n\\r\\n'; /busybox sleep 3; } | /busybox nc -w 5 $ip 8080" >/dev/null
   eventually 60 bash -c "[[ \$('$K' -n e2e-probe get pod http-get -o jsonpath='{.status.phase}') == Succeeded ]]" || {
     kubectl -n e2e-probe get pod http-get -o jsonpath='{.status.containerStatuses}'; kubectl -n e2e-probe logs http-get; return 1; }
   kubectl -n e2e-probe logs http-get | head -n 1
   kubectl -n e2e-probe logs http-get | grep -E '^pss_namespace_level\{' | head -n 3
   kubectl -n e2e-probe logs http-get | head -n 1 | grep -q '^HTTP/1.[01] 200' &&
-    kubectl -n e2e-probe logs http-get | grep -q '^pss_namespace_level{namespace="app"'
+    kubectl -n e2e-probe logs http-get | grep -q '^pss_namespace_level{.*namespace="app"'
 }
 
 service_metrics() { # through the Service's endpoints (the API server's service proxy), until the leader answers
-  kubectl get --raw "/api/v1/namespaces/$NS/services/pss-operator-metrics:metrics/proxy/metrics" | grep -q '^pss_namespace_level{namespace="app"'
+  kubectl get --raw "/api/v1/namespaces/$NS/services/pss-operator-metrics:metrics/proxy/metrics" | grep -q '^pss_namespace_level{.*namespace="app"'
 }
 
 label_is() { [[ "$(kubectl get ns "$1" -o jsonpath="{.metadata.labels.pod-security\.kubernetes\.io/$2}")" == "$3" ]]; }
@@ -231,3 +233,4 @@ kubectl delete -k "$ROOT/config/samples" --ignore-not-found >/dev/null
 nothing_left helm
 check "helm: only the namespace it was given is left in $NS (no Secret of the release)" bash -c \
   "[[ -z \$('$K' -n $NS get all,secrets,configmaps,leases,roles,rolebindings,serviceaccounts -o name 2>/dev/null | grep -v -e '^configmap/kube-root-ca.crt' -e '^serviceaccount/default' -e '^lease.coordination.k8s.io/pss-operator-leader') ]]"
+completed=1
