@@ -13,7 +13,7 @@
 #   4. the same with `helm install` / `helm uninstall` of charts/pss-operator;
 #   5. cluster-down.sh: nothing of the node is left on the machine (processes, mounts, cgroups,
 #      iptables chain, bridge).
-# Ends with "N passed, N failed"; exits 1 when something failed or could not run.
+# Ends with the line "N passed, N failed"; exits 1 when something failed or could not run.
 #
 # Environment: IMAGE_ARCHIVE and IMG (from make), HELM, PSS_CLUSTER_DIR (default a temporary
 # folder), PSS_E2E_NODE_KEEP=1 keeps the cluster running at the end.
@@ -67,7 +67,8 @@ finish() {
   ((rc != 0)) || [[ -n "${completed:-}" ]] || rc=1
   echo
   for f in "${failures[@]}"; do echo "failed: $f"; done
-  echo "e2e-node: $passed passed, $failed failed"
+  echo "e2e-node ($(($(date +%s) - started)) s):"
+  echo "$passed passed, $failed failed"
   ((failed == 0)) || exit 1
   exit "$rc"
 }
