@@ -70,7 +70,7 @@ fi
 # ---- 2. the image -----------------------------------------------------------------------------
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
-# Symbols stripped, as the Dockerfile's compile stage does (18.8 -> 15.3 MB); panics still name files and lines.
+# Symbols stripped, as the Dockerfile's compile stage does (19 -> 15 MB); panics still name files and lines.
 strip -o "$ctx/pss-operator.tmp" "$bin"
 install -m 0755 "$ctx/pss-operator.tmp" "$ctx/pss-operator"
 rm "$ctx/pss-operator.tmp"
