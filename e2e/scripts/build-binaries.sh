@@ -122,7 +122,7 @@ else
     log "building crictl $CRICTL_VERSION (sigs.k8s.io/cri-tools)..."
     start=$(date +%s)
     rm -rf "$BIN_DIR/.crictl"
-    GOBIN="$BIN_DIR/.crictl" GOFLAGS= go install -trimpath \
+    GOBIN="$BIN_DIR/.crictl" GOFLAGS='' go install -trimpath \
       -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
       "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" >&2
     mv "$BIN_DIR/.crictl/crictl" "$BIN_DIR/crictl"

@@ -84,8 +84,9 @@ trap on_exit EXIT
 # ---- binaries ------------------------------------------------------------------------------------
 log "locating control-plane binaries (first run builds them with Go; see $E2E_SCRIPTS/build-binaries.sh)"
 node_bins=()
-[[ "$NODE" == 1 ]] && node_bins=(kubelet kube-scheduler crictl)
-bin_dir=$("$E2E_SCRIPTS/build-binaries.sh" $([[ "$NODE" == 1 ]] && echo --node) | tail -n 1)
+build_args=()
+if [[ "$NODE" == 1 ]]; then node_bins=(kubelet kube-scheduler crictl); build_args=(--node); fi
+bin_dir=$("$E2E_SCRIPTS/build-binaries.sh" "${build_args[@]}" | tail -n 1)
 for b in etcd kube-apiserver kube-controller-manager kubectl "${node_bins[@]}"; do
   [[ -x "$bin_dir/$b" ]] || die "build-binaries.sh reported $bin_dir but $b is not there"
 done

@@ -109,7 +109,7 @@ process_checks() { # the operator's processes as the kubelet and runc started th
     awk '/^Gid:/ {exit !($2 == 65532)} ' "/proc/$pid/status" || { echo "$pod: gid not 65532"; return 1; }
     # the root filesystem is mounted read-only in the container's mount namespace
     awk '$5 == "/" {print "root:", $6; exit !($6 ~ /(^|,)ro(,|$)/)}' "/proc/$pid/mountinfo" || { echo "$pod: root not read-only"; return 1; }
-    grep -q NoNewPrivs:.*1 "/proc/$pid/status" || { echo "$pod: no_new_privs not set"; return 1; }
+    grep -q 'NoNewPrivs:.*1' "/proc/$pid/status" || { echo "$pod: no_new_privs not set"; return 1; }
     grep -q '^CapEff:.*0000000000000000' "/proc/$pid/status" || { echo "$pod: has capabilities"; return 1; }
     grep -q '^Seccomp:.*2' "/proc/$pid/status" || { echo "$pod: no seccomp filter"; return 1; }
     # the in-cluster config: the ServiceAccount token and the Service address the kubelet gave it

@@ -342,6 +342,7 @@ down() {
   local cg
   for cg in /sys/fs/cgroup/*"$CGROUP_ROOT" /sys/fs/cgroup/"${CGROUP_ROOT#/}"; do
     [[ -d "$cg" ]] || continue
+    # shellcheck disable=SC2038 # xargs gets pids (the files' contents), not file names
     find "$cg" -name cgroup.procs -exec cat {} + 2>/dev/null | xargs -r kill -KILL 2>/dev/null || true
   done
   sleep 0.5
