@@ -113,7 +113,7 @@ process_checks() { # the operator's processes as the kubelet and runc started th
     grep -q '^CapEff:.*0000000000000000' "/proc/$pid/status" || { echo "$pod: has capabilities"; return 1; }
     grep -q '^Seccomp:.*2' "/proc/$pid/status" || { echo "$pod: no seccomp filter"; return 1; }
     # the in-cluster config: the ServiceAccount token and the Service address the kubelet gave it
-    tr '\0' '\n' <"/proc/$pid/environ" | grep -qx 'KUBERNETES_SERVICE_HOST=10.0.0.1' || { echo "$pod: no KUBERNETES_SERVICE_HOST"; return 1; }
+    grep -qx 'KUBERNETES_SERVICE_HOST=10.0.0.1' < <(tr '\0' '\n' <"/proc/$pid/environ") || { echo "$pod: no KUBERNETES_SERVICE_HOST"; return 1; }
     [[ -s "/proc/$pid/root/var/run/secrets/kubernetes.io/serviceaccount/token" ]] || { echo "$pod: no token mounted"; return 1; }
   done
 }
@@ -129,14 +129,17 @@ in_cluster_metrics() { # from a Pod on the pod network: GET the leader's /metric
     /busybox sh -c "{ printf 'GET /metrics HTTP/1.0\\r\\nHost: $ip\\r\\n\\r\\n'; /busybox sleep 3; } | /busybox nc -w 5 $ip 8080" >/dev/null
   eventually 60 bash -c "[[ \$('$K' -n e2e-probe get pod http-get -o jsonpath='{.status.phase}') == Succeeded ]]" || {
     kubectl -n e2e-probe get pod http-get -o jsonpath='{.status.containerStatuses}'; kubectl -n e2e-probe logs http-get; return 1; }
-  kubectl -n e2e-probe logs http-get | head -n 1
-  kubectl -n e2e-probe logs http-get | grep -E '^pss_namespace_level\{' | head -n 3
-  kubectl -n e2e-probe logs http-get | head -n 1 | grep -q '^HTTP/1.[01] 200' &&
-    kubectl -n e2e-probe logs http-get | grep -q '^pss_namespace_level{.*namespace="app"'
+  # Read whole, then matched: `kubectl ... | grep -q` fails under pipefail when grep stops early.
+  local out
+  out=$(kubectl -n e2e-probe logs http-get)
+  sed -n '1p; /^pss_namespace_level{/p' <<<"$out" | head -n 4 || true
+  [[ "$(printf '%s\n' "$out" | sed -n 1p)" =~ ^HTTP/1.[01]\ 200 ]] && grep -q '^pss_namespace_level{.*namespace="app"' <<<"$out"
 }
 
 service_metrics() { # through the Service's endpoints (the API server's service proxy), until the leader answers
-  kubectl get --raw "/api/v1/namespaces/$NS/services/pss-operator-metrics:metrics/proxy/metrics" | grep -q '^pss_namespace_level{.*namespace="app"'
+  local out
+  out=$(kubectl get --raw "/api/v1/namespaces/$NS/services/pss-operator-metrics:metrics/proxy/metrics") &&
+    grep -q '^pss_namespace_level{.*namespace="app"' <<<"$out"
 }
 
 label_is() { [[ "$(kubectl get ns "$1" -o jsonpath="{.metadata.labels.pod-security\.kubernetes\.io/$2}")" == "$3" ]]; }
