@@ -1,8 +1,16 @@
 # syntax=docker/dockerfile:1
-# pss-operator: a static (musl) binary on a distroless, non-root base.
-#   docker build -t pss-operator:latest .
+# pss-operator's image: one static (musl) binary in an empty image; user 65532, no shell, no
+# package manager, nothing else (the operator trusts only the cluster CA its ServiceAccount mounts).
+#
+# One definition of the image, two ways to provide the binary; the last stage is the image either way:
+#   docker build -t pss-operator:latest .       compiles it in a Rust container (BINARY=compile)
+#   make image                                   compiles it on the host (musl-tools, rustup target
+#                                                x86_64-unknown-linux-musl), then runs
+#     buildah bud --build-arg BINARY=prebuilt -f Dockerfile DIR   where DIR holds only pss-operator
+#   (buildah and BuildKit skip the stage that is not used).
+ARG BINARY=compile
 
-FROM rust:1.95-bookworm AS build
+FROM rust:1.95-bookworm AS compile
 RUN apt-get update \
  && apt-get install -y --no-install-recommends musl-tools \
  && rm -rf /var/lib/apt/lists/* \
@@ -14,13 +22,20 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --target x86_64-unknown-linux-musl --bin pss-operator \
- && cp target/x86_64-unknown-linux-musl/release/pss-operator /pss-operator
+ && strip -o /pss-operator.tmp target/x86_64-unknown-linux-musl/release/pss-operator \
+ && install -m 0755 /pss-operator.tmp /pss-operator
 
-# distroless/static: no shell, no package manager, CA certificates, user nonroot (65532).
-FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /pss-operator /usr/local/bin/pss-operator
+FROM scratch AS prebuilt
+COPY pss-operator /pss-operator
+
+FROM ${BINARY} AS binary
+
+# The image. e2e/scripts/image.sh checks what it holds: this one file (root-owned, 0755, static),
+# user 65532:65532, this entrypoint and command, no environment.
+FROM scratch
+COPY --from=binary /pss-operator /pss-operator
 USER 65532:65532
 # 8443: /metrics over HTTPS (authorized readers only); 8081: /healthz, /readyz (plain).
 EXPOSE 8443 8081
-ENTRYPOINT ["/usr/local/bin/pss-operator"]
+ENTRYPOINT ["/pss-operator"]
 CMD ["run"]

@@ -4,8 +4,8 @@ SHELL := bash
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/pss-operator
 
-.PHONY: crds install run deploy undeploy docker-build help build test lint fmt-check clippy test-unit test-e2e demo bench bench-metrics bench-upstream bench-scale fixtures check-seed fuzz deny
-.PHONY: tools preflight preflight-demo tool-prometheus tool-python
+.PHONY: crds install run deploy undeploy docker-build image help build test lint fmt-check clippy test-unit test-e2e demo bench bench-metrics bench-upstream bench-scale fixtures check-seed fuzz deny
+.PHONY: tools preflight preflight-demo tool-prometheus tool-python tool-helm test-chart chart-files helm-install helm-uninstall e2e-node
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -13,7 +13,7 @@ help: ## List the targets
 build: ## Build the pss-operator binary
 	$(CARGO) build --bin pss-operator
 
-test: tools lint test-unit test-e2e test-observability ## Run every test: fmt, clippy, unit, conformance, CLI, properties, end-to-end, alerts/dashboard
+test: tools lint test-unit test-e2e test-observability test-chart ## Run every test: fmt, clippy, unit, conformance, CLI, properties, end-to-end, alerts/dashboard, Helm chart
 
 lint: fmt-check clippy
 
@@ -49,32 +49,36 @@ demo: preflight-demo check-seed demo-cluster demo-operator ## The main job: the 
 # that installs it. The rest is built or installed once, keyed by version, into the cache
 # ${PSS_CACHE_DIR:-${XDG_CACHE_HOME:-~/.cache}/pss-operator} and reused: the control plane
 # (e2e/scripts/build-binaries.sh), promtool and prometheus (e2e/scripts/build-prometheus.sh), a
-# Python virtual environment with requirements.txt (e2e/scripts/python-env.sh); the dashboard
-# check's npm packages go to config/observability/schema-check/node_modules (npm ci).
-# PROMTOOL=, PROMETHEUS_BIN=, PYTHON= (make variables or environment) use your own copies instead.
-# PSS_REQUIRE_CACHED_TOOLS=1 (set by .ci/run) makes `make tools` fail unless the three are the
+# Python virtual environment with requirements.txt (e2e/scripts/python-env.sh), helm
+# (e2e/scripts/build-helm.sh); the dashboard check's npm packages go to
+# config/observability/schema-check/node_modules (npm ci).
+# PROMTOOL=, PROMETHEUS_BIN=, PYTHON=, HELM= (make variables or environment) use your own copies
+# instead. PSS_REQUIRE_CACHED_TOOLS=1 (set by .ci/run) makes `make tools` fail unless they are the
 # cached copies, so CI proves they are what the tests ran with.
 PROM_BIN_DIR := $(shell e2e/scripts/build-prometheus.sh --print-dir)
 PY_BIN_DIR := $(shell e2e/scripts/python-env.sh --print-dir)
+HELM_BIN_DIR := $(shell e2e/scripts/build-helm.sh --print-dir)
 PROMTOOL ?= $(PROM_BIN_DIR)/promtool
 PROMETHEUS_BIN ?= $(PROM_BIN_DIR)/prometheus
 PYTHON ?= $(PY_BIN_DIR)/python
+HELM ?= $(HELM_BIN_DIR)/helm
 
-tools: preflight e2e-binaries tool-prometheus tool-python tool-npm ## Check the system, then build/install (once, cached by version) every tool `make test` uses; lists them
+tools: preflight e2e-binaries tool-prometheus tool-python tool-npm tool-helm ## Check the system, then build/install (once, cached by version) every tool `make test` uses; lists them
 	@printf '  %-15s %s\n' \
 	  control-plane "$$(e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1)" \
 	  control-plane "$$(K8S_VERSION=$(K8S_SECOND_VERSION) e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1)" \
 	  promtool "$(PROMTOOL) ($$($(PROMTOOL) --version 2>&1 | head -n1))" \
 	  prometheus "$(PROMETHEUS_BIN) ($$($(PROMETHEUS_BIN) --version 2>&1 | head -n1))" \
 	  python "$(PYTHON) ($$($(PYTHON) -c 'import platform, yaml; print("Python", platform.python_version(), "with PyYAML", yaml.__version__)'))" \
-	  npm "$(OBS_SCHEMA)/node_modules (npm ci, package-lock.json)"
+	  npm "$(OBS_SCHEMA)/node_modules (npm ci, package-lock.json)" \
+	  helm "$(HELM) ($$($(HELM) version --template '{{.Version}}'))"
 	@if [[ -n "$${PSS_REQUIRE_CACHED_TOOLS:-}" ]]; then \
-	  for pair in "$(PROMTOOL)=$(PROM_BIN_DIR)/promtool" "$(PROMETHEUS_BIN)=$(PROM_BIN_DIR)/prometheus" "$(PYTHON)=$(PY_BIN_DIR)/python"; do \
+	  for pair in "$(PROMTOOL)=$(PROM_BIN_DIR)/promtool" "$(PROMETHEUS_BIN)=$(PROM_BIN_DIR)/prometheus" "$(PYTHON)=$(PY_BIN_DIR)/python" "$(HELM)=$(HELM_BIN_DIR)/helm"; do \
 	    [[ "$${pair%%=*}" == "$${pair#*=}" ]] || { echo "PSS_REQUIRE_CACHED_TOOLS: $${pair%%=*} is not the cached $${pair#*=}" >&2; exit 1; }; \
 	  done; \
 	  yaml=$$($(PYTHON) -c 'import yaml; print(yaml.__file__)'); \
 	  [[ "$$yaml" == "$(PY_BIN_DIR:%/bin=%)"/* ]] || { echo "PSS_REQUIRE_CACHED_TOOLS: PyYAML comes from $$yaml, not the cached environment" >&2; exit 1; }; \
-	  echo "  (PSS_REQUIRE_CACHED_TOOLS: promtool, prometheus and python are the cached copies)"; \
+	  echo "  (PSS_REQUIRE_CACHED_TOOLS: promtool, prometheus, python and helm are the cached copies)"; \
 	fi
 
 preflight: ## Check, in about a second, what `make test` needs from the system (one line per missing thing, with its install command)
@@ -90,13 +94,17 @@ tool-prometheus:
 tool-python:
 	@$(if $(filter $(PY_BIN_DIR)/%,$(PYTHON)),e2e/scripts/python-env.sh >/dev/null,:)
 
+tool-helm:
+	@$(if $(filter $(HELM_BIN_DIR)/%,$(HELM)),e2e/scripts/build-helm.sh >/dev/null,:)
+
 # Operator targets use $KUBECONFIG, or the local control plane (started if needed) when it is unset.
 KUBE_ENV = if [[ -z "$${KUBECONFIG:-}" ]]; then export KUBECONFIG=$$(e2e/scripts/cluster-up.sh | tail -n1); \
 	  export PATH="$$(e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1):$$PATH"; fi
 
-crds: build ## Regenerate crds/ and config/crd/ from the Rust types
+crds: build ## Regenerate crds/, config/crd/ and the chart's copy from the Rust types
 	$(BIN) crd > crds/podsecurityprofiles.yaml
 	cp crds/podsecurityprofiles.yaml config/crd/podsecurityprofiles.yaml
+	$(MAKE) --no-print-directory chart-files
 
 install: ## Install the PodSecurityProfile CRD into the cluster
 	@$(KUBE_ENV); kubectl apply --server-side -f crds/
@@ -110,8 +118,47 @@ deploy: ## Deploy CRD, RBAC and the operator Deployment (config/default)
 undeploy: ## Remove what deploy created
 	@$(KUBE_ENV); kubectl delete --ignore-not-found -k config/default
 
-docker-build: ## Build the container image (needs a Docker engine)
-	docker build -t pss-operator:latest .
+# ---- Image and chart --------------------------------------------------------------------------
+# One definition of the image, the Dockerfile's last stage (FROM scratch: the static binary, user
+# 65532). `make image` builds the musl binary on the host and that stage around it with
+# CONTAINER_TOOL (buildah, no Docker engine; or podman, docker), then saves it as an OCI archive and
+# checks what it holds (e2e/scripts/image.sh, check_image.py). `make docker-build` compiles inside
+# Docker instead (the Dockerfile's first stage).
+IMG ?= pss-operator:latest
+CONTAINER_TOOL ?= buildah
+IMAGE_ARCHIVE ?= $(or $(CARGO_TARGET_DIR),target)/image/pss-operator.oci.tar
+
+image: ## Static musl binary + the Dockerfile's image around it, without Docker (CONTAINER_TOOL=buildah|podman|docker, IMG=), saved as an OCI archive
+	@IMG=$(IMG) CONTAINER_TOOL=$(CONTAINER_TOOL) IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) e2e/scripts/image.sh
+
+docker-build: ## Build the image inside Docker (needs a Docker engine; compiles in a Rust container)
+	docker build -t $(IMG) .
+
+# The chart (charts/pss-operator) holds copies of the CRD, the alert rules and the dashboard; these
+# are written by `make crds`, `make generate-observability` and this target, and `make test-chart`
+# fails when they differ from their sources.
+chart-files: ## Copy the CRD, alert rules and dashboard into charts/pss-operator/files
+	cp crds/podsecurityprofiles.yaml config/prometheus/pss-operator.rules.yaml \
+	  config/grafana/pss-operator-dashboard.json charts/pss-operator/files/
+
+test-chart: tool-helm tool-python e2e-binaries ## helm lint --strict; helm template (default values) renders kubectl kustomize config/default; copies in sync
+	HELM=$(HELM) KUBECTL="$$(e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1)/kubectl" \
+	  $(PYTHON) charts/test_chart.py -v
+
+# In-cluster end-to-end test on a real node (root: kubelet, containerd + runc, CNI bridge, iptables);
+# node.sh preflight says in its first second what is missing. See e2e/README.md.
+e2e-node: ## The image in-cluster on a real node (needs root): make deploy and helm install into pss-system, probes, leader, metrics, labels, drift, privileged Pod; nothing left
+	@e2e/scripts/node.sh preflight
+	@$(MAKE) --no-print-directory image tool-helm
+	@e2e/scripts/build-binaries.sh --node >/dev/null
+	IMG=$(IMG) IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) HELM=$(HELM) e2e/scripts/e2e-node.sh
+
+helm-install: tool-helm ## helm install the chart into pss-system (IMG= sets the image; the namespace must exist, labelled)
+	@$(KUBE_ENV); img='$(IMG)'; $(HELM) upgrade --install pss-operator charts/pss-operator --namespace pss-system \
+	  --set "image.repository=$${img%:*}" --set "image.tag=$${img##*:}" --wait
+
+helm-uninstall: tool-helm ## helm uninstall the chart from pss-system
+	@$(KUBE_ENV); $(HELM) uninstall pss-operator --namespace pss-system --wait
 
 bench: ## Criterion benchmark: evaluations/s over the conformance corpus
 	$(CARGO) bench --bench evaluate

@@ -17,7 +17,7 @@ GO ?= go
 
 .PHONY: generate-observability test-observability test-observability-rules test-observability-dashboard test-observability-e2e tool-npm
 
-generate-observability: tool-python ## Regenerate config/prometheus/prometheusrule.yaml and config/grafana/configmap.yaml from their sources
+generate-observability: tool-python ## Regenerate config/prometheus/prometheusrule.yaml, config/grafana/configmap.yaml and the chart's copies from their sources
 	$(PYTHON) $(OBS_TOOLS)/obs.py generate
 
 test-observability: preflight test-observability-rules test-observability-dashboard test-observability-e2e ## Alerts and dashboard: promtool, Grafana schema, end to end with a real Prometheus

@@ -17,10 +17,11 @@ e2e-binaries: ## Build (once, cached by version) or locate etcd, kube-apiserver,
 	@$(E2E_SCRIPTS)/build-binaries.sh >/dev/null
 	@K8S_VERSION=$(K8S_SECOND_VERSION) $(E2E_SCRIPTS)/build-binaries.sh >/dev/null
 
-cluster-up: ## Start the local control plane; kubeconfig in e2e/.cluster/kubeconfig
-	@$(E2E_SCRIPTS)/cluster-up.sh
+NODE ?= 0
+cluster-up: ## Start the local control plane; kubeconfig in e2e/.cluster/kubeconfig. NODE=1: and a real node (kubelet, containerd + runc, scheduler; needs root)
+	@PSS_NODE=$(NODE) $(E2E_SCRIPTS)/cluster-up.sh
 
-cluster-down: ## Stop the local control plane and delete its data
+cluster-down: ## Stop the local control plane (and its node: Pods, mounts, cgroups, bridge, iptables chain) and delete its data
 	@$(E2E_SCRIPTS)/cluster-down.sh
 
 e2e-test: e2e-binaries ## End-to-end tests against a private control plane started (and stopped) by the test run

@@ -6,6 +6,21 @@
 //! - [`cli`]: the subcommands of the binary (`check`, `crd`, `run`).
 #![forbid(unsafe_code)]
 
+// The global allocator of musl builds (the container image), for every binary linking this
+// library (the operator, its tests and benchmarks). musl's own malloc made the operator's hot
+// paths several times slower (BENCHMARKS.md, "musl and the allocator"); glibc builds keep glibc's.
+#[cfg(all(
+    target_env = "musl",
+    feature = "musl-jemalloc",
+    not(feature = "musl-mimalloc")
+))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+#[cfg(all(target_env = "musl", feature = "musl-mimalloc"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod cli;
 pub mod manifest;
 pub mod operator;

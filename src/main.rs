@@ -58,8 +58,7 @@ fn main() -> ExitCode {
 /// and keeps what each one freed for reuse by that arena: with the pass, the reporter and the
 /// watches on different threads, the operator's RSS at 50k Pods reached 93-108 MB for a heap
 /// of ~45 MB live; one arena kept it at 72-79 MB with the same latencies. A `MALLOC_ARENA_MAX`
-/// the user sets wins. (musl, the container image, has no
-/// per-thread arenas.)
+/// the user sets wins. (musl builds, the container image, use jemalloc instead: src/lib.rs.)
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn one_malloc_arena() {

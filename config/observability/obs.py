@@ -136,7 +136,15 @@ def configmap_text():
     return header + dump_yaml(doc)
 
 
-GENERATED = {PROMETHEUS_RULE: prometheus_rule_text, CONFIGMAP: configmap_text}
+# The Helm chart's copies of the sources (charts/pss-operator/files, read by its templates with
+# .Files.Get): byte for byte the sources.
+CHART_FILES = ROOT / "charts/pss-operator/files"
+GENERATED = {
+    PROMETHEUS_RULE: prometheus_rule_text,
+    CONFIGMAP: configmap_text,
+    CHART_FILES / RULES.name: RULES.read_text,
+    CHART_FILES / DASHBOARD.name: DASHBOARD.read_text,
+}
 
 
 def cmd_generate(_args):

@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# Provides kube-apiserver, kube-controller-manager, kubectl and etcd for the local control plane.
+# Provides kube-apiserver, kube-controller-manager, kubectl and etcd for the local control plane,
+# and with --node also kubelet, kube-scheduler and crictl (a real node: `make cluster-up NODE=1`;
+# crictl is sigs.k8s.io/cri-tools $CRICTL_VERSION, default v1.<minor>.0 of $K8S_VERSION).
 #
 # Order of preference (first hit wins, nothing is built then):
 #   1. TEST_ASSET_KUBE_APISERVER / TEST_ASSET_ETCD / TEST_ASSET_KUBECTL (+ TEST_ASSET_KUBE_CONTROLLER_MANAGER)
 #   2. KUBEBUILDER_ASSETS (a folder holding those binaries)
 #   3. the version-keyed cache below, built once from the Go module proxy and reused forever.
-# Prints the folder holding the four binaries on its last line of stdout; progress goes to stderr.
+# Prints the folder holding the binaries on its last line of stdout; progress goes to stderr.
+#   --node        also kubelet, kube-scheduler and crictl (built into the same folder; never taken
+#                 from KUBEBUILDER_ASSETS, which has none)
+#   --print-dir   only print the cache folder (nothing is built)
 set -euo pipefail
+
+NODE=false
+case "${1:-}" in
+  --node) NODE=true ;;
+  --print-dir) PRINT_DIR=true ;;
+  "") ;;
+  *) echo "usage: $0 [--node|--print-dir]" >&2; exit 2 ;;
+esac
 
 K8S_VERSION=${K8S_VERSION:-v1.37.2}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 STAGING_VERSION="v0.${K8S_VERSION#v1.}"
+CRICTL_VERSION=${CRICTL_VERSION:-$(echo "$K8S_VERSION" | sed -E 's/^(v1\.[0-9]+)\..*/\1.0/')}
 CACHE_ROOT=${PSS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/pss-operator}
 BIN_DIR="$CACHE_ROOT/k8s-$K8S_VERSION-etcd-$ETCD_VERSION/bin"
 
 log() { printf '[build-binaries] %s\n' "$*" >&2; }
+if [[ -n "${PRINT_DIR:-}" ]]; then echo "$BIN_DIR"; exit 0; fi
 
 # 1 + 2: caller-provided binaries (envtest conventions).
 if [[ -n "${TEST_ASSET_KUBE_APISERVER:-}" || -n "${KUBEBUILDER_ASSETS:-}" ]]; then
@@ -37,12 +52,14 @@ if [[ -n "${TEST_ASSET_KUBE_APISERVER:-}" || -n "${KUBEBUILDER_ASSETS:-}" ]]; th
       log "error: $name not found (looked at \$$var and \$KUBEBUILDER_ASSETS)"; exit 1
     fi
   done
-  if [[ -e "$dir/kube-controller-manager" ]]; then echo "$dir"; exit 0; fi
-  log "no kube-controller-manager among the provided assets; using the built cache for it"
+  if [[ -e "$dir/kube-controller-manager" ]] && ! $NODE; then echo "$dir"; exit 0; fi
+  [[ -e "$dir/kube-controller-manager" ]] || log "no kube-controller-manager among the provided assets; using the built cache for it"
   PROVIDED_DIR=$dir
 fi
 
-have_all() { for b in kube-apiserver kube-controller-manager kubectl etcd; do [[ -x "$BIN_DIR/$b" ]] || return 1; done; }
+K8S_CMDS="kube-apiserver kube-controller-manager kubectl"
+$NODE && K8S_CMDS+=" kubelet kube-scheduler"
+have_all() { for b in $K8S_CMDS etcd $($NODE && echo crictl); do [[ -x "$BIN_DIR/$b" ]] || return 1; done; }
 
 if have_all; then
   log "reusing cached binaries in $BIN_DIR"
@@ -65,7 +82,11 @@ else
     echo
     for m in $staging; do echo "replace k8s.io/$m => k8s.io/$m $STAGING_VERSION"; done
   } > "$SRC/k8s/go.mod"
-  printf 'package tools\n\nimport (\n\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\t_ "k8s.io/kubernetes/cmd/kube-controller-manager/app"\n\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n' > "$SRC/k8s/tools.go"
+  {
+    printf 'package tools\n\nimport (\n'
+    printf '\t_ "k8s.io/kubernetes/cmd/%s/app"\n' kube-apiserver kube-controller-manager kubelet kube-scheduler
+    printf '\t_ "k8s.io/kubernetes/cmd/kubectl"\n)\n'
+  } > "$SRC/k8s/tools.go"
   ldflags=""
   major=${K8S_VERSION#v}; major=${major%%.*}
   minor=${K8S_VERSION#v*.}; minor=${minor%%.*}
@@ -77,7 +98,7 @@ else
   cd "$SRC/k8s"
   log "resolving k8s.io/kubernetes $K8S_VERSION modules (first run only)..."
   go mod tidy >&2 2>&1 || go mod download >&2
-  for cmd in kube-apiserver kube-controller-manager kubectl; do
+  for cmd in $K8S_CMDS; do
     if [[ -x "$BIN_DIR/$cmd" ]]; then log "$cmd already built"; continue; fi
     log "building $cmd $K8S_VERSION (a cold build takes many minutes on 2 cores)..."
     start=$(date +%s)
@@ -97,10 +118,23 @@ else
     mv "$BIN_DIR/etcd.tmp" "$BIN_DIR/etcd"
     log "built etcd in $(( $(date +%s) - start ))s"
   fi
+  if $NODE && [[ ! -x "$BIN_DIR/crictl" ]]; then
+    log "building crictl $CRICTL_VERSION (sigs.k8s.io/cri-tools)..."
+    start=$(date +%s)
+    rm -rf "$BIN_DIR/.crictl"
+    GOBIN="$BIN_DIR/.crictl" GOFLAGS='' go install -trimpath \
+      -ldflags "-s -w -X sigs.k8s.io/cri-tools/pkg/version.Version=$CRICTL_VERSION" \
+      "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION" >&2
+    mv "$BIN_DIR/.crictl/crictl" "$BIN_DIR/crictl"
+    rmdir "$BIN_DIR/.crictl"
+    log "built crictl in $(( $(date +%s) - start ))s"
+  fi
 fi
 
 if [[ -n "${PROVIDED_DIR:-}" ]]; then
-  ln -sf "$BIN_DIR/kube-controller-manager" "$PROVIDED_DIR/kube-controller-manager"
+  for b in kube-controller-manager $($NODE && echo kubelet kube-scheduler crictl); do
+    [[ -e "$PROVIDED_DIR/$b" ]] || ln -sf "$BIN_DIR/$b" "$PROVIDED_DIR/$b"
+  done
   echo "$PROVIDED_DIR"
 else
   echo "$BIN_DIR"

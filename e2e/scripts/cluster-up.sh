@@ -15,6 +15,9 @@
 #   PSS_CLUSTER_TIMEOUT    seconds to wait for each readiness step (default 180)
 #   PSS_APISERVER_EXTRA_ARGS  extra kube-apiserver flags, split on spaces (e2e/bench/scale.py passes
 #                          an audit policy to count the operator's requests)
+#   PSS_NODE=1             also a real node (node.sh: containerd + runc, kubelet, kube-scheduler,
+#                          CNI bridge); needs root, checked first. The API server then listens on
+#                          every address (Pods reach it through the bridge).
 #   KUBEBUILDER_ASSETS, TEST_ASSET_*, PSS_CACHE_DIR: see build-binaries.sh
 set -euo pipefail
 
@@ -39,6 +42,12 @@ healthy() {
   return 1
 }
 
+NODE=${PSS_NODE:-0}
+[[ "$NODE" == 1 || "$NODE" == 0 ]] || die "PSS_NODE must be 0 or 1, not $NODE"
+if [[ "$NODE" == 1 ]]; then
+  COMPONENTS+=(containerd kubelet kube-scheduler)
+fi
+
 # ---- already running? ----------------------------------------------------------------------------
 if healthy; then
   log "control plane already running (state in $CLUSTER_DIR)"
@@ -50,6 +59,10 @@ if [[ -e "$CLUSTER_MARKER" ]]; then
   "$E2E_SCRIPTS/cluster-down.sh" "$CLUSTER_DIR"
 elif [[ -d "$CLUSTER_DIR" && -n "$(ls -A "$CLUSTER_DIR" 2>/dev/null)" ]]; then
   die "$CLUSTER_DIR exists, is not empty and was not created by cluster-up.sh; choose another PSS_CLUSTER_DIR"
+fi
+
+if [[ "$NODE" == 1 ]]; then
+  "$E2E_SCRIPTS/node.sh" preflight || die "NODE=1 needs the above (checked before anything was started)"
 fi
 
 started=$(date +%s)
@@ -70,8 +83,11 @@ trap on_exit EXIT
 
 # ---- binaries ------------------------------------------------------------------------------------
 log "locating control-plane binaries (first run builds them with Go; see $E2E_SCRIPTS/build-binaries.sh)"
-bin_dir=$("$E2E_SCRIPTS/build-binaries.sh" | tail -n 1)
-for b in etcd kube-apiserver kube-controller-manager kubectl; do
+node_bins=()
+build_args=()
+if [[ "$NODE" == 1 ]]; then node_bins=(kubelet kube-scheduler crictl); build_args=(--node); fi
+bin_dir=$("$E2E_SCRIPTS/build-binaries.sh" "${build_args[@]}" | tail -n 1)
+for b in etcd kube-apiserver kube-controller-manager kubectl "${node_bins[@]}"; do
   [[ -x "$bin_dir/$b" ]] || die "build-binaries.sh reported $bin_dir but $b is not there"
 done
 ln -sfn "$bin_dir" "$CLUSTER_DIR/bin"
@@ -96,6 +112,9 @@ sign apiserver "/CN=kube-apiserver" \
   "subjectAltName=IP:127.0.0.1,DNS:localhost,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\nkeyUsage=critical,digitalSignature,keyEncipherment"
 sign admin "/O=system:masters/CN=admin" "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment"
 sign controller-manager "/CN=system:kube-controller-manager" \
+  "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment"
+# The API server's client certificate for kubelets (logs, exec; the kubelet authenticates it by the CA).
+sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" \
   "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment"
 ssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$PKI/sa.key"
 ssl pkey -in "$PKI/sa.key" -pubout -out "$PKI/sa.pub"
@@ -205,9 +224,14 @@ wait_for "etcd on 127.0.0.1:$etcd_port" etcd -- \
   bash -c "exec 3<>/dev/tcp/127.0.0.1/$etcd_port"
 
 read -r -a apiserver_extra <<<"${PSS_APISERVER_EXTRA_ARGS:-}"
+bind_address=127.0.0.1
+[[ "$NODE" == 1 ]] && bind_address=0.0.0.0
 start kube-apiserver "$CLUSTER_DIR/bin/kube-apiserver" \
   --etcd-servers="http://127.0.0.1:$etcd_port" \
-  --bind-address=127.0.0.1 \
+  --bind-address="$bind_address" \
+  --kubelet-client-certificate="$PKI/apiserver-kubelet-client.crt" \
+  --kubelet-client-key="$PKI/apiserver-kubelet-client.key" \
+  --kubelet-preferred-address-types=InternalIP \
   --advertise-address=127.0.0.1 \
   --secure-port="$api_port" \
   --cert-dir="$CLUSTER_DIR/apiserver-certs" \
@@ -243,6 +267,12 @@ log "waiting for namespace default and ServiceAccount default/default"
 wait_for "namespace default" etcd kube-apiserver kube-controller-manager -- kubectl_admin get namespace default
 wait_for "ServiceAccount default/default (created by kube-controller-manager)" \
   etcd kube-apiserver kube-controller-manager -- kubectl_admin -n default get serviceaccount default
+
+if [[ "$NODE" == 1 ]]; then
+  failed_component=kubelet
+  "$E2E_SCRIPTS/node.sh" up
+  failed_component=""
+fi
 
 if [[ -n "${PSS_CLUSTER_OWNER_PID:-}" ]]; then
   # Passing the state folder in argv makes the watchdog recognisable by component_pid.

@@ -58,6 +58,10 @@ stop_groups() { # NAME=PID...
 # (kube-apiserver hangs in shutdown when etcd is already gone).
 stop_components() {
   local stage name pid running
+  # A node (NODE=1) goes first: its Pods, kubelet, containerd and what they made on the machine.
+  if [[ -d "$CLUSTER_DIR/node" ]]; then
+    PSS_CLUSTER_DIR="$CLUSTER_DIR" "$E2E_SCRIPTS/node.sh" down || log "node.sh down failed"
+  fi
   for stage in "kube-controller-manager kube-apiserver" etcd; do
     running=()
     for name in $stage; do
