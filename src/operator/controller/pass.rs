@@ -160,8 +160,8 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache) -> usize {
         index: &index,
         templates: &templates,
     };
-    let (writes, replanned, policies, announced) = {
-        let _timer = ctx.metrics.timer("namespace");
+    let timer = ctx.metrics.timer("namespace");
+    let (replanned, policies, mut announced) = {
         let mut shared = ctx.shared();
         for p in &profiles.all {
             let stored = p.status.as_ref().map_or(0, |s| s.drift_corrections);
@@ -181,18 +181,25 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache) -> usize {
             &mut shared.ledger,
             cache.replanned(replanned.as_ref()),
         ));
+        let policies = changed_policies(cache, replanned.as_ref(), &index);
+        (replanned, policies, announced)
+    };
+    drop(templates);
+    drop(index);
+    set_policies(ctx, cache, policies, replanned.is_none()).await;
+    let writes = {
+        // Blocked workloads are read against the policies just set (a first pass would see
+        // none yet, and forget what a persisted record says was announced).
+        let templates = ctx.templates.read().await;
+        let mut shared = ctx.shared();
         announced.extend(events::blocked(
             &mut shared.ledger,
             &templates,
             cache.replanned(replanned.as_ref()),
         ));
-        let policies = changed_policies(cache, replanned.as_ref(), &index);
-        let writes = label_writes(ctx, &mut shared, cache, &profiles.all, replanned.as_ref());
-        (writes, replanned, policies, announced)
+        label_writes(ctx, &mut shared, cache, &profiles.all, replanned.as_ref())
     };
-    drop(templates);
-    drop(index);
-    set_policies(ctx, cache, policies, replanned.is_none()).await;
+    drop(timer);
     let planned = started.elapsed();
 
     events::queue_all(ctx, announced);
