@@ -3,6 +3,7 @@
 //! about; their texts are written here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -14,6 +15,7 @@ use super::context::Context;
 use super::pass::Unreadable;
 use crate::operator::MANAGER;
 use crate::operator::desired::{LabelChange, NamespacePlan};
+use crate::operator::fence::{Fence, Refusal};
 use crate::operator::ledger::{Announcement, Ledger};
 use crate::operator::pods::SlimPod;
 use crate::operator::record::ANNOTATION;
@@ -22,6 +24,8 @@ use crate::pss::Mode;
 
 /// Events posted at a time.
 const EVENTS_IN_FLIGHT: usize = 8;
+/// How long an Event waits for the leader Lease to be confirmed (renewals come every ~10 s).
+const ADMIT_WAIT: Duration = Duration::from_secs(20);
 /// Blocking Pods named in a `RolloutPending` Event.
 const PODS_IN_EVENT: usize = 10;
 
@@ -61,9 +65,12 @@ pub(super) async fn post(
             // one series and keeps the first note, which would hide which label/value a later
             // drift was about. These events are only emitted on changes: nothing to fold.
             let recorder = Recorder::new(client.clone(), reporter.clone());
-            let fenced = ctx.fence.check().is_err();
+            let ctx = ctx.clone();
             async move {
-                if fenced {
+                // The lease not confirmed (yet): wait for it a while rather than lose the Event;
+                // stepping down: drop it (the client's gate would refuse it anyway).
+                if !admitted(&ctx.fence).await {
+                    debug!(reason = %event.reason, "event dropped: this replica may not write");
                     return;
                 }
                 match recorder.publish(&event, &reference).await {
@@ -77,6 +84,21 @@ pub(super) async fn post(
             }
         })
         .await;
+}
+
+/// Whether writes may go out, waiting up to `ADMIT_WAIT` while the lease is only unconfirmed.
+async fn admitted(fence: &Fence) -> bool {
+    let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
+    loop {
+        match fence.admit() {
+            Ok(()) => return true,
+            Err(Refusal::Standstill { .. }) => return false,
+            Err(Refusal::Unconfirmed { .. }) if tokio::time::Instant::now() >= deadline => {
+                return false;
+            }
+            Err(Refusal::Unconfirmed { .. }) => tokio::time::sleep(Fence::TICK).await,
+        }
+    }
 }
 
 /// Whether the API server refused a write because its namespace is being deleted.
