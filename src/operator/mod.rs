@@ -133,7 +133,6 @@ mod config_tests {
                 "events:watch",
                 "jobs:list",
                 "jobs:watch",
-                "namespaces:get",
                 "namespaces:list",
                 "namespaces:patch",
                 "namespaces:watch",

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -103,8 +103,21 @@ pub(super) async fn write_labels(client: &Client, w: &LabelWrite) -> Result<Appl
 }
 
 /// Puts back what the namespace had before the takeover, as read just now (see [`restore`]).
+/// Read with a list by name (metadata only, every managedFields entry): the operator lists and
+/// watches namespaces, it never needs to `get` one.
 async fn release(api: &Api<Namespace>, ns: &str) -> Result<Applied> {
-    let current = api.get_metadata(ns).await?;
+    let found = api
+        .list_metadata(&ListParams::default().fields(&format!("metadata.name={ns}")))
+        .await?;
+    let Some(current) = found.items.into_iter().next() else {
+        // Gone: nothing to release.
+        return Ok(Applied {
+            resource_version: None,
+            labels: Labels::new(),
+            record: None,
+            restore: None,
+        });
+    };
     let plan = restore(&current.metadata);
     if let Some(e) = &plan.record_error {
         warn!(namespace = %ns, annotation = ANNOTATION, error = %e, "releasing without the ledger: unreadable, treated as none");
@@ -389,14 +402,19 @@ mod tests {
             serve_next(
                 &mut handle,
                 |req, _| {
+                    // A list by name: namespaces are listed and watched, never read one by one.
                     assert_eq!(req.method(), http::Method::GET);
-                    assert_eq!(req.uri().path(), "/api/v1/namespaces/app");
+                    assert_eq!(req.uri().path(), "/api/v1/namespaces");
+                    let query = req.uri().query().unwrap_or_default();
+                    assert!(query.contains("fieldSelector=metadata.name%3Dapp"), "{query}");
                 },
-                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                       "metadata": {"resourceVersion": "7"},
+                       "items": [{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
                        "metadata": {"name": "app", "resourceVersion": "7",
                                     "labels": {psa::ENFORCE: "baseline", psa::WARN: "restricted", "team": "x"},
                                     "annotations": {ANNOTATION: record.encode()},
-                                    "managedFields": [creator, ours]}}),
+                                    "managedFields": [creator, ours]}}]}),
             )
             .await;
             serve_next(
