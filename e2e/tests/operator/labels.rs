@@ -370,14 +370,16 @@ async fn allow_stricter_keeps_a_stricter_level_when_true_and_reverts_it_when_fal
     run_test("allow-stricter", async |t: &OpTest| {
         let floor = [("stricter", "true")];
         let exact = [("stricter", "false")];
-        // Found stricter before the profile exists.
+        // Found stricter before the profile exists: restricted at v1.36 refuses everything
+        // baseline:latest does on any server (restricted:v1.30 would not on v1.34 and later: it
+        // admits host probes, and the planner replaces it there).
         let keep = t
             .namespace(
                 "keep",
                 &[
                     floor[0],
                     (ENFORCE, "restricted"),
-                    (ENFORCE_VERSION, "v1.30"),
+                    (ENFORCE_VERSION, "v1.36"),
                 ],
             )
             .await?;
@@ -419,7 +421,7 @@ async fn allow_stricter_keeps_a_stricter_level_when_true_and_reverts_it_when_fal
         assert_eq!(labels.get(ENFORCE).map(String::as_str), Some("restricted"));
         assert_eq!(
             labels.get(ENFORCE_VERSION).map(String::as_str),
-            Some("v1.30")
+            Some("v1.36")
         );
         let p = t
             .wait_status(&p_true, "both namespaces as declared", |p| {
