@@ -6,7 +6,7 @@
 //!
 //! Run: `cargo bench --bench reconcile [-- --pods N --namespaces N --rounds N]`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,10 +16,11 @@ use kube::core::DeserializeGuard;
 use pss_operator::operator::crd::PodSecurityProfile;
 use pss_operator::operator::desired::{Exclusions, Labels, NamespaceView, ProfileView, plan};
 use pss_operator::operator::index::PodIndex;
-use pss_operator::operator::labels::{Cluster, plan_writes};
+use pss_operator::operator::labels::{Cluster, governs, plan_writes};
 use pss_operator::operator::ledger::Ledger;
 use pss_operator::operator::metrics::MetricValues;
 use pss_operator::operator::pods::{SlimPod, WatchedPod};
+use pss_operator::operator::record::Record;
 use pss_operator::operator::status::{Observed, profile_status};
 use pss_operator::operator::workloads::TemplateIndex;
 use pss_operator::pss::Admission;
@@ -176,6 +177,15 @@ fn main() {
             .values()
             .map(|p| (p.name.clone(), p.desired.clone()))
             .collect();
+        // Each governed namespace carries the ledger record the operator wrote with its labels.
+        let records: HashMap<String, Record> = plans
+            .values()
+            .filter(|p| governs(p))
+            .map(|p| {
+                let record = Ledger::default().record(p, &p.desired, &BTreeSet::new(), None);
+                (p.name.clone(), record)
+            })
+            .collect();
         // The label diff on a converged cluster (nothing to write), then on one whose labels were
         // all stripped (a write per governed namespace).
         let mut ledger = Ledger::default();
@@ -183,6 +193,7 @@ fn main() {
             plans: &plans,
             labels: &labels,
             owned: &owned,
+            records: &records,
             profiles: &shared,
             exclusions: &exclusions,
         };

@@ -4,6 +4,9 @@
 //! strings, nesting far deeper than any parser's recursion limit. No input may panic, overflow the
 //! stack or make memory grow without bound (peak RSS, `VmHWM`, is reported and bounded).
 //!
+//! The ledger annotation's parser (`pss-operator.io/applied`, read from every governed namespace)
+//! gets random trees, mutated valid records and mangled bytes.
+//!
 //! `PSS_FUZZ_CASES` (default 2,000) is the number of inputs per generator; `make fuzz` raises it.
 //! Inputs tried and time taken are printed (`--nocapture`).
 
@@ -15,6 +18,7 @@ use proptest::test_runner::{Config, TestRng, TestRunner};
 use serde_json::{Map, Value};
 
 use pss_operator::manifest::{self, Item};
+use pss_operator::operator::record::{Announced, Digest, MAX_LEN, Record};
 use pss_operator::pss::{self, Level, LevelVersion, Version, model::Pod};
 
 /// The two tests run one after the other: the peak RSS they check is the whole process's.
@@ -507,5 +511,140 @@ fn hostile_sizes_and_nesting() {
         hwm_end.saturating_sub(hwm_start) < 2 * 1024 * 1024,
         "peak RSS grew by {} MiB",
         (hwm_end - hwm_start) / 1024
+    );
+}
+
+/// A valid ledger record drawn from `rng`: some of the six labels, values that are or look like
+/// levels and versions, priors present or absent, digests or none.
+fn ledger_record(rng: &mut TestRng) -> Record {
+    const SUFFIXES: [&str; 6] = [
+        "enforce",
+        "enforce-version",
+        "audit",
+        "audit-version",
+        "warn",
+        "warn-version",
+    ];
+    const VALUES: [&str; 8] = [
+        "baseline",
+        "restricted",
+        "privileged",
+        "latest",
+        "v1.30",
+        "v1.0",
+        "",
+        "x.y_z-1",
+    ];
+    let mut labels = std::collections::BTreeMap::new();
+    let mut prior = std::collections::BTreeMap::new();
+    for s in SUFFIXES {
+        if rng.random_range(0..2) == 0 {
+            let key = format!("pod-security.kubernetes.io/{s}");
+            labels.insert(
+                key.clone(),
+                VALUES[rng.random_range(0..VALUES.len())].to_owned(),
+            );
+            match rng.random_range(0..3) {
+                0 => {}
+                1 => {
+                    prior.insert(key, None);
+                }
+                _ => {
+                    prior.insert(
+                        key,
+                        Some(VALUES[rng.random_range(0..VALUES.len())].to_owned()),
+                    );
+                }
+            }
+        }
+    }
+    let declared = match rng.random_range(0..3) {
+        0 => None,
+        1 => Some(labels.clone()),
+        _ => Some(
+            labels
+                .keys()
+                .map(|k| (k.clone(), "restricted".to_owned()))
+                .collect(),
+        ),
+    };
+    let digest = |rng: &mut TestRng| (rng.random_range(0..2) == 0).then(|| Digest(rng.random()));
+    Record {
+        profile: format!("p-{}", rng.random_range(0..1_000_000u32)),
+        generation: (rng.random_range(0..2) == 0).then(|| rng.random_range(0..i64::MAX)),
+        labels,
+        declared,
+        prior,
+        announced: Announced {
+            pending: digest(rng),
+            conflict: digest(rng),
+            blocked: digest(rng),
+        },
+    }
+}
+
+/// Whatever an annotation holds, decoding it is an answer, never a panic; whatever it accepts
+/// encodes back to itself, within the size it accepts.
+fn decode_checked(text: &str) -> bool {
+    match Record::decode(text) {
+        Ok(r) => {
+            let again = r.encode();
+            assert!(again.len() <= MAX_LEN, "{} bytes", again.len());
+            assert_eq!(Record::decode(&again), Ok(r), "{text}");
+            true
+        }
+        Err(e) => {
+            assert!(!e.to_string().is_empty());
+            false
+        }
+    }
+}
+
+#[test]
+fn fuzz_ledger_annotation_parser() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let n = cases();
+    let started = Instant::now();
+    let mut runner = TestRunner::new(Config::default());
+    let mut rng = runner.new_rng();
+    let trees = tree();
+    let (mut tried, mut accepted) = (0usize, 0usize);
+    for _ in 0..n {
+        // Random JSON trees, alone and put in place of any part of a valid record.
+        let value = trees.new_tree(&mut runner).expect("tree").current();
+        accepted += usize::from(decode_checked(&value.to_string()));
+        let valid = ledger_record(&mut rng);
+        let text = valid.encode();
+        assert_eq!(Record::decode(&text), Ok(valid.clone()));
+        let mut json: Value = serde_json::from_str(&text).expect("json");
+        for _ in 0..rng.random_range(1..4) {
+            mutate(&mut json, &mut rng, &mut runner, &trees);
+        }
+        accepted += usize::from(decode_checked(&json.to_string()));
+        // The encoding with bytes flipped, inserted or cut.
+        let mut b = text.into_bytes();
+        for _ in 0..rng.random_range(1..6) {
+            if b.is_empty() {
+                break;
+            }
+            let at = rng.random_range(0..b.len());
+            match rng.random_range(0..3) {
+                0 => b[at] ^= 1 << rng.random_range(0..8),
+                1 => b.insert(
+                    at,
+                    [b'{', b'"', b':', b',', b'}', b'\\'][rng.random_range(0..6)],
+                ),
+                _ => b.truncate(at),
+            }
+        }
+        accepted += usize::from(decode_checked(&String::from_utf8_lossy(&b)));
+        tried += 4;
+    }
+    // Hostile sizes: far over the limit, and nested deeper than any recursion limit.
+    assert!(Record::decode(&"x".repeat(1 << 20)).is_err());
+    assert!(Record::decode(&format!("{}{}", "[".repeat(100_000), "]".repeat(100_000))).is_err());
+    eprintln!(
+        "fuzz: {tried} ledger annotations ({n} per generator) in {:.1}s, {accepted} of the mangled ones still valid records",
+        started.elapsed().as_secs_f64()
     );
 }

@@ -46,7 +46,13 @@ static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 /// The shared control plane, started on first use. Panics (failing the calling test) with the
 /// reason when it cannot be started or found; every later caller sees the same failure.
 pub fn cluster() -> &'static Cluster {
-    match CLUSTER.get_or_init(|| connect_or_start().map_err(|e| format!("{e:#}"))) {
+    cluster_with(None)
+}
+
+/// [`cluster`], its kube-apiserver started with these extra flags if this call starts it (the
+/// first caller's flags count; the fault tests pass an audit policy).
+pub fn cluster_with(apiserver_extra: Option<String>) -> &'static Cluster {
+    match CLUSTER.get_or_init(|| connect_or_start(apiserver_extra).map_err(|e| format!("{e:#}"))) {
         Ok(cluster) => cluster,
         Err(reason) => panic!("no Kubernetes control plane for the e2e tests: {reason}"),
     }
@@ -82,7 +88,7 @@ pub fn admission_cluster(config: &str) -> &'static Cluster {
     }
 }
 
-fn connect_or_start() -> Result<Cluster> {
+fn connect_or_start(apiserver_extra: Option<String>) -> Result<Cluster> {
     if std::env::var("PSS_E2E_USE_KUBECONFIG").as_deref() == Ok("1") {
         let kubeconfig = std::env::var_os("KUBECONFIG")
             .filter(|v| !v.is_empty())
@@ -98,7 +104,7 @@ fn connect_or_start() -> Result<Cluster> {
         });
     }
 
-    start_private(None)
+    start_private(apiserver_extra)
 }
 
 /// Starts a private control plane (`cluster-up.sh`), with extra kube-apiserver flags if given.

@@ -8,12 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use clap::{Args, ValueEnum};
-use kube::Client;
+use kube::client::ClientBuilder;
 use tracing::{error, info, warn};
 
 use crate::operator::controller::{self, Config};
 use crate::operator::desired::Exclusions;
 use crate::operator::error::Error;
+use crate::operator::fence::Fence;
+use crate::operator::gate::{LeaseWatchLayer, WriteGateLayer};
 use crate::operator::leader::{self, Leadership};
 use crate::operator::metrics::Metrics;
 use crate::operator::server::tls::CertSource;
@@ -224,8 +226,8 @@ pub fn self_signed_names(namespace: Option<&str>, hostname: &str) -> Vec<String>
 async fn operate(args: RunArgs) -> Result<()> {
     // Flags and certificate first: a wrong --metrics-cert-dir stops the operator at once.
     let serving = server::prepare(server_options(&args, &identity())?)?;
-    let admission = load_admission_config(args.admission_config.as_deref())
-        .map_err(crate::operator::error::Error::Config)?;
+    let admission =
+        load_admission_config(args.admission_config.as_deref()).map_err(Error::Config)?;
     info!(
         defaults = %format!("enforce={} audit={} warn={}", admission.defaults.enforce, admission.defaults.audit, admission.defaults.warn),
         exempt_namespaces = admission.exemptions.namespaces.len(),
@@ -235,7 +237,6 @@ async fn operate(args: RunArgs) -> Result<()> {
     );
     let metrics = Arc::new(Metrics::new()?);
     let ready = Arc::new(AtomicBool::new(false));
-    let client = Client::try_default().await?;
     let exclusions = Exclusions::new(
         args.exclude_namespaces
             .iter()
@@ -244,22 +245,54 @@ async fn operate(args: RunArgs) -> Result<()> {
     );
     let identity = identity();
     info!(%identity, leader_elect = args.leader_elect, "starting pss-operator");
+    // With leader election, no write leaves this process unless the Lease was confirmed within
+    // WRITE_VALIDITY and the process never stood still (src/operator/fence.rs).
+    let fence = Arc::new(if args.leader_elect {
+        Fence::new(Some(leader::PAUSE_LIMIT), Some(leader::WRITE_VALIDITY))
+    } else {
+        Fence::unfenced()
+    });
+    let lease_namespace = args
+        .operator_namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let mut kube_config = kube::Config::infer()
+        .await
+        .map_err(|e| Error::Kube(kube::Error::InferConfig(e)))?;
+    // Which replica made a request, in the API server's audit log.
+    if let Ok(agent) = http::HeaderValue::from_str(&format!(
+        "pss-operator/{} ({identity})",
+        env!("CARGO_PKG_VERSION")
+    )) {
+        kube_config.headers.push((http::header::USER_AGENT, agent));
+    }
+    let lease_client = ClientBuilder::try_from(kube_config.clone())?
+        .with_layer(&LeaseWatchLayer::new(
+            fence.clone(),
+            &lease_namespace,
+            &args.lease_name,
+            &identity,
+        ))
+        .build();
+    // kube's retry layer would sit below the gate and resend without asking it: off; the
+    // operator's own retries go through the gate.
+    kube_config.default_retry = false;
+    let client = ClientBuilder::try_from(kube_config)?
+        .with_layer(&WriteGateLayer::new(fence.clone()))
+        .build();
     let config = Config {
         exclusions,
         admission,
         identity: identity.clone(),
-        pause_limit: args.leader_elect.then_some(leader::PAUSE_LIMIT),
+        fence,
     };
 
     let server = server::serve(serving, metrics.clone(), ready.clone(), client.clone());
     let mut leadership = None;
     if args.leader_elect {
-        let namespace = args
-            .operator_namespace
-            .clone()
-            .unwrap_or_else(|| "default".into());
-        leadership =
-            Some(Leadership::join(client.clone(), &args.lease_name, namespace, &identity).await?);
+        leadership = Some(
+            Leadership::join(lease_client, &args.lease_name, lease_namespace, &identity).await?,
+        );
     }
     let work = async {
         let controller = controller::run(client, config, metrics, ready.clone());

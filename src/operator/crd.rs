@@ -83,7 +83,12 @@ pub struct PodSecurityProfileSpec {
     /// violates it (until then audit and warn get that level and the namespace is pending).
     #[serde(default)]
     pub rollout: Rollout,
-    /// `Retain` leaves the labels when the profile is deleted; `Remove` takes them off.
+    /// What happens to the labels when the profile is deleted. `Retain` (default) leaves them
+    /// as they are (only the operator's ledger annotation `pss-operator.io/applied` goes).
+    /// `Remove` puts back, on each namespace no other profile governs, the values the labels had
+    /// before the operator first took them over (kept in that annotation), takes off the labels
+    /// that did not exist before, and takes the annotation off; the profile is held by a
+    /// finalizer until that is done.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 }

@@ -16,6 +16,11 @@ pub enum Error {
     #[error("lost the leader lease; exiting so that exactly one replica writes")]
     LeadershipLost,
 
+    /// A write refused by the fence: the leader Lease was not confirmed recently enough (see
+    /// [`crate::operator::fence`]); writes resume once a renewal names us as holder again.
+    #[error("the leader lease is not confirmed ({}): no write until a renewal names this replica as holder", match .age { Some(a) => format!("last confirmed {:.1}s ago", a.as_secs_f64()), None => "never confirmed".to_owned() })]
+    LeaseUnconfirmed { age: Option<std::time::Duration> },
+
     #[error("serializing {what}: {source}")]
     Serialize {
         what: &'static str,
@@ -65,6 +70,7 @@ impl Error {
             Error::Unreadable { .. } => "unreadable",
             Error::Lease(_) => "lease",
             Error::LeadershipLost => "leadership_lost",
+            Error::LeaseUnconfirmed { .. } => "lease_unconfirmed",
             Error::Serialize { .. } => "serialize",
             Error::Metrics(_) => "metrics",
             Error::Serve { .. } => "serve",
@@ -77,6 +83,12 @@ impl Error {
 
 impl From<kube::Error> for Error {
     fn from(e: kube::Error) -> Self {
+        // The client's write gate refused the request (see `crate::operator::gate`).
+        if let kube::Error::Service(inner) = &e
+            && let Some(refused) = inner.downcast_ref::<crate::operator::gate::Refused>()
+        {
+            return refused.0.into_error();
+        }
         Error::Kube(e)
     }
 }
@@ -98,6 +110,24 @@ mod tests {
         assert_eq!(api_error(403).metric_label(), "forbidden");
         assert_eq!(api_error(500).metric_label(), "api");
         assert_eq!(Error::LeadershipLost.metric_label(), "leadership_lost");
+        assert_eq!(
+            Error::LeaseUnconfirmed { age: None }.metric_label(),
+            "lease_unconfirmed"
+        );
+    }
+
+    #[test]
+    fn a_write_refused_by_the_gate_is_the_fence_s_error_not_a_client_error() {
+        use crate::operator::fence::Refusal;
+        use crate::operator::gate::Refused;
+        let refused = kube::Error::Service(Box::new(Refused(Refusal::Unconfirmed {
+            age_ms: Some(14_200),
+        })));
+        let e = Error::from(refused);
+        assert_eq!(e.metric_label(), "lease_unconfirmed");
+        assert!(e.to_string().contains("last confirmed 14.2s ago"), "{e}");
+        let standstill = kube::Error::Service(Box::new(Refused(Refusal::Standstill { ms: 0 })));
+        assert!(matches!(Error::from(standstill), Error::LeadershipLost));
     }
 
     #[test]

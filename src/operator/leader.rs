@@ -22,6 +22,13 @@ const LEASE_GRACE: u64 = 5;
 /// standstill shorter than that cannot have let it expire.
 pub const PAUSE_LIMIT: Duration = Duration::from_secs(LEASE_GRACE - 1);
 
+/// How long after a renewal (or acquisition) was sent, answered with us as holder, this replica
+/// may write (see [`super::fence::Fence`]): the lease duration less 2 s for clock skew between
+/// replicas and the requests in flight. A standby takes the Lease at the earliest one lease
+/// duration after the last renewal; renewals come every `LEASE_DURATION - LEASE_GRACE` seconds,
+/// leaving 3 s for a renewal to be answered before writes wait for it.
+pub const WRITE_VALIDITY: Duration = Duration::from_secs(LEASE_DURATION - 2);
+
 /// This replica's part in the election.
 pub struct Leadership {
     lease: String,
@@ -30,7 +37,9 @@ pub struct Leadership {
 }
 
 impl Leadership {
-    /// Joins the election for the Lease `lease` in `namespace` as `identity`.
+    /// Joins the election for the Lease `lease` in `namespace` as `identity`. `client` is the
+    /// election's own, ungated client; its renewals confirm the fence when built with
+    /// [`super::gate::LeaseWatchLayer`].
     pub async fn join(
         client: Client,
         lease: &str,

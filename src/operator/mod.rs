@@ -6,15 +6,17 @@
 //! - [`desired`]: the planner, who governs each namespace and which labels it should carry;
 //! - [`labels`]: the label rules, which writes a pass makes, what is drift, which labels we own;
 //! - [`ledger`]: what is remembered per namespace between passes (applied, declared, errors);
+//! - [`record`]: the ledger persisted on each governed namespace, in one annotation;
 //! - [`pods`]: the slim Pod projection the watch keeps; [`index`]: Pod verdicts per namespace;
 //! - [`workloads`]: Pod-template workloads, folded into their owners, and their templates' verdicts;
 //! - [`status`]: the bounded profile status; [`metrics`]: metric values and their exposition;
-//! - [`backoff`]: the retry delay; [`fence`]: no writes after a standstill that may have cost
-//!   the leader Lease; [`error`]: the operator's errors.
+//! - [`backoff`]: the retry delay; [`fence`]: a leader writes only while its Lease is confirmed
+//!   and it never stood still; [`error`]: the operator's errors.
 //!
 //! I/O edges: [`controller`] (watches, the pass, label writes, status and metrics, Events),
-//! [`leader`] (Lease-based leader election), [`server`] (`/metrics` over TLS for authorized
-//! readers, `/healthz`, `/readyz`; its pure token and cache rules in [`server::access`]).
+//! [`leader`] (Lease-based leader election), [`gate`] (the client layers that enforce the
+//! fence), [`server`] (`/metrics` over TLS for authorized readers, `/healthz`, `/readyz`; its pure
+//! token and cache rules in [`server::access`]).
 
 pub mod backoff;
 pub mod controller;
@@ -22,6 +24,7 @@ pub mod crd;
 pub mod desired;
 pub mod error;
 pub mod fence;
+pub mod gate;
 pub mod index;
 pub mod labels;
 pub mod leader;
@@ -30,6 +33,7 @@ pub mod metrics;
 pub mod pods;
 #[cfg(test)]
 mod properties;
+pub mod record;
 pub mod server;
 pub mod status;
 #[cfg(test)]

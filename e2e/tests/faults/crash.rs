@@ -91,6 +91,19 @@ async fn sigkill_while_labelling_500_namespaces_loses_nothing() -> Result<()> {
         after_kill < 500,
         "the kill came too late to be mid-labelling ({after_kill} of 500 labelled)"
     );
+    // While no operator runs, someone lowers enforce on a namespace the dead one had labelled:
+    // its successor knows that from the ledger, and counts it as drift.
+    let lowered = Api::<Namespace>::all(client.clone())
+        .list_metadata(
+            &ListParams::default().labels(&format!("{TEST_LABEL}={tag},{ENFORCE}=baseline")),
+        )
+        .await?
+        .items
+        .into_iter()
+        .map(|n| n.name_any())
+        .next()
+        .context("a labelled namespace")?;
+    lower_enforce(&client, &lowered).await?;
 
     // A new replica (a new Pod name, as a Deployment would start) takes over once the dead
     // one's Lease expires, and finishes the job.
@@ -103,7 +116,7 @@ async fn sigkill_while_labelling_500_namespaces_loses_nothing() -> Result<()> {
 
     // Nothing labelled twice with different values: one LabelsApplied event at most per
     // namespace (none where the kill fell between the write and its event), all with the same
-    // note, and no label ever "repaired" (which would mean a second, different value).
+    // note, and no label "repaired" but the one lowered while no operator ran.
     let applied = events_by_namespace(&client, &tag, "LabelsApplied").await?;
     let notes: std::collections::BTreeSet<String> = applied
         .values()
@@ -123,19 +136,37 @@ async fn sigkill_while_labelling_500_namespaces_loses_nothing() -> Result<()> {
     );
     let repaired = events_by_namespace(&client, &tag, "LabelDriftRepaired").await?;
     ensure!(
-        repaired.is_empty(),
-        "labels repaired after the restart: {repaired:?}"
+        repaired.keys().collect::<Vec<_>>() == [&lowered] && repaired[&lowered].len() == 1,
+        "labels repaired after the restart: {repaired:?}, want only {lowered}'s enforce"
     );
-    let p = Api::<PodSecurityProfile>::all(client.clone())
-        .get(&declared[0].profile)
-        .await?;
-    let status = p.status.unwrap_or_default();
     ensure!(
-        status.drift_corrections == 0,
-        "its own earlier writes are not drift"
+        repaired[&lowered][0].contains("was \"privileged\", restored to \"baseline\""),
+        "{repaired:?}"
+    );
+    ensure!(
+        !applied.contains_key(&lowered) || applied[&lowered].len() == 1,
+        "the repair of {lowered} is not reported as a new application: {:?}",
+        applied.get(&lowered)
+    );
+    // Counted: its earlier writes are not drift, the lowering made while it was dead is.
+    let status = eventually("driftCorrections 1", Duration::from_secs(60), || async {
+        let p = Api::<PodSecurityProfile>::all(client.clone())
+            .get(&declared[0].profile)
+            .await?;
+        let status = p.status.unwrap_or_default();
+        Ok((status.drift_corrections == 1).then_some(status))
+    })
+    .await?;
+    let m = second.metrics().await?;
+    ensure!(
+        m.value(
+            "pss_label_drift_total",
+            &[("namespace", &lowered), ("label", ENFORCE)]
+        ) == Some(1.0),
+        "pss_label_drift_total for {lowered}"
     );
     eprintln!(
-        "faults: after the restart: 500/500 labelled, {} LabelsApplied events ({} namespaces have none: killed between write and event), one field manager, status {}/{} enforced, 0 drift",
+        "faults: after the restart: 500/500 labelled, {} LabelsApplied events ({} namespaces have none: killed between write and event), one field manager, status {}/{} enforced, the enforce lowered while no operator ran counted as drift (Event, metric, driftCorrections 1)",
         applied.values().map(Vec::len).sum::<usize>(),
         500 - applied.len(),
         status.enforced_namespaces,
@@ -257,6 +288,8 @@ async fn the_standby_takes_over_when_the_leader_dies_and_there_is_never_two_writ
     let (_, renewed, duration) = holder(env, &tag).await?;
     let killed_at = now_secs();
     leader.kill()?;
+    // While no leader runs (the dead one's Lease has not expired yet), enforce is lowered.
+    lower_enforce(&client, &names[3]).await?;
     let took_over =
         wait_holder(env, &tag, Some(&standby.identity), Duration::from_secs(120)).await?;
     let renewed = renewed.context("the lease has a renew time")?;
@@ -293,10 +326,27 @@ async fn the_standby_takes_over_when_the_leader_dies_and_there_is_never_two_writ
         early.is_empty(),
         "the standby wrote before it led: {early:?}"
     );
-    // Once the new leader has made its first pass (it reports ready again), a lowered enforce
-    // label is put back as drift by it.
+    // Once the new leader has made its first pass (it reports ready again), the label lowered
+    // while no leader ran is put back, as drift (it knows from the ledger what was applied).
     let mut standby = standby;
     standby.wait_ready().await?;
+    wait_restored(&client, &names[3]).await?;
+    let repaired = eventually(
+        "the lowering made while no leader ran repaired as drift",
+        Duration::from_secs(30),
+        || async {
+            let events = events_by_namespace(&client, &tag, "LabelDriftRepaired").await?;
+            Ok(events.get(&names[3]).cloned())
+        },
+    )
+    .await?;
+    ensure!(repaired.len() == 1, "{repaired:?}");
+    eprintln!(
+        "faults: enforce lowered on {} while no leader ran: repaired by the new leader as drift: {}",
+        names[3], repaired[0]
+    );
+    // Once the new leader has made its first pass, a lowered enforce label is put back as drift
+    // by it.
     lower_enforce(&client, &names[0]).await?;
     wait_restored(&client, &names[0]).await?;
     // The operator logs the repair when the API server's answer is booked, which may be just
@@ -342,6 +392,28 @@ async fn the_standby_takes_over_when_the_leader_dies_and_there_is_never_two_writ
             .map(|(_, l)| l.as_str())
             .collect::<Vec<_>>()
             .join("\n")
+    );
+    // And from the API server's own audit log (every write of the ServiceAccount, with the
+    // replica in the user agent): not one request of the paused replica arrived after the pause.
+    let stray = env.audited_writes(&paused.identity, stopped_at)?;
+    let third_writes = env.audited_writes(&third.identity, stopped_at)?;
+    let refused = paused
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("lease is not confirmed") || l.contains("stood still"))
+        .count();
+    eprintln!(
+        "faults: audit log: {} writes of the paused replica received after the pause; {} writes of the new leader; {refused} log lines of the paused one about refused writes or its standstill",
+        stray.len(),
+        third_writes.len()
+    );
+    ensure!(
+        !third_writes.is_empty(),
+        "the audit log shows no write of the new leader: it does not see the operator's writes"
+    );
+    ensure!(
+        stray.is_empty(),
+        "the paused leader's writes reached the API server after the pause:\n{stray:#?}"
     );
     status?;
     check::converged(&client, &third, &tag, &declared, Duration::from_secs(120)).await?;

@@ -21,6 +21,7 @@ mod support;
 mod check;
 mod crash;
 mod hostile;
+mod ledger;
 mod load;
 mod metrics_auth;
 mod outage;

@@ -23,6 +23,81 @@ pub struct Env {
     pub sa_kubeconfig: PathBuf,
     /// Where operator logs go.
     pub dir: PathBuf,
+    /// kube-apiserver's audit log: every write of the operator's ServiceAccount (see
+    /// [`AUDIT_POLICY`]), with the user agent naming the replica that made it.
+    pub audit_log: PathBuf,
+}
+
+/// The fault tests' audit policy: the write requests of the operator's ServiceAccount, at
+/// Metadata level, once answered. What a replica wrote is then known from the API server itself,
+/// not from the replica's own log.
+pub const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  users: [\"system:serviceaccount:pss-system:pss-operator\"]
+  verbs: [create, update, patch, delete, deletecollection]
+- level: None
+";
+
+/// One write the API server audited.
+#[derive(Debug, Clone)]
+pub struct Audited {
+    /// When the API server received it (seconds since the epoch).
+    pub received: f64,
+    pub user_agent: String,
+    pub verb: String,
+    /// `resource[/subresource] namespace/name`.
+    pub object: String,
+    pub code: i64,
+}
+
+impl Env {
+    /// The writes the API server audited whose user agent names `identity` (the operator sends
+    /// `pss-operator/<version> (<identity>)`), received at or after `since`.
+    pub fn audited_writes(&self, identity: &str, since: f64) -> Result<Vec<Audited>> {
+        let text = std::fs::read_to_string(&self.audit_log)
+            .with_context(|| format!("reading {}", self.audit_log.display()))?;
+        let needle = format!("({identity})");
+        let mut out = Vec::new();
+        for line in text.lines() {
+            let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let agent = e["userAgent"].as_str().unwrap_or_default();
+            if !agent.contains(&needle) {
+                continue;
+            }
+            let Some(received) = e["requestReceivedTimestamp"]
+                .as_str()
+                .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+                .map(|t| t.as_millisecond() as f64 / 1000.0)
+            else {
+                continue;
+            };
+            if received < since {
+                continue;
+            }
+            let r = &e["objectRef"];
+            let resource = match r["subresource"].as_str() {
+                Some(sub) => format!("{}/{sub}", r["resource"].as_str().unwrap_or_default()),
+                None => r["resource"].as_str().unwrap_or_default().to_owned(),
+            };
+            out.push(Audited {
+                received,
+                user_agent: agent.to_owned(),
+                verb: e["verb"].as_str().unwrap_or_default().to_owned(),
+                object: format!(
+                    "{resource} {}/{}",
+                    r["namespace"].as_str().unwrap_or_default(),
+                    r["name"].as_str().unwrap_or_default()
+                ),
+                code: e["responseStatus"]["code"].as_i64().unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
 }
 
 static ENV: OnceLock<Result<Env, String>> = OnceLock::new();
@@ -43,7 +118,17 @@ fn setup() -> Result<Env> {
         "the fault tests stop kube-apiserver and etcd: they need their private control plane, not \
          PSS_E2E_USE_KUBECONFIG=1 (run them with `cargo test --test faults` and it unset)"
     );
-    let cluster = harness::cluster();
+    let dir =
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let policy = dir.join("audit-policy.yaml");
+    std::fs::write(&policy, AUDIT_POLICY)?;
+    let audit_log = dir.join("audit.log");
+    let cluster = harness::cluster_with(Some(format!(
+        "--audit-policy-file={} --audit-log-path={} --audit-log-format=json --audit-log-maxsize=500 --audit-log-maxbackup=1",
+        policy.display(),
+        audit_log.display()
+    )));
     let state_dir = cluster
         .kubeconfig
         .parent()
@@ -54,14 +139,13 @@ fn setup() -> Result<Env> {
         "{} has no restart scripts (cluster-up.sh writes restart/<component>.sh)",
         state_dir.display()
     );
-    let dir =
-        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{}", std::process::id()));
     let sa_kubeconfig = support::install_as_service_account(cluster, &dir)?;
     Ok(Env {
         cluster,
         state_dir,
         sa_kubeconfig,
         dir,
+        audit_log,
     })
 }
 

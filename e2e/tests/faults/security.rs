@@ -397,19 +397,21 @@ async fn the_shipped_deployment_passes_restricted_read_only_and_unprivileged() -
     ensure!(container["capabilities"]["drop"][0].as_str() == Some("ALL"));
     ensure!(container["capabilities"]["add"].is_null());
     ensure!(pod["hostNetwork"].is_null() && pod["hostPID"].is_null());
-    // Its only volume is the admission configuration, a ConfigMap mounted read-only.
-    let volumes = pod["volumes"].as_sequence().cloned().unwrap_or_default();
+    // Its only volume is the admission configuration: a ConfigMap, mounted read-only (no
+    // hostPath, no writable volume).
+    let volumes = pod["volumes"].as_sequence().context("volumes")?;
     ensure!(
-        volumes.iter().all(|v| v["configMap"].is_mapping()),
-        "only ConfigMap volumes: {volumes:?}"
+        volumes.len() == 1
+            && volumes[0]["configMap"]["name"].as_str() == Some("pss-operator-admission")
+            && volumes[0]["hostPath"].is_null(),
+        "volumes: {volumes:?}"
     );
+    let mounts = pod["containers"][0]["volumeMounts"]
+        .as_sequence()
+        .context("volumeMounts")?;
     ensure!(
-        pod["containers"][0]["volumeMounts"]
-            .as_sequence()
-            .into_iter()
-            .flatten()
-            .all(|m| m["readOnly"].as_bool() == Some(true)),
-        "mounted read-only"
+        mounts.iter().all(|m| m["readOnly"].as_bool() == Some(true)),
+        "read-only mounts: {mounts:?}"
     );
     ensure!(
         pod["automountServiceAccountToken"].as_bool() != Some(false),

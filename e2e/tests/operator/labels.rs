@@ -4,10 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
+
+use pss_operator::operator::record::{ANNOTATION, Record};
 
 use super::support::{
     AUDIT, AUDIT_VERSION, ENFORCE, ENFORCE_VERSION, MANAGER, OpTest, TEST_LABEL, WARN,
@@ -119,11 +121,31 @@ async fn labels_are_applied_to_selected_namespaces_only_and_nothing_else_is_touc
         expected.extend(want.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         assert_eq!(labels, expected, "labels of {selected}");
         let after = t.namespaces().get(&selected).await?;
+        // Its annotations untouched, plus the operator's ledger: what it applied, for which
+        // profile, and that none of these labels existed before.
+        let mut annotations = after.metadata.annotations.clone().unwrap_or_default();
+        let ledger = annotations
+            .remove(ANNOTATION)
+            .context("the ledger annotation")?;
         assert_eq!(
-            after.metadata.annotations, before.metadata.annotations,
+            Some(annotations),
+            before.metadata.annotations,
             "annotations untouched"
         );
-        // One server-side apply entry of our field manager, owning exactly the six labels.
+        let record = Record::decode(&ledger).map_err(|e| anyhow::anyhow!("{e}: {ledger}"))?;
+        assert_eq!(record.profile, profile);
+        let applied: BTreeMap<String, String> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(record.labels, applied);
+        assert_eq!(record.declared.as_ref(), Some(&applied));
+        assert!(
+            record.prior.len() == 6 && record.prior.values().all(Option::is_none),
+            "none existed before: {ledger}"
+        );
+        // One server-side apply entry of our field manager, owning exactly the six labels and
+        // the ledger annotation.
         let ours: Vec<(String, String, Value)> = manager_entries(&after)
             .into_iter()
             .filter(|(m, _, _)| m == MANAGER)
@@ -152,9 +174,14 @@ async fn labels_are_applied_to_selected_namespaces_only_and_nothing_else_is_touc
             ours[0].2["f:metadata"]
                 .as_object()
                 .map(|o| o.keys().cloned().collect::<Vec<_>>()),
-            Some(vec!["f:labels".to_owned()]),
-            "only labels: {}",
+            Some(vec!["f:annotations".to_owned(), "f:labels".to_owned()]),
+            "only labels and the ledger: {}",
             ours[0].2
+        );
+        assert_eq!(
+            ours[0].2["f:metadata"]["f:annotations"],
+            json!({ format!("f:{ANNOTATION}"): {} }),
+            "of the annotations only the ledger"
         );
 
         // Status: one namespace matched and labelled as declared.

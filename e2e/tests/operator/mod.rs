@@ -2,8 +2,10 @@
 //! as its ServiceAccount with only `config/rbac`, shared by these tests (see `support.rs`).
 
 mod admission;
+mod guard;
 mod labels;
 mod leader;
+mod ledger;
 mod policy;
 mod rbac;
 mod reporting;

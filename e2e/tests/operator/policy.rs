@@ -11,6 +11,7 @@ use super::support::{
     OpTest, WARN, WARN_VERSION, baseline_pod, manager_entries, run_test,
 };
 use crate::harness::eventually;
+use pss_operator::operator::record::{ANNOTATION, Record};
 
 const PSA_PREFIX: &str = "pod-security.kubernetes.io/";
 
@@ -333,14 +334,36 @@ async fn when_compliant_holds_enforce_until_the_offending_pod_is_gone() -> Resul
     .await
 }
 
+/// The ledger annotation of a namespace, if any.
+async fn ledger(t: &OpTest, ns: &str) -> Result<Option<String>> {
+    Ok(t.namespaces()
+        .get(ns)
+        .await?
+        .metadata
+        .annotations
+        .unwrap_or_default()
+        .get(ANNOTATION)
+        .cloned())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deletion_policy_retain_keeps_the_labels_and_remove_takes_them_off() -> Result<()> {
+async fn deletion_policy_retain_keeps_the_labels_and_remove_restores_what_was_there_before()
+-> Result<()> {
     run_test("deletion-policy", async |t: &OpTest| {
         let retain_ns = t
             .namespace("retain", &[("policy", "retain"), ("keep", "me")])
             .await?;
+        // A team had set restricted (at v1.30) before any profile governed the namespace.
         let remove_ns = t
-            .namespace("remove", &[("policy", "remove"), ("keep", "me")])
+            .namespace(
+                "remove",
+                &[
+                    ("policy", "remove"),
+                    ("keep", "me"),
+                    (ENFORCE, "restricted"),
+                    (ENFORCE_VERSION, "v1.30"),
+                ],
+            )
             .await?;
         let spec = |policy: &str| {
             json!({
@@ -363,6 +386,28 @@ async fn deletion_policy_retain_keeps_the_labels_and_remove_takes_them_off() -> 
         ];
         t.wait_labels(&retain_ns, &want, &[]).await?;
         t.wait_labels(&remove_ns, &want, &[]).await?;
+        // The ledger says what was there before the takeover.
+        let record = eventually("the ledger of the Remove namespace", EVENTUALLY, || async {
+            Ok(ledger(t, &remove_ns)
+                .await?
+                .and_then(|l| Record::decode(&l).ok()))
+        })
+        .await?;
+        assert_eq!(record.profile, remove);
+        assert_eq!(
+            record.prior.get(ENFORCE).cloned().flatten().as_deref(),
+            Some("restricted")
+        );
+        assert_eq!(
+            record
+                .prior
+                .get(ENFORCE_VERSION)
+                .cloned()
+                .flatten()
+                .as_deref(),
+            Some("v1.30")
+        );
+        assert_eq!(record.prior.get(WARN), Some(&None), "warn was absent");
         // Remove holds the profile with a finalizer; Retain needs none.
         eventually("the Remove finalizer", EVENTUALLY, || async {
             let p = t.get_profile(&remove).await?;
@@ -380,12 +425,18 @@ async fn deletion_policy_retain_keeps_the_labels_and_remove_takes_them_off() -> 
             "Retain needs no finalizer"
         );
 
-        // Retain: once the operator has published a pass without the profile, the labels stay.
+        // Retain: the labels stay; the namespace is no longer governed, so the ledger goes.
         t.delete_profile(&retain).await?;
         t.wait_metrics("the retained namespace is no longer governed", |m| {
             m.find("pss_namespace_level", &[("namespace", &retain_ns)])
                 .is_empty()
         })
+        .await?;
+        eventually(
+            "the retained namespace's ledger gone",
+            EVENTUALLY,
+            || async { Ok(ledger(t, &retain_ns).await?.is_none().then_some(())) },
+        )
         .await?;
         let labels = t.labels(&retain_ns).await?;
         for (k, v) in want {
@@ -396,14 +447,38 @@ async fn deletion_policy_retain_keeps_the_labels_and_remove_takes_them_off() -> 
             );
         }
 
-        // Remove: the profile goes only after its labels went; other labels stay.
+        // Remove: the profile goes only after the namespace is back as it was: restricted at
+        // v1.30 restored, warn (absent before) taken off, other labels kept, the ledger gone,
+        // and nothing of it owned by the operator any more.
         t.delete_profile(&remove).await?;
-        let labels = t.labels(&remove_ns).await?;
-        assert!(
-            !labels.keys().any(|k| k.starts_with(PSA_PREFIX)),
-            "Remove takes the PSA labels off before the profile goes: {labels:?}"
+        let namespace = t.namespaces().get(&remove_ns).await?;
+        let labels = namespace.metadata.labels.clone().unwrap_or_default();
+        let psa: Vec<(&str, &str)> = labels
+            .iter()
+            .filter(|(k, _)| k.starts_with(PSA_PREFIX))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            psa,
+            [(ENFORCE, "restricted"), (ENFORCE_VERSION, "v1.30")],
+            "Remove restores what was there before the takeover: {labels:?}"
         );
         assert_eq!(labels.get("keep").map(String::as_str), Some("me"));
+        assert!(
+            !namespace
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(ANNOTATION)),
+            "the ledger goes"
+        );
+        assert!(
+            !manager_entries(&namespace)
+                .iter()
+                .any(|(m, op, _)| m == MANAGER && op == "Apply"),
+            "the operator owns nothing it restored: {:?}",
+            manager_entries(&namespace)
+        );
         let event = eventually("LabelsRemoved event", EVENTUALLY, || async {
             Ok(t.events(&remove_ns, "LabelsRemoved")
                 .await?
@@ -412,16 +487,22 @@ async fn deletion_policy_retain_keeps_the_labels_and_remove_takes_them_off() -> 
         })
         .await?;
         let note = event.note.unwrap_or_default();
-        assert!(note.contains(ENFORCE) && note.contains(WARN), "{note}");
-        // Unlabelled and unselected now: reported unprotected; its level series are gone.
+        assert!(
+            note.contains(&format!(
+                "restored {ENFORCE}=restricted, {ENFORCE_VERSION}=v1.30"
+            )) && note.contains(&format!("removed {WARN}, {WARN_VERSION}")),
+            "{note}"
+        );
+        // Restricted again, by its own labels: not unprotected; its level series are gone.
         let m = t
-            .wait_metrics("the released namespace reported unprotected", |m| {
-                m.value("pss_unprotected_namespace", &[("namespace", &remove_ns)]) == Some(1.0)
+            .wait_metrics("the released namespace is no longer governed", |m| {
+                m.find("pss_namespace_level", &[("namespace", &remove_ns)])
+                    .is_empty()
             })
             .await?;
-        assert!(
-            m.find("pss_namespace_level", &[("namespace", &remove_ns)])
-                .is_empty()
+        assert_eq!(
+            m.value("pss_unprotected_namespace", &[("namespace", &remove_ns)]),
+            None
         );
         assert!(
             m.find("pss_violating_pods", &[("profile", &remove)])

@@ -24,6 +24,7 @@ use crate::operator::labels::LabelWrite;
 use crate::operator::ledger::Ledger;
 use crate::operator::metrics::Metrics;
 use crate::operator::pods::SlimPod;
+use crate::operator::record::Record;
 use crate::operator::workloads::TemplateIndex;
 use crate::pss::AdmissionConfig;
 
@@ -36,9 +37,8 @@ pub struct Config {
     pub admission: AdmissionConfig,
     /// Reported in Events (`reportingInstance`).
     pub identity: String,
-    /// With leader election: the longest standstill after which the Lease may still be ours
-    /// (see [`Fence`]).
-    pub pause_limit: Option<Duration>,
+    /// Whether writes may go out (see [`Fence`]); the same fence the client's write gate asks.
+    pub fence: Arc<Fence>,
 }
 
 pub(super) struct Context {
@@ -61,8 +61,9 @@ pub(super) struct Context {
     pub wake: tokio::sync::Notify,
     /// A watch lost its connection: the API server's version is read again.
     pub reconnected: tokio::sync::Notify,
-    /// Every write checks it first.
-    pub fence: Fence,
+    /// The client's write gate asks it before every write; tasks ask it too, to save a
+    /// request that would be refused.
+    pub fence: Arc<Fence>,
     /// Label writes, for the label writer.
     pub writes: mpsc::UnboundedSender<QueuedWrite>,
     /// Events, for the poster: a pass never waits for them.
@@ -94,7 +95,7 @@ impl Context {
         let (pictures, latest) = watch::channel(None);
         let ctx = Context {
             client,
-            fence: Fence::new(config.pause_limit),
+            fence: config.fence.clone(),
             config,
             metrics,
             profiles,
@@ -154,10 +155,10 @@ pub(super) struct Shared {
     /// Per workload kind (indexed like `WorkloadKind::ALL`).
     pub workloads_synced: [bool; 7],
     pub ledger: Ledger,
-    /// The resourceVersion and labels our last label write returned, per namespace, until the
-    /// namespace store has caught up with it: until then the store is older than our write, and
-    /// its labels must not be mistaken for drift.
-    pub unseen_writes: HashMap<String, (u64, Labels)>,
+    /// What our last label write returned, per namespace, until the namespace store has caught
+    /// up with it: until then the store is older than our write, and its labels must not be
+    /// mistaken for drift.
+    pub unseen_writes: HashMap<String, Unseen>,
     /// Namespaces with a label write queued, running or waiting for its retry; with the labels
     /// a drift repair restores.
     pub in_flight: HashMap<String, Option<Labels>>,
@@ -221,8 +222,14 @@ impl Dirty {
 pub(super) struct QueuedWrite {
     pub write: LabelWrite,
     pub uid: Option<String>,
-    /// The namespace's labels when the write was planned.
-    pub before: Labels,
+}
+
+/// A namespace as our last write left it: its resourceVersion, labels and ledger record.
+#[derive(Debug, Clone)]
+pub(super) struct Unseen {
+    pub version: u64,
+    pub labels: Labels,
+    pub record: Option<Record>,
 }
 
 /// One pass's picture of profiles and namespaces, for the reporter.

@@ -3,6 +3,7 @@
 //! about; their texts are written here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -11,14 +12,20 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::{debug, warn};
 
 use super::context::Context;
+use super::pass::Unreadable;
 use crate::operator::MANAGER;
 use crate::operator::desired::{LabelChange, NamespacePlan};
-use crate::operator::ledger::Announcement;
-use crate::operator::workloads::WorkloadKind;
+use crate::operator::fence::{Fence, Refusal};
+use crate::operator::ledger::{Announcement, Ledger};
+use crate::operator::pods::SlimPod;
+use crate::operator::record::ANNOTATION;
+use crate::operator::workloads::{TemplateIndex, WorkloadKind};
 use crate::pss::Mode;
 
 /// Events posted at a time.
 const EVENTS_IN_FLIGHT: usize = 8;
+/// How long an Event waits for the leader Lease to be confirmed (renewals come every ~10 s).
+const ADMIT_WAIT: Duration = Duration::from_secs(20);
 /// Blocking Pods named in a `RolloutPending` Event.
 const PODS_IN_EVENT: usize = 10;
 
@@ -58,9 +65,12 @@ pub(super) async fn post(
             // one series and keeps the first note, which would hide which label/value a later
             // drift was about. These events are only emitted on changes: nothing to fold.
             let recorder = Recorder::new(client.clone(), reporter.clone());
-            let fenced = ctx.fence.check().is_err();
+            let ctx = ctx.clone();
             async move {
-                if fenced {
+                // The lease not confirmed (yet): wait for it a while rather than lose the Event;
+                // stepping down: drop it (the client's gate would refuse it anyway).
+                if !admitted(&ctx.fence).await {
+                    debug!(reason = %event.reason, "event dropped: this replica may not write");
                     return;
                 }
                 match recorder.publish(&event, &reference).await {
@@ -74,6 +84,21 @@ pub(super) async fn post(
             }
         })
         .await;
+}
+
+/// Whether writes may go out, waiting up to `ADMIT_WAIT` while the lease is only unconfirmed.
+async fn admitted(fence: &Fence) -> bool {
+    let deadline = tokio::time::Instant::now() + ADMIT_WAIT;
+    loop {
+        match fence.admit() {
+            Ok(()) => return true,
+            Err(Refusal::Standstill { .. }) => return false,
+            Err(Refusal::Unconfirmed { .. }) if tokio::time::Instant::now() >= deadline => {
+                return false;
+            }
+            Err(Refusal::Unconfirmed { .. }) => tokio::time::sleep(Fence::TICK).await,
+        }
+    }
 }
 
 /// Whether the API server refused a write because its namespace is being deleted.
@@ -96,91 +121,139 @@ pub(super) fn namespace_ref(ns: &str, uid: Option<String>) -> ObjectReference {
     }
 }
 
+/// An Event to queue once the pass has let go of the shared state.
+pub(super) struct Announce {
+    reference: ObjectReference,
+    type_: EventType,
+    reason: &'static str,
+    note: String,
+}
+
+/// Queues the Events a pass decided on.
+pub(super) fn queue_all(ctx: &Context, events: Vec<Announce>) {
+    for a in events {
+        queue(ctx, &a.reference, a.type_, a.reason, a.note);
+    }
+}
+
 /// Events for rollouts that start waiting and for new conflicts; each announced once (see
 /// [`crate::operator::ledger::Ledger::announcements`]).
-pub(super) async fn announce(ctx: &Context, plans: impl Iterator<Item = &NamespacePlan>) {
-    let announcements: Vec<Announcement> = {
-        let mut shared = ctx.shared();
-        plans
-            .flat_map(|plan| shared.ledger.announcements(plan))
-            .collect()
-    };
-    for a in announcements {
-        let (ns, type_, reason, note) = match a {
-            Announcement::RolloutPending {
-                ns,
-                target,
-                blocking,
-            } => {
-                let shown: Vec<&str> = blocking
-                    .iter()
-                    .take(PODS_IN_EVENT)
-                    .map(String::as_str)
-                    .collect();
-                let note = format!(
-                    "enforce={target} waits for {} running Pods that violate it: {}",
-                    blocking.len(),
-                    shown.join(", ")
-                );
-                (ns, EventType::Normal, "RolloutPending", note)
+pub(super) fn announcements<'a>(
+    ctx: &Context,
+    ledger: &mut Ledger,
+    plans: impl Iterator<Item = &'a NamespacePlan>,
+) -> Vec<Announce> {
+    let announcements: Vec<Announcement> =
+        plans.flat_map(|plan| ledger.announcements(plan)).collect();
+    announcements
+        .into_iter()
+        .map(|a| {
+            let (ns, type_, reason, note) = match a {
+                Announcement::RolloutPending {
+                    ns,
+                    target,
+                    blocking,
+                } => {
+                    let shown: Vec<&str> = blocking
+                        .iter()
+                        .take(PODS_IN_EVENT)
+                        .map(String::as_str)
+                        .collect();
+                    let note = format!(
+                        "enforce={target} waits for {} running Pods that violate it: {}",
+                        blocking.len(),
+                        shown.join(", ")
+                    );
+                    (ns, EventType::Normal, "RolloutPending", note)
+                }
+                Announcement::Conflict { ns, profiles } => {
+                    let note = format!(
+                        "profiles {} select this namespace with the same priority; the most restrictive level per mode applies",
+                        profiles.join(", ")
+                    );
+                    (ns, EventType::Warning, "ProfileConflict", note)
+                }
+            };
+            Announce {
+                reference: namespace_ref(&ns, ctx.namespace_uid(&ns)),
+                type_,
+                reason,
+                note,
             }
-            Announcement::Conflict { ns, profiles } => {
-                let note = format!(
-                    "profiles {} select this namespace with the same priority; the most restrictive level per mode applies",
-                    profiles.join(", ")
-                );
-                (ns, EventType::Warning, "ProfileConflict", note)
-            }
-        };
-        let reference = namespace_ref(&ns, ctx.namespace_uid(&ns));
-        queue(ctx, &reference, type_, reason, note);
-    }
+        })
+        .collect()
 }
 
 /// A Warning Event on each workload that became blocked since it was last announced: its Pod
 /// template violates the enforce level now in force in a re-planned namespace.
-pub(super) async fn announce_blocked(ctx: &Context, plans: impl Iterator<Item = &NamespacePlan>) {
+pub(super) fn blocked<'a>(
+    ledger: &mut Ledger,
+    templates: &TemplateIndex<SlimPod>,
+    plans: impl Iterator<Item = &'a NamespacePlan>,
+) -> Vec<Announce> {
     let mut events = Vec::new();
-    {
-        let templates = ctx.templates.read().await;
-        let mut shared = ctx.shared();
-        for plan in plans.filter(|p| p.write && !p.governed_by.is_empty()) {
-            // (`Kind/name`, kind, name) of each blocked workload.
-            let blocked: Vec<(String, WorkloadKind, &str)> = templates
-                .violators(&plan.name, Mode::Enforce)
-                .map(|w| {
-                    (
-                        format!("{}/{}", w.kind, w.violator.pod),
-                        w.kind,
-                        w.violator.pod,
-                    )
-                })
-                .collect();
-            let keys = blocked.iter().map(|(key, ..)| key.clone()).collect();
-            let new = shared.ledger.newly_blocked(&plan.name, keys);
-            for (_, kind, name) in blocked.into_iter().filter(|(key, ..)| new.contains(key)) {
-                let message = templates
-                    .message(kind, &plan.name, name, Mode::Enforce)
-                    .unwrap_or_default();
-                let note = format!(
-                    "the Pod template breaks enforce={} of namespace {} (profile {}): the API server refuses its next Pod: {message}",
-                    plan.policy.enforce,
-                    plan.name,
-                    plan.primary().unwrap_or_default()
-                );
-                events.push((workload_ref(kind, &plan.name, name), note));
-            }
+    for plan in plans.filter(|p| p.write && !p.governed_by.is_empty()) {
+        // (`Kind/name`, kind, name) of each blocked workload.
+        let blocked: Vec<(String, WorkloadKind, &str)> = templates
+            .violators(&plan.name, Mode::Enforce)
+            .map(|w| {
+                (
+                    format!("{}/{}", w.kind, w.violator.pod),
+                    w.kind,
+                    w.violator.pod,
+                )
+            })
+            .collect();
+        let keys = blocked.iter().map(|(key, ..)| key.clone()).collect();
+        let new = ledger.newly_blocked(&plan.name, keys);
+        for (_, kind, name) in blocked.into_iter().filter(|(key, ..)| new.contains(key)) {
+            let message = templates
+                .message(kind, &plan.name, name, Mode::Enforce)
+                .unwrap_or_default();
+            let note = format!(
+                "the Pod template breaks enforce={} of namespace {} (profile {}): the API server refuses its next Pod: {message}",
+                plan.policy.enforce,
+                plan.name,
+                plan.primary().unwrap_or_default()
+            );
+            events.push(Announce {
+                reference: workload_ref(kind, &plan.name, name),
+                type_: EventType::Warning,
+                reason: "PodSecurityBlocked",
+                note,
+            });
         }
     }
-    for (reference, note) in events {
-        queue(
-            ctx,
-            &reference,
-            EventType::Warning,
-            "PodSecurityBlocked",
-            note,
-        );
-    }
+    events
+}
+
+/// A Warning Event and a log line for each ledger annotation that is not a record (once per
+/// value): the namespace is treated as having no ledger, and its next label write replaces it.
+pub(super) fn unreadable_records(
+    ctx: &Context,
+    ledger: &mut Ledger,
+    unreadable: Vec<Unreadable>,
+) -> Vec<Announce> {
+    unreadable
+        .into_iter()
+        .filter(|u| ledger.invalid_record(&u.ns, &u.value))
+        .map(|u| {
+            warn!(namespace = %u.ns, annotation = ANNOTATION, error = %u.error, "ignoring an unreadable ledger annotation: treated as no ledger");
+            Announce {
+                reference: namespace_ref(&u.ns, ctx.namespace_uid(&u.ns)),
+                type_: EventType::Warning,
+                reason: "LedgerInvalid",
+                note: invalid_note(&u.error),
+            }
+        })
+        .collect()
+}
+
+/// The note of a `LedgerInvalid` Event.
+pub(super) fn invalid_note(error: &str) -> String {
+    format!(
+        "annotation {ANNOTATION} is not a ledger this operator wrote ({error}): ignored, the namespace is treated as having none (drift made while no operator ran cannot be told; deletionPolicy Remove takes off only the labels the operator owns); the next label write replaces it"
+    )
 }
 
 fn workload_ref(kind: WorkloadKind, ns: &str, name: &str) -> ObjectReference {
@@ -198,6 +271,26 @@ pub(super) fn found(c: &LabelChange) -> String {
     c.found
         .as_deref()
         .map_or("<removed>".to_owned(), |v| format!("{v:?}"))
+}
+
+/// The note of a `LabelsRemoved` Event, if the release changed a label.
+pub(super) fn released(restored: &[String], removed: &[String]) -> Option<String> {
+    let mut parts = Vec::new();
+    if !restored.is_empty() {
+        parts.push(format!(
+            "restored {} (the values before the operator took them over)",
+            restored.join(", ")
+        ));
+    }
+    if !removed.is_empty() {
+        parts.push(format!("removed {}", removed.join(", ")));
+    }
+    (!parts.is_empty()).then(|| {
+        format!(
+            "the profile was deleted with deletionPolicy Remove: {}",
+            parts.join("; ")
+        )
+    })
 }
 
 /// The note of a `LabelDriftRepaired` Event.

@@ -51,7 +51,7 @@ pub(super) async fn update(ctx: &Context, cluster: &Cluster<'_>) -> usize {
         {
             Ok(_) => info!(profile = %p.name_any(), added = wants, "finalizer updated"),
             Err(e) => {
-                let e = Error::Kube(e);
+                let e = Error::from(e);
                 failures += 1;
                 warn!(profile = %p.name_any(), error = %e, "updating finalizer");
                 ctx.metrics.error("podsecurityprofile", &e);

@@ -22,10 +22,24 @@ pub async fn serve_one(
     check: impl FnOnce(&http::Request<()>, serde_json::Value),
     response: serde_json::Value,
 ) {
+    serve_next(&mut handle, check, response).await
+}
+
+/// Serves the next request to `check` (its body as JSON, `null` when it has none), answering
+/// with `response`.
+pub async fn serve_next(
+    handle: &mut Handle,
+    check: impl FnOnce(&http::Request<()>, serde_json::Value),
+    response: serde_json::Value,
+) {
     let (request, send) = handle.next_request().await.expect("one request");
     let (parts, body) = request.into_parts();
     let body = body.collect_bytes().await.expect("request body");
-    let json: serde_json::Value = serde_json::from_slice(&body).expect("json body");
+    let json: serde_json::Value = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&body).expect("json body")
+    };
     check(&http::Request::from_parts(parts, ()), json);
     let bytes = serde_json::to_vec(&response).expect("json");
     send.send_response(
@@ -48,7 +62,7 @@ pub fn booking_context() -> (Arc<Context>, Writer<PartialObjectMeta<Namespace>>)
         exclusions: Exclusions::default(),
         admission: Default::default(),
         identity: "test".into(),
-        pause_limit: None,
+        fence: Arc::new(crate::operator::fence::Fence::unfenced()),
     };
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     let (ctx, _) = Context::new(

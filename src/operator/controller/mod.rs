@@ -11,7 +11,8 @@
 //! - [`reporter`]: publishes metrics and writes changed statuses from the latest pass's picture,
 //!   at most every 250 ms, computing them on a blocking thread;
 //! - [`events`]: Events are posted in the background; [`finalizer`]: our finalizer on `Remove`
-//!   profiles; [`context`]: what the tasks share. A heartbeat fences writes after a standstill.
+//!   profiles; [`context`]: what the tasks share. A heartbeat fences writes after a standstill;
+//!   the client's write gate refuses every write the fence does not allow.
 //!
 //! Why one global pass rather than a per-object `Controller`: who governs a namespace depends on
 //! every profile (priorities, ties), and a profile's status depends on every namespace and Pod it
@@ -116,5 +117,5 @@ pub async fn run(
     {
         std::panic::resume_unwind(e.into_panic());
     }
-    ctx.fence.check()
+    ctx.fence.check_standstill()
 }

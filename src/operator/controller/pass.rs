@@ -2,7 +2,7 @@
 //! change, or every `RESYNC`), queues the label writes that differ (see [`plan_writes`]) without
 //! waiting for them, and hands its picture to the reporter.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -14,13 +14,15 @@ use kube::core::error_boundary::InvalidObject;
 use tracing::{debug, info, warn};
 
 use super::context::{Context, Dirty, MAX_RETRY, Picture, QueuedWrite, Shared};
-use super::{events, finalizer};
+use super::events;
+use super::finalizer;
 use crate::operator::backoff::Backoff;
 use crate::operator::crd::PodSecurityProfile;
 use crate::operator::desired::{Labels, NamespacePlan, NamespaceView, ProfileView, plan_namespace};
 use crate::operator::index::PodIndex;
-use crate::operator::labels::{Cluster, LabelWrite, owned_labels, plan_writes};
+use crate::operator::labels::{Cluster, LabelWrite, Owned, governs, owned, plan_writes};
 use crate::operator::pods::SlimPod;
+use crate::operator::record::{ANNOTATION, Record};
 use crate::operator::workloads::TemplateIndex;
 use crate::pss::{LevelVersion, Policy};
 
@@ -77,8 +79,10 @@ struct PlanCache {
     /// The namespaces' labels: the store's, or what our last write returned while the store
     /// has not shown it yet.
     labels: BTreeMap<String, Labels>,
-    /// The PSA labels our field manager owns, per namespace (from managedFields).
-    owned: HashMap<String, BTreeSet<String>>,
+    /// The PSA labels and record our field manager owns, per namespace (from managedFields).
+    owned: HashMap<String, Owned>,
+    /// The readable ledger records on the namespaces (the store's, or our last write's).
+    records: HashMap<String, Record>,
 }
 
 impl PlanCache {
@@ -97,6 +101,7 @@ impl PlanCache {
         self.plans.clear();
         self.labels.clear();
         self.owned.clear();
+        self.records.clear();
     }
 
     /// A namespace that is gone.
@@ -104,6 +109,7 @@ impl PlanCache {
         self.plans.remove(ns);
         self.labels.remove(ns);
         self.owned.remove(ns);
+        self.records.remove(ns);
     }
 }
 
@@ -154,26 +160,49 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache) -> usize {
         index: &index,
         templates: &templates,
     };
-    let (writes, replanned, policies) = {
-        let _timer = ctx.metrics.timer("namespace");
+    let timer = ctx.metrics.timer("namespace");
+    let (replanned, policies, mut announced) = {
         let mut shared = ctx.shared();
         for p in &profiles.all {
             let stored = p.status.as_ref().map_or(0, |s| s.drift_corrections);
             shared.ledger.seed_drift(&p.name_any(), stored);
         }
         let dirty = take_dirty(ctx, &mut shared, cache, &profiles.keys);
-        let replanned = replan(ctx, &mut shared, cache, &profiles, &inputs, dirty);
+        let (replanned, unreadable) = replan(ctx, &mut shared, cache, &profiles, &inputs, dirty);
+        // What a persisted record says is known before anything is announced or written.
+        for plan in cache.replanned(replanned.as_ref()).filter(|p| governs(p)) {
+            if let Some(record) = cache.records.get(&plan.name) {
+                shared.ledger.adopt(&plan.name, record);
+            }
+        }
+        let mut announced = events::unreadable_records(ctx, &mut shared.ledger, unreadable);
+        announced.extend(events::announcements(
+            ctx,
+            &mut shared.ledger,
+            cache.replanned(replanned.as_ref()),
+        ));
         let policies = changed_policies(cache, replanned.as_ref(), &index);
-        let writes = label_writes(ctx, &mut shared, cache, &profiles.all, replanned.as_ref());
-        (writes, replanned, policies)
+        (replanned, policies, announced)
     };
     drop(templates);
     drop(index);
     set_policies(ctx, cache, policies, replanned.is_none()).await;
+    let writes = {
+        // Blocked workloads are read against the policies just set (a first pass would see
+        // none yet, and forget what a persisted record says was announced).
+        let templates = ctx.templates.read().await;
+        let mut shared = ctx.shared();
+        announced.extend(events::blocked(
+            &mut shared.ledger,
+            &templates,
+            cache.replanned(replanned.as_ref()),
+        ));
+        label_writes(ctx, &mut shared, cache, &profiles.all, replanned.as_ref())
+    };
+    drop(timer);
     let planned = started.elapsed();
 
-    events::announce(ctx, cache.replanned(replanned.as_ref())).await;
-    events::announce_blocked(ctx, cache.replanned(replanned.as_ref())).await;
+    events::queue_all(ctx, announced);
     if !writes.is_empty() {
         debug!(
             writes = writes.len(),
@@ -182,7 +211,7 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache) -> usize {
             "label writes queued"
         );
     }
-    queue_writes(ctx, cache, writes);
+    queue_writes(ctx, writes);
 
     let observed = observed_with_repairs(&ctx.shared(), cache);
     // Released namespaces are known from the store (we no longer own labels there), so a
@@ -191,6 +220,7 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache) -> usize {
         plans: &cache.plans,
         labels: &observed,
         owned: &cache.owned,
+        records: &cache.records,
         profiles: &profiles.all,
         exclusions: &ctx.config.exclusions,
     };
@@ -255,8 +285,10 @@ fn take_dirty(ctx: &Context, shared: &mut Shared, cache: &PlanCache, keys: &[Pro
     // Until the store shows our write (or something newer) it is older than our write: its
     // labels are replaced by what our write returned, and the namespace gets no other write (its
     // managedFields are old too).
-    shared.unseen_writes.retain(|ns, (ours, _)| {
-        let keep = ctx.stored_version(ns).is_some_and(|seen| seen < *ours);
+    shared.unseen_writes.retain(|ns, ours| {
+        let keep = ctx
+            .stored_version(ns)
+            .is_some_and(|seen| seen < ours.version);
         if !keep {
             dirty.mark(ns);
         }
@@ -265,8 +297,15 @@ fn take_dirty(ctx: &Context, shared: &mut Shared, cache: &PlanCache, keys: &[Pro
     dirty
 }
 
+/// An annotation that is not a ledger record: the namespace, the value and why.
+pub(super) struct Unreadable {
+    pub ns: String,
+    pub value: String,
+    pub error: String,
+}
+
 /// Re-plans the `dirty` namespaces into the cache and forgets the ones that are gone. Returns
-/// the names re-planned, `None` for all of them.
+/// the names re-planned (`None` for all of them) and the unreadable records met.
 fn replan(
     ctx: &Context,
     shared: &mut Shared,
@@ -274,14 +313,15 @@ fn replan(
     profiles: &Profiles,
     inputs: &Inputs<'_>,
     dirty: Dirty,
-) -> Option<HashSet<String>> {
-    match dirty {
+) -> (Option<HashSet<String>>, Vec<Unreadable>) {
+    let mut unreadable = Vec::new();
+    let replanned = match dirty {
         Dirty::All => {
             cache.last_full = Some(Instant::now());
             cache.profiles = profiles.keys.clone();
             cache.clear();
             for n in ctx.namespaces.state() {
-                replan_one(ctx, shared, cache, &profiles.valid, inputs, &n);
+                unreadable.extend(replan_one(ctx, shared, cache, &profiles.valid, inputs, &n));
             }
             let plans = &cache.plans;
             shared.ledger.retain(|ns| plans.contains_key(ns));
@@ -291,7 +331,14 @@ fn replan(
             let mut gone = HashSet::new();
             for ns in &names {
                 match ctx.stored_namespace(ns) {
-                    Some(n) => replan_one(ctx, shared, cache, &profiles.valid, inputs, &n),
+                    Some(n) => unreadable.extend(replan_one(
+                        ctx,
+                        shared,
+                        cache,
+                        &profiles.valid,
+                        inputs,
+                        &n,
+                    )),
                     None => {
                         cache.forget(ns);
                         gone.insert(ns.as_str());
@@ -303,7 +350,8 @@ fn replan(
             }
             Some(names)
         }
-    }
+    };
+    (replanned, unreadable)
 }
 
 /// What plans read besides the namespaces and profiles: the running Pods and the workload
@@ -325,7 +373,8 @@ impl Inputs<'_> {
     }
 }
 
-/// Plans one namespace from the store's object (or our write the store has not shown yet).
+/// Plans one namespace from the store's object (or our write the store has not shown yet);
+/// returns its ledger annotation when it is not a record (the namespace then has none).
 fn replan_one(
     ctx: &Context,
     shared: &Shared,
@@ -333,11 +382,25 @@ fn replan_one(
     profiles: &[ProfileView],
     inputs: &Inputs<'_>,
     n: &PartialObjectMeta<Namespace>,
-) {
+) -> Option<Unreadable> {
     let name = n.name_any();
-    let labels = match shared.unseen_writes.get(&name) {
-        Some((_, ours)) => ours.clone(),
-        None => n.labels().clone(),
+    let mut unreadable = None;
+    let (labels, record) = match shared.unseen_writes.get(&name) {
+        Some(ours) => (ours.labels.clone(), ours.record.clone()),
+        None => {
+            let record = n.annotations().get(ANNOTATION).and_then(|value| {
+                Record::decode(value)
+                    .map_err(|e| {
+                        unreadable = Some(Unreadable {
+                            ns: name.clone(),
+                            value: value.clone(),
+                            error: e.to_string(),
+                        })
+                    })
+                    .ok()
+            });
+            (n.labels().clone(), record)
+        }
     };
     let view = NamespaceView { name, labels };
     let plan = plan_namespace(
@@ -347,11 +410,20 @@ fn replan_one(
         inputs.index.admission(),
         &|ns, lv| inputs.blocking(ns, lv),
     );
+    if plan.excluded {
+        // Never touched: what it carries is not ours to read or report.
+        unreadable = None;
+    }
     cache
         .owned
-        .insert(view.name.clone(), owned_labels(&n.metadata.managed_fields));
+        .insert(view.name.clone(), owned(&n.metadata.managed_fields));
+    match record {
+        Some(r) => cache.records.insert(view.name.clone(), r),
+        None => cache.records.remove(&view.name),
+    };
     cache.plans.insert(view.name.clone(), plan);
     cache.labels.insert(view.name, view.labels);
+    unreadable
 }
 
 /// The policies the index checks Pods against, where re-planning changed them.
@@ -408,6 +480,7 @@ fn label_writes(
         plans: &cache.plans,
         labels: &cache.labels,
         owned: &cache.owned,
+        records: &cache.records,
         profiles,
         exclusions: &ctx.config.exclusions,
     };
@@ -418,11 +491,7 @@ fn label_writes(
         // A drift being repaired is reported as repaired, so Ready does not flap for the
         // moment the repair takes (a failed repair shows as ApplyFailed instead).
         let repairing = match w {
-            LabelWrite::Apply {
-                drift: true,
-                desired,
-                ..
-            } => Some(desired.clone()),
+            LabelWrite::Apply { record, .. } if w.repairs() => Some(record.labels.clone()),
             _ => None,
         };
         shared.in_flight.insert(w.namespace().to_owned(), repairing);
@@ -430,12 +499,10 @@ fn label_writes(
     writes
 }
 
-fn queue_writes(ctx: &Context, cache: &PlanCache, writes: Vec<LabelWrite>) {
+fn queue_writes(ctx: &Context, writes: Vec<LabelWrite>) {
     for write in writes {
-        let ns = write.namespace();
         let queued = QueuedWrite {
-            uid: ctx.namespace_uid(ns),
-            before: cache.labels.get(ns).cloned().unwrap_or_default(),
+            uid: ctx.namespace_uid(write.namespace()),
             write,
         };
         let _ = ctx.writes.send(queued);

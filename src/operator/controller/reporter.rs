@@ -71,8 +71,12 @@ async fn report(ctx: &Arc<Context>, picture: &Arc<Picture>) -> usize {
     ctx.metrics.publish(&values, |ns, profile| {
         picture.plans.contains_key(ns) && profile_names.contains(profile)
     });
-    if ctx.fence.check().is_err() {
-        return 0;
+    match ctx.fence.check() {
+        Ok(()) => {}
+        // Stepping down: nothing more to write.
+        Err(Error::LeadershipLost) => return 0,
+        // The lease is not confirmed yet: written once it is (retried like a failed write).
+        Err(_) => return 1,
     }
     let mut failures = 0;
     let api: Api<PodSecurityProfile> = Api::all(ctx.client.clone());
@@ -193,7 +197,7 @@ fn status_written<T>(ctx: &Context, name: &str, result: kube::Result<T>) -> usiz
             0
         }
         Err(e) => {
-            let e = Error::Kube(e);
+            let e = Error::from(e);
             warn!(profile = %name, error = %e, "writing status");
             ctx.metrics.error("podsecurityprofile", &e);
             1

@@ -20,6 +20,7 @@ use crate::operator::error::Error;
 use crate::operator::index::Interner;
 use crate::operator::labels::is_our_apply;
 use crate::operator::pods::WatchedPod;
+use crate::operator::record::ANNOTATION;
 use crate::operator::workloads::{Reported, WatchedWorkload, WorkloadKind, reported};
 
 /// Feeds the profile store. A profile change re-plans every namespace; the pass finds it by
@@ -49,7 +50,7 @@ pub(super) async fn profiles(
 }
 
 /// Feeds the namespace store, metadata only, keeping of the managedFields only our own entry (it
-/// says which labels we own).
+/// says which labels we own) and of the annotations only our ledger record.
 pub(super) async fn namespaces(ctx: Arc<Context>, store: Writer<PartialObjectMeta<Namespace>>) {
     watcher(
         Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone()),
@@ -58,7 +59,7 @@ pub(super) async fn namespaces(ctx: Arc<Context>, store: Writer<PartialObjectMet
     .default_backoff()
     .modify(|n: &mut PartialObjectMeta<Namespace>| {
         n.managed_fields_mut().retain(is_our_apply);
-        n.annotations_mut().clear();
+        n.annotations_mut().retain(|k, _| k == ANNOTATION);
     })
     .reflect(store)
     .for_each(|ev| {

@@ -8,18 +8,19 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
-use super::context::{Context, QueuedWrite, Shared, resource_version};
+use super::context::{Context, QueuedWrite, Shared, Unseen, resource_version};
 use super::events;
 use crate::operator::MANAGER;
 use crate::operator::desired::Labels;
 use crate::operator::error::Result;
-use crate::operator::labels::{LabelWrite, removed_psa_labels};
+use crate::operator::labels::{LabelWrite, Restore, restore};
+use crate::operator::record::{ANNOTATION, Record};
 
 /// Label applies in flight: at 100 drifts/s on a 50k-Pod cluster, 8 in flight (~60-240 ms
 /// each) could not keep up and repairs queued for seconds.
@@ -33,8 +34,9 @@ pub(super) async fn label_writer(
         .for_each_concurrent(LABEL_WRITES_IN_FLIGHT, |queued| {
             let ctx = ctx.clone();
             async move {
+                // Saves a request the client's write gate would refuse anyway.
                 let result = match ctx.fence.check() {
-                    Ok(()) => apply_labels(&ctx.client, &queued.write).await,
+                    Ok(()) => write_labels(&ctx.client, &queued.write).await,
                     Err(e) => Err(e),
                 };
                 book(&ctx, queued, result);
@@ -47,27 +49,93 @@ pub(super) async fn label_writer(
 pub(super) struct Applied {
     pub resource_version: Option<u64>,
     pub labels: Labels,
+    /// The ledger record the namespace carries now.
+    pub record: Option<Record>,
+    /// What a release did.
+    pub restore: Option<Restore>,
 }
 
-/// Server-side applies the write's PSA labels, and nothing else, under our field manager.
-pub(super) async fn apply_labels(client: &Client, w: &LabelWrite) -> Result<Applied> {
+impl Applied {
+    fn from_namespace(ns: &Namespace, restore: Option<Restore>) -> Applied {
+        Applied {
+            resource_version: resource_version(ns.resource_version()),
+            labels: ns.labels().clone(),
+            record: ns
+                .annotations()
+                .get(ANNOTATION)
+                .and_then(|a| Record::decode(a).ok()),
+            restore,
+        }
+    }
+}
+
+/// Writes one label write: a server-side apply of the PSA labels (and the record), and nothing
+/// else, under our field manager; or the merge patch of a release.
+pub(super) async fn write_labels(client: &Client, w: &LabelWrite) -> Result<Applied> {
+    let api = Api::<Namespace>::all(client.clone());
     let ns = w.namespace();
-    let patch = json!({
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": { "name": ns, "labels": w.labels() },
-    });
-    let applied = Api::<Namespace>::all(client.clone())
+    let body = match w {
+        LabelWrite::Apply { record, .. } => json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {
+                "name": ns,
+                "labels": record.labels,
+                "annotations": { ANNOTATION: record.encode() },
+            },
+        }),
+        // Without the record: it goes, and the labels we own stay as they are.
+        LabelWrite::Unmark { keep, .. } => json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": { "name": ns, "labels": keep },
+        }),
+        LabelWrite::Release { .. } => return release(&api, ns).await,
+    };
+    let applied = api
         .patch(
             ns,
             &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&patch),
+            &Patch::Apply(&body),
         )
         .await?;
-    Ok(Applied {
-        resource_version: resource_version(applied.resource_version()),
-        labels: applied.labels().clone(),
-    })
+    Ok(Applied::from_namespace(&applied, None))
+}
+
+/// Puts back what the namespace had before the takeover, as read just now (see [`restore`]).
+/// Read with a list by name (metadata only, every managedFields entry): the operator lists and
+/// watches namespaces, it never needs to `get` one.
+async fn release(api: &Api<Namespace>, ns: &str) -> Result<Applied> {
+    let found = api
+        .list_metadata(&ListParams::default().fields(&format!("metadata.name={ns}")))
+        .await?;
+    let Some(current) = found.items.into_iter().next() else {
+        // Gone: nothing to release.
+        return Ok(Applied {
+            resource_version: None,
+            labels: Labels::new(),
+            record: None,
+            restore: None,
+        });
+    };
+    let plan = restore(&current.metadata);
+    if let Some(e) = &plan.record_error {
+        warn!(namespace = %ns, annotation = ANNOTATION, error = %e, "releasing without the ledger: unreadable, treated as none");
+    }
+    let Some(patch) = &plan.patch else {
+        return Ok(Applied {
+            resource_version: None,
+            labels: current.labels().clone(),
+            record: None,
+            restore: Some(plan),
+        });
+    };
+    let params = PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..Default::default()
+    };
+    let released = api.patch(ns, &params, &Patch::Merge(patch)).await?;
+    Ok(Applied::from_namespace(&released, Some(plan)))
 }
 
 /// Books the answer to one label write.
@@ -77,7 +145,7 @@ pub(super) fn book(ctx: &Arc<Context>, queued: QueuedWrite, result: Result<Appli
         Ok(applied) => {
             let ours = applied.resource_version;
             book_landed(&mut ctx.shared(), &queued.write, &applied);
-            report_landed(ctx, queued, applied.labels);
+            report_landed(ctx, queued, applied.restore);
             // The namespace watch delivers our write, usually after this, and wakes the next
             // pass. When it came first, the pass it woke found the namespace still in flight:
             // wake one now, or the drift count and the namespace's plan would wait for the next
@@ -102,66 +170,70 @@ pub(super) fn book(ctx: &Arc<Context>, queued: QueuedWrite, result: Result<Appli
     }
 }
 
-/// The state a landed write leaves: not in flight, no error, the labels it returned (until the
-/// store shows them), the ledger and the drift count.
+/// The state a landed write leaves: not in flight, no error, the labels and record it returned
+/// (until the store shows them), the ledger and the drift count.
 fn book_landed(shared: &mut Shared, write: &LabelWrite, applied: &Applied) {
     let ns = write.namespace();
     shared.in_flight.remove(ns);
     shared.ledger.write_landed(ns);
     shared.write_retry.succeeded();
     shared.dirty.mark(ns);
-    if let Some(rv) = applied.resource_version {
-        shared
-            .unseen_writes
-            .insert(ns.to_owned(), (rv, applied.labels.clone()));
+    if let Some(version) = applied.resource_version {
+        shared.unseen_writes.insert(
+            ns.to_owned(),
+            Unseen {
+                version,
+                labels: applied.labels.clone(),
+                record: applied.record.clone(),
+            },
+        );
     }
     match write {
         LabelWrite::Apply {
-            desired,
-            declared,
-            changes,
-            drift,
+            record,
+            drifted,
             profiles,
             ..
         } => {
-            shared.ledger.applied(ns, desired.clone(), declared.clone());
-            if *drift {
-                shared.ledger.count_drift(profiles, changes.len());
+            shared.ledger.applied(ns, record);
+            if !drifted.is_empty() {
+                shared.ledger.count_drift(profiles, drifted.len());
             }
         }
-        LabelWrite::Release { .. } => shared.ledger.released(ns),
+        LabelWrite::Unmark { .. } | LabelWrite::Release { .. } => shared.ledger.released(ns),
     }
 }
 
 /// Logs, drift metrics and Events of a landed write.
-fn report_landed(ctx: &Context, queued: QueuedWrite, after: Labels) {
-    let QueuedWrite { write, uid, before } = queued;
+fn report_landed(ctx: &Context, queued: QueuedWrite, restored: Option<Restore>) {
+    let QueuedWrite { write, uid } = queued;
     let reference = events::namespace_ref(write.namespace(), uid);
     match write {
         LabelWrite::Apply {
             ns,
             changes,
-            drift,
+            drifted,
             profiles,
-            ..
+            record,
         } => {
             let primary = profiles.first().cloned().unwrap_or_default();
-            if drift {
-                for c in &changes {
-                    ctx.metrics.drift(&ns, &primary, &c.label);
-                    let found = events::found(c);
-                    info!(namespace = %ns, profile = %primary, label = %c.label, found = %found, restored = %c.want, "drift repaired");
-                    let note = events::drift_repaired(c, &primary);
-                    events::queue(
-                        ctx,
-                        &reference,
-                        EventType::Warning,
-                        "LabelDriftRepaired",
-                        note,
-                    );
-                }
-            } else if !changes.is_empty() {
-                let text: Vec<String> = changes
+            let (repaired, applied): (Vec<_>, Vec<_>) =
+                changes.iter().partition(|c| drifted.contains(&c.label));
+            for c in &repaired {
+                ctx.metrics.drift(&ns, &primary, &c.label);
+                let found = events::found(c);
+                info!(namespace = %ns, profile = %primary, label = %c.label, found = %found, restored = %c.want, "drift repaired");
+                let note = events::drift_repaired(c, &primary);
+                events::queue(
+                    ctx,
+                    &reference,
+                    EventType::Warning,
+                    "LabelDriftRepaired",
+                    note,
+                );
+            }
+            if !applied.is_empty() {
+                let text: Vec<String> = applied
                     .iter()
                     .map(|c| format!("{}={}", c.label, c.want))
                     .collect();
@@ -169,18 +241,23 @@ fn report_landed(ctx: &Context, queued: QueuedWrite, after: Labels) {
                 let note = format!("profile {primary} applied {}", text.join(", "));
                 events::queue(ctx, &reference, EventType::Normal, "LabelsApplied", note);
             }
+            if changes.is_empty() {
+                debug!(namespace = %ns, profile = %primary, generation = ?record.generation, "ledger written");
+            }
+        }
+        LabelWrite::Unmark { ns, .. } => {
+            info!(namespace = %ns, "ledger removed: the namespace is no longer governed (its labels stay)");
         }
         LabelWrite::Release { ns } => {
-            let removed = removed_psa_labels(&before, &after);
-            if removed.is_empty() {
+            let Some(r) = restored.filter(|r| r.patch.is_some()) else {
                 return;
+            };
+            let restored: Vec<String> =
+                r.restored.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            info!(namespace = %ns, restored = %restored.join(","), removed = %r.removed.join(","), "labels removed (deletionPolicy Remove)");
+            if let Some(note) = events::released(&restored, &r.removed) {
+                events::queue(ctx, &reference, EventType::Normal, "LabelsRemoved", note);
             }
-            info!(namespace = %ns, labels = %removed.join(","), "labels removed (deletionPolicy Remove)");
-            let note = format!(
-                "the profile was deleted with deletionPolicy Remove: removed {}",
-                removed.join(", ")
-            );
-            events::queue(ctx, &reference, EventType::Normal, "LabelsRemoved", note);
         }
     }
 }
@@ -200,29 +277,44 @@ fn retry_after(ctx: Arc<Context>, ns: String, delay: Duration) {
 #[cfg(test)]
 mod tests {
     use super::super::context::Dirty;
-    use super::super::fixtures::{booking_context, serve_one, woken};
+    use super::super::fixtures::{booking_context, serve_next, serve_one, woken};
     use super::*;
     use crate::operator::error::Error;
     use crate::pss::level::labels as psa;
     use kube::runtime::watcher;
 
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
     #[tokio::test]
-    async fn labels_are_server_side_applied_by_one_field_manager_and_nothing_else() {
+    async fn labels_and_the_record_are_server_side_applied_by_one_field_manager_and_nothing_else() {
         let (service, handle) = tower_test::mock::pair();
         let client = Client::new(service, "default");
-        let desired: Labels = [
-            (psa::ENFORCE.to_owned(), "baseline".to_owned()),
-            (psa::ENFORCE_VERSION.to_owned(), "latest".to_owned()),
-        ]
-        .into();
+        let desired = labels(&[(psa::ENFORCE, "baseline"), (psa::ENFORCE_VERSION, "latest")]);
+        let record = Record {
+            profile: "p".into(),
+            generation: Some(2),
+            labels: desired.clone(),
+            declared: Some(desired.clone()),
+            prior: [
+                (psa::ENFORCE.to_owned(), Some("restricted".to_owned())),
+                (psa::ENFORCE_VERSION.to_owned(), None),
+            ]
+            .into(),
+            ..Default::default()
+        };
         let write = LabelWrite::Apply {
             ns: "app".into(),
-            desired: desired.clone(),
-            declared: Some(desired.clone()),
             changes: Vec::new(),
-            drift: false,
+            drifted: Vec::new(),
             profiles: vec!["p".into()],
+            record: Box::new(record.clone()),
         };
+        let encoded = record.encode();
         let server = serve_one(
             handle,
             |req, body| {
@@ -237,7 +329,8 @@ mod tests {
                         .map(|v| v.as_bytes()),
                     Some(&b"application/apply-patch+yaml"[..])
                 );
-                // Only the PSA labels: no other label, annotation, spec or status.
+                // Only the PSA labels and the record, in the same request: no other label,
+                // annotation, spec or status.
                 assert_eq!(
                     body,
                     json!({
@@ -246,43 +339,131 @@ mod tests {
                         "metadata": {"name": "app", "labels": {
                             psa::ENFORCE: "baseline",
                             psa::ENFORCE_VERSION: "latest",
-                        }},
+                        }, "annotations": {ANNOTATION: encoded}},
                     })
                 );
             },
             json!({
                 "apiVersion": "v1", "kind": "Namespace",
                 "metadata": {"name": "app", "resourceVersion": "42",
-                             "labels": {"team": "x", psa::ENFORCE: "baseline"}},
+                             "labels": {"team": "x", psa::ENFORCE: "baseline"},
+                             "annotations": {ANNOTATION: record.encode()}},
             }),
         );
-        let (applied, ()) = tokio::join!(apply_labels(&client, &write), server);
+        let (applied, ()) = tokio::join!(write_labels(&client, &write), server);
         let applied = applied.expect("applied");
         assert_eq!(applied.resource_version, Some(42));
         assert_eq!(applied.labels.get("team").map(String::as_str), Some("x"));
+        assert_eq!(applied.record, Some(record));
     }
 
     #[tokio::test]
-    async fn a_release_applies_no_labels_so_only_ours_go() {
+    async fn unmarking_applies_our_labels_as_they_are_without_the_record() {
         let (service, handle) = tower_test::mock::pair();
         let client = Client::new(service, "default");
         let server = serve_one(
             handle,
             |_, body| {
-                assert_eq!(body["metadata"]["labels"], json!({}));
+                assert_eq!(
+                    body["metadata"],
+                    json!({"name": "app", "labels": {psa::ENFORCE: "baseline"}})
+                );
             },
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "app"}}),
         );
+        let write = LabelWrite::Unmark {
+            ns: "app".into(),
+            keep: labels(&[(psa::ENFORCE, "baseline")]),
+        };
+        let (applied, ()) = tokio::join!(write_labels(&client, &write), server);
+        assert_eq!(applied.expect("unmarked").record, None);
+    }
+
+    #[tokio::test]
+    async fn a_release_reads_the_namespace_then_merge_patches_it_back_with_a_precondition() {
+        let (service, mut handle) = tower_test::mock::pair();
+        let client = Client::new(service, "default");
+        let record = Record {
+            profile: "p".into(),
+            labels: labels(&[(psa::ENFORCE, "baseline"), (psa::WARN, "restricted")]),
+            declared: None,
+            prior: [
+                (psa::ENFORCE.to_owned(), Some("restricted".to_owned())),
+                (psa::WARN.to_owned(), None),
+            ]
+            .into(),
+            ..Default::default()
+        };
+        let ours = json!({"manager": MANAGER, "operation": "Apply", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:metadata": {"f:labels": {format!("f:{}", psa::ENFORCE): {}, format!("f:{}", psa::WARN): {}}}}});
+        let creator = json!({"manager": "kubectl-create", "operation": "Update", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:metadata": {"f:labels": {"f:team": {}}}}});
+        let server = async {
+            serve_next(
+                &mut handle,
+                |req, _| {
+                    // A list by name: namespaces are listed and watched, never read one by one.
+                    assert_eq!(req.method(), http::Method::GET);
+                    assert_eq!(req.uri().path(), "/api/v1/namespaces");
+                    let query = req.uri().query().unwrap_or_default();
+                    assert!(query.contains("fieldSelector=metadata.name%3Dapp"), "{query}");
+                },
+                json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadataList",
+                       "metadata": {"resourceVersion": "7"},
+                       "items": [{"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata",
+                       "metadata": {"name": "app", "resourceVersion": "7",
+                                    "labels": {psa::ENFORCE: "baseline", psa::WARN: "restricted", "team": "x"},
+                                    "annotations": {ANNOTATION: record.encode()},
+                                    "managedFields": [creator, ours]}}]}),
+            )
+            .await;
+            serve_next(
+                &mut handle,
+                |req, body| {
+                    assert_eq!(req.method(), http::Method::PATCH);
+                    let query = req.uri().query().unwrap_or_default();
+                    assert!(query.contains("fieldManager=pss-operator"), "{query}");
+                    assert_eq!(
+                        req.headers()
+                            .get(http::header::CONTENT_TYPE)
+                            .map(|v| v.as_bytes()),
+                        Some(&b"application/merge-patch+json"[..])
+                    );
+                    assert_eq!(body["metadata"]["resourceVersion"], "7");
+                    assert_eq!(
+                        body["metadata"]["labels"],
+                        json!({psa::ENFORCE: "restricted", psa::WARN: null})
+                    );
+                    assert_eq!(body["metadata"]["annotations"], json!({ANNOTATION: null}));
+                    assert_eq!(
+                        body["metadata"]["managedFields"][0]["manager"],
+                        "kubectl-create"
+                    );
+                    assert_eq!(
+                        body["metadata"]["managedFields"].as_array().map(Vec::len),
+                        Some(1)
+                    );
+                },
+                json!({"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": "app", "resourceVersion": "8",
+                                    "labels": {psa::ENFORCE: "restricted", "team": "x"}}}),
+            )
+            .await;
+        };
         let write = LabelWrite::Release { ns: "app".into() };
-        let (applied, ()) = tokio::join!(apply_labels(&client, &write), server);
-        assert_eq!(applied.expect("released").resource_version, None);
+        let (applied, ()) = tokio::join!(write_labels(&client, &write), server);
+        let applied = applied.expect("released");
+        assert_eq!(applied.resource_version, Some(8));
+        assert_eq!(applied.record, None);
+        let done = applied.restore.expect("what it did");
+        assert_eq!(done.restored, labels(&[(psa::ENFORCE, "restricted")]));
+        assert_eq!(done.removed, [psa::WARN]);
     }
 
     fn release(ns: &str) -> QueuedWrite {
         QueuedWrite {
             write: LabelWrite::Release { ns: ns.into() },
             uid: None,
-            before: Labels::new(),
         }
     }
 
@@ -327,6 +508,8 @@ mod tests {
         let landed = |rv: u64| Applied {
             resource_version: Some(rv),
             labels: Labels::new(),
+            record: None,
+            restore: None,
         };
         // The store is older than our write: its watch event is still to come and will wake.
         store.apply_watcher_event(&at("7"));
