@@ -84,6 +84,9 @@ export KUBECONFIG
 say "cluster with a Ready node in $(($(date +%s) - t0))s"
 K=$PSS_CLUSTER_DIR/bin/kubectl
 kubectl() { "$K" --request-timeout=20s "$@"; }
+# `make deploy` / `undeploy` run `kubectl` from PATH when KUBECONFIG is set: the cluster's own
+# (v1.37.2), not whatever this machine has.
+export PATH="$PSS_CLUSTER_DIR/bin:$PATH"
 PSS_CLUSTER_DIR="$PSS_CLUSTER_DIR" "$SCRIPTS/node.sh" load "$IMAGE_ARCHIVE" "$IMG"
 CRICTL=("$PSS_CLUSTER_DIR/bin/crictl" --config "$PSS_CLUSTER_DIR/node/crictl.yaml")
 BUSYBOX=localhost/pss-busybox:latest

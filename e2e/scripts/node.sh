@@ -47,6 +47,8 @@ preflight() {
     command -v "$c" >/dev/null || missing+=("$c: apt-get install containerd runc")
   done
   for c in iptables ip; do command -v "$c" >/dev/null || missing+=("$c: apt-get install iptables iproute2"); done
+  command -v curl >/dev/null || missing+=("curl (the kubelet's healthz): apt-get install curl")
+  command -v go >/dev/null || missing+=("go (the pause image's source, from the Go module proxy): https://go.dev/doc/install")
   for c in bridge host-local loopback; do
     [[ -x "$CNI_BIN_DIR/$c" ]] || missing+=("CNI plugin $CNI_BIN_DIR/$c: apt-get install containernetworking-plugins")
   done
