@@ -256,8 +256,23 @@ async fn the_operator_reports_what_a_server_with_an_admission_configuration_enfo
             .map(String::as_str),
         Some("baseline")
     );
-    let p = profiles.get("adm-web").await?;
-    let status = p.status.ok_or_else(|| anyhow!("no status"))?;
+    // The status comes from the reporter, a moment after the pass the metrics show.
+    let status = eventually(
+        "the status of profile adm-web",
+        Duration::from_secs(60),
+        || {
+            let profiles = profiles.clone();
+            async move {
+                Ok(profiles
+                    .get("adm-web")
+                    .await?
+                    .status
+                    .filter(|s| s.kubernetes_version.is_some() && s.matched_namespaces == 1))
+            }
+        },
+    )
+    .await
+    .with_context(|| format!("operator log:\n{}", log_tail()))?;
     assert_eq!(status.pending_namespaces, 0);
     let info = client.apiserver_version().await?;
     assert_eq!(
