@@ -212,16 +212,31 @@ wait_for() {
   done
 }
 
-start etcd "$CLUSTER_DIR/bin/etcd" \
-  --name=pss-local \
-  --data-dir="$CLUSTER_DIR/etcd" \
-  --listen-client-urls="http://127.0.0.1:$etcd_port" \
-  --advertise-client-urls="http://127.0.0.1:$etcd_port" \
-  --listen-peer-urls=http://127.0.0.1:0 \
-  --unsafe-no-fsync=true \
-  --log-level=warn
-wait_for "etcd on 127.0.0.1:$etcd_port" etcd -- \
-  bash -c "exec 3<>/dev/tcp/127.0.0.1/$etcd_port"
+start_etcd() {
+  start etcd "$CLUSTER_DIR/bin/etcd" \
+    --name=pss-local \
+    --data-dir="$CLUSTER_DIR/etcd" \
+    --listen-client-urls="http://127.0.0.1:$etcd_port" \
+    --advertise-client-urls="http://127.0.0.1:$etcd_port" \
+    --listen-peer-urls=http://127.0.0.1:0 \
+    --unsafe-no-fsync=true \
+    --log-level=warn
+}
+# etcd has been seen to exit at once, with nothing in its log, on a loaded machine (about one start
+# in fifty here): a start that dies before it listens is retried, twice, on a new port and an empty
+# data folder; anything else still fails at once.
+for attempt in 1 2 3; do
+  start_etcd
+  if (wait_for "etcd on 127.0.0.1:$etcd_port" etcd -- bash -c "exec 3<>/dev/tcp/127.0.0.1/$etcd_port"); then
+    break
+  fi
+  ((attempt < 3)) || die "etcd did not start in 3 attempts (log: $CLUSTER_DIR/logs/etcd.log)"
+  log "etcd exited before listening (attempt $attempt; its log: $(tr '\n' ' ' <"$CLUSTER_DIR/logs/etcd.log" | cut -c1-300)); retrying on a new port"
+  kill "$(component_pid etcd)" 2>/dev/null || true
+  rm -rf "$CLUSTER_DIR/etcd"
+  etcd_port=$(free_port)
+  taken+="$etcd_port "
+done
 
 read -r -a apiserver_extra <<<"${PSS_APISERVER_EXTRA_ARGS:-}"
 bind_address=127.0.0.1
