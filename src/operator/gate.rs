@@ -46,6 +46,13 @@ pub fn is_write(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
+/// Reviews are POSTs that store nothing: every replica, leader or not, asks them to serve
+/// `/metrics` to authorized readers (TokenReview, SubjectAccessReview).
+fn is_review(path: &str) -> bool {
+    path == "/apis/authentication.k8s.io/v1/tokenreviews"
+        || path == "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+}
+
 /// Refuses writes while the fence does (see the module documentation).
 #[derive(Clone)]
 pub struct WriteGateLayer {
@@ -91,7 +98,8 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let gated = is_write(req.method()).then(|| self.fence.clone());
+        let gated =
+            (is_write(req.method()) && !is_review(req.uri().path())).then(|| self.fence.clone());
         let refused = |r: Refusal| Box::new(Refused(r)) as BoxError;
         if let Some(fence) = &gated
             && let Err(r) = fence.admit()
@@ -239,6 +247,15 @@ mod tests {
                 .body(kube::client::Body::from(body.as_bytes().to_vec()))
                 .expect("response"),
         );
+    }
+
+    #[test]
+    fn reviews_store_nothing_and_pass_before_the_lease_is_confirmed() {
+        assert!(is_review("/apis/authentication.k8s.io/v1/tokenreviews"));
+        assert!(is_review(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews"
+        ));
+        assert!(!is_review("/api/v1/namespaces/app"));
     }
 
     #[tokio::test]
