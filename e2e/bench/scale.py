@@ -297,6 +297,12 @@ def http_get(port, path, timeout=30):
         c.close()
 
 
+def rfc3339(ts):
+    """Seconds since the epoch of an RFC 3339 UTC timestamp (audit log: microseconds, Z)."""
+    base, _, frac = ts.rstrip("Z").partition(".")
+    return calendar.timegm(time.strptime(base, "%Y-%m-%dT%H:%M:%S")) + (float("0." + frac) if frac else 0.0)
+
+
 class Audit:
     """The operator's requests, from the apiserver audit log (only its ServiceAccount is logged)."""
 
@@ -311,6 +317,7 @@ class Audit:
 
     def count(self, start, end=None):
         seen = {}
+        last_ns_write = 0.0
         if not os.path.exists(self.path):
             return {"total": 0, "writes": 0, "by_verb_resource": {}}
         with open(self.path, "rb") as f:
@@ -326,11 +333,16 @@ class Audit:
             ref = e.get("objectRef") or {}
             res = ref.get("resource", "?") + ("/" + ref["subresource"] if ref.get("subresource") else "")
             seen[e["auditID"]] = (e["verb"], res)
+            if res == "namespaces" and e["verb"] in WRITE_VERBS and e.get("stageTimestamp"):
+                last_ns_write = max(last_ns_write, rfc3339(e["stageTimestamp"]))
         by = {}
         for verb, res in seen.values():
             by[f"{verb} {res}"] = by.get(f"{verb} {res}", 0) + 1
         writes = sum(n for k, n in by.items() if k.split()[0] in WRITE_VERBS)
-        return {"total": len(seen), "writes": writes, "by_verb_resource": dict(sorted(by.items()))}
+        out = {"total": len(seen), "writes": writes, "by_verb_resource": dict(sorted(by.items()))}
+        if last_ns_write:
+            out["last_namespace_write"] = last_ns_write
+        return out
 
 
 # ---- metrics parsing ------------------------------------------------------------------------------
@@ -365,7 +377,10 @@ class Bench:
             f.write("apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n"
                     f"- level: Metadata\n  users: [\"{SA_USER}\"]\n- level: None\n")
         self.audit_path = os.path.join(os.path.dirname(self.dir.rstrip("/")), os.path.basename(self.dir) + "-audit.log")
+        # kube-controller-manager's default client QPS (20) takes ~10 minutes to create the default
+        # ServiceAccounts of 10,000 namespaces and the ReplicaSets of 15,000 Deployments.
         env = dict(os.environ, PSS_CLUSTER_DIR=self.dir,
+                   PSS_KCM_EXTRA_ARGS="--kube-api-qps=500 --kube-api-burst=1000",
                    PSS_APISERVER_EXTRA_ARGS=f"--audit-policy-file={policy} --audit-log-path={self.audit_path} "
                                             "--audit-log-maxsize=0")
         out = subprocess.run([os.path.join(ROOT, "e2e/scripts/cluster-up.sh")], env=env, check=True,
@@ -531,7 +546,8 @@ class Bench:
         t0 = time.time()
         self.op = subprocess.Popen([self.a.operator, "run", "--metrics-secure=false",
                                     "--metrics-addr", f"127.0.0.1:{self.metrics_port}",
-                                    "--log-format", "json", "--operator-namespace", "pss-system"],
+                                    "--log-format", "json", "--operator-namespace", "pss-system",
+                                    *self.a.operator_args.split()],
                                    env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         log(f"operator pid {self.op.pid}, metrics :{self.metrics_port}, log {self.oplog}")
         return t0
@@ -560,6 +576,26 @@ class Bench:
                     return t + float("0." + frac), e["fields"]
         return None, None
 
+    def scrape_sizes(self):
+        """One scrape as Prometheus asks for it (gzip) and one plain: bytes, series, time."""
+        out = {}
+        for enc in ("gzip", "identity"):
+            c = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=30)
+            try:
+                t = time.time()
+                c.request("GET", "/metrics", headers={"Accept-Encoding": enc})
+                r = c.getresponse()
+                body = r.read()
+                dt = time.time() - t
+                gz = r.getheader("Content-Encoding") == "gzip"
+            finally:
+                c.close()
+            text = (zlib.decompress(body, 16 + zlib.MAX_WBITS) if gz else body).decode()
+            out[f"scrape_{enc}"] = {"ms": round(1000 * dt, 1), "bytes": len(body), "gzip": gz,
+                                    "text_bytes": len(text),
+                                    "series": sum(1 for l in text.splitlines() if l and not l.startswith("#"))}
+        return out
+
     def metrics_text(self):
         status, data = http_get(self.metrics_port, "/metrics")
         return data.decode() if status == 200 else ""
@@ -576,7 +612,21 @@ class Bench:
                     got[(p["metadata"]["name"], mode)] = st[mode].get("violatingPods", 0)
         return all(got.get(k, 0) == v for k, v in exp["violating"].items())
 
+    def apiserver_pid(self):
+        with open(os.path.join(self.dir, "pids", "kube-apiserver.pid")) as f:
+            return int(f.read().split()[0])
+
     def measure_start(self, kubeconfig, exp):
+        # kube-apiserver's peak RSS from here on (writing 5 to clear_refs resets VmHWM): what the
+        # operator's initial lists cost the server.
+        api_pid = self.apiserver_pid()
+        api_before = proc_stats(api_pid)
+        try:
+            with open(f"/proc/{api_pid}/clear_refs", "w") as f:
+                f.write("5")
+            api_hwm_reset = True
+        except OSError:
+            api_hwm_reset = False
         a0 = self.audit.size()
         t0 = self.start_operator(kubeconfig)
         metrics_done = status_done = None
@@ -605,6 +655,15 @@ class Bench:
             raise RuntimeError(f"status/metrics incomplete after {self.a.start_timeout}s; see {self.oplog}")
         time.sleep(2)  # let the pass that wrote the status finish its requests
         st = proc_stats(self.op.pid)
+        api_st = proc_stats(api_pid)
+        if self.a.strip_labels:
+            # Every stripped namespace labelled again: the last namespace write of the start, once
+            # the operator's requests have gone quiet.
+            quiet_since, size, deadline = time.time(), self.audit.size(), time.time() + 300
+            while time.time() - quiet_since < 5 and time.time() < deadline:
+                time.sleep(0.5)
+                if self.audit.size() != size:
+                    quiet_since, size = time.time(), self.audit.size()
         lists = {}
         for what in ("namespaces", "podsecurityprofiles"):
             t, _ = self.log_time(f"list of {what} complete")
@@ -616,6 +675,8 @@ class Bench:
         if t_lists is None:
             raise RuntimeError(f"no 'list of ... complete' lines in {self.oplog} (an older operator?)")
         done = max(metrics_done, status_done)
+        audit = self.audit.count(a0)
+        last_ns_write = audit.pop("last_namespace_write", None)
         r = {
             "load": loadavg(),
             "initial_lists_done_s": round(t_lists - t0, 2),
@@ -630,8 +691,13 @@ class Bench:
             "peak_rss_mb": round(st["hwm_mb"], 1),
             "rss_mb": round(st["rss_mb"], 1),
             "cpu_s": round(st["cpu_s"], 2),
-            "api_requests": self.audit.count(a0),
+            "api_requests": audit,
+            "apiserver_rss_before_mb": round(api_before["rss_mb"], 1),
+            "apiserver_peak_rss_mb": round(api_st["hwm_mb"], 1) if api_hwm_reset else None,
         }
+        if self.a.strip_labels and last_ns_write:
+            r["all_labelled_after_lists_s"] = round(last_ns_write - t_lists, 2)
+        r.update(self.scrape_sizes())
         log(f"start: {json.dumps(r)}")
         return r
 
@@ -816,6 +882,8 @@ def main():
     p.add_argument("--workloads", type=int, default=0,
                    help="Pod-template workloads (Deployments with their ReplicaSets, CronJobs, StatefulSets, "
                         "Jobs, DaemonSets) that run no Pod, spread over the namespaces")
+    p.add_argument("--operator-args", default="", help="extra `pss-operator run` flags, split on spaces "
+                   "(e.g. --initial-lists paginated)")
     p.add_argument("--setup-only", action="store_true", help="create the cluster and objects, measure nothing")
     p.add_argument("--out", help="write the JSON summary here too")
     p.add_argument("--down", action="store_true", help="stop the control plane at the end")

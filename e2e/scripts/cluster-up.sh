@@ -15,6 +15,8 @@
 #   PSS_CLUSTER_TIMEOUT    seconds to wait for each readiness step (default 180)
 #   PSS_APISERVER_EXTRA_ARGS  extra kube-apiserver flags, split on spaces (e2e/bench/scale.py passes
 #                          an audit policy to count the operator's requests)
+#   PSS_KCM_EXTRA_ARGS     extra kube-controller-manager flags, split on spaces (scale.py raises its
+#                          client QPS so 10,000 namespaces get their ServiceAccounts in seconds)
 #   PSS_NODE=1             also a real node (node.sh: containerd + runc, kubelet, kube-scheduler,
 #                          CNI bridge); needs root, checked first. The API server then listens on
 #                          every address (Pods reach it through the bridge).
@@ -239,6 +241,7 @@ for attempt in 1 2 3; do
 done
 
 read -r -a apiserver_extra <<<"${PSS_APISERVER_EXTRA_ARGS:-}"
+read -r -a kcm_extra <<<"${PSS_KCM_EXTRA_ARGS:-}"
 bind_address=127.0.0.1
 [[ "$NODE" == 1 ]] && bind_address=0.0.0.0
 start kube-apiserver "$CLUSTER_DIR/bin/kube-apiserver" \
@@ -277,7 +280,8 @@ start kube-controller-manager "$CLUSTER_DIR/bin/kube-controller-manager" \
   --controllers='*' \
   --leader-elect=false \
   --bind-address=127.0.0.1 \
-  --secure-port=0
+  --secure-port=0 \
+  "${kcm_extra[@]}"
 log "waiting for namespace default and ServiceAccount default/default"
 wait_for "namespace default" etcd kube-apiserver kube-controller-manager -- kubectl_admin get namespace default
 wait_for "ServiceAccount default/default (created by kube-controller-manager)" \

@@ -11,7 +11,7 @@ use clap::{Args, ValueEnum};
 use kube::client::ClientBuilder;
 use tracing::{error, info, warn};
 
-use crate::operator::controller::{self, Config};
+use crate::operator::controller::{self, Config, InitialLists};
 use crate::operator::desired::Exclusions;
 use crate::operator::error::Error;
 use crate::operator::fence::Fence;
@@ -26,6 +26,13 @@ use crate::pss::AdmissionConfig;
 pub const DEFAULT_HEALTH_ADDR: &str = "0.0.0.0:8081";
 /// The metrics Service of `config/manager`: a name the self-signed certificate carries.
 pub const METRICS_SERVICE: &str = "pss-operator-metrics";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InitialListsArg {
+    Auto,
+    Streaming,
+    Paginated,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -90,6 +97,12 @@ pub struct RunArgs {
     /// Run leader election on a coordination.k8s.io Lease: of several replicas exactly one writes.
     #[arg(long)]
     pub leader_elect: bool,
+
+    /// How the watches fetch their initial lists: `streaming` (WatchList: sendInitialEvents,
+    /// served from the API server's watch cache), `paginated` (LIST in pages of 500), or `auto`:
+    /// streaming where the server supports it (asked once at start), else paginated.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub initial_lists: InitialListsArg,
 
     /// Name of the leader election Lease (in --operator-namespace, else `default`).
     #[arg(long, default_value = "pss-operator-leader")]
@@ -285,6 +298,11 @@ async fn operate(args: RunArgs) -> Result<()> {
         admission,
         identity: identity.clone(),
         fence,
+        initial_lists: match args.initial_lists {
+            InitialListsArg::Auto => InitialLists::Auto,
+            InitialListsArg::Streaming => InitialLists::Streaming,
+            InitialListsArg::Paginated => InitialLists::Paginated,
+        },
     };
 
     let server = server::serve(serving, metrics.clone(), ready.clone(), client.clone());

@@ -15,6 +15,7 @@ use kube::runtime::reflector::{self, Store};
 use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
+use super::lists::{self, InitialLists};
 use crate::operator::backoff::Backoff;
 use crate::operator::crd::PodSecurityProfile;
 use crate::operator::desired::{Exclusions, Labels, NamespacePlan, ProfileView};
@@ -39,6 +40,9 @@ pub struct Config {
     pub identity: String,
     /// Whether writes may go out (see [`Fence`]); the same fence the client's write gate asks.
     pub fence: Arc<Fence>,
+    /// Streamed or paginated initial lists (`--initial-lists`); `Auto` is resolved before the
+    /// watches start ([`super::lists::resolve`]).
+    pub initial_lists: InitialLists,
 }
 
 pub(super) struct Context {
@@ -82,6 +86,11 @@ pub(super) struct Receivers {
 }
 
 impl Context {
+    /// The watcher configuration every watch starts from.
+    pub fn watcher_config(&self) -> kube::runtime::watcher::Config {
+        lists::base(self.config.initial_lists == InitialLists::Streaming)
+    }
+
     pub fn new(
         client: Client,
         config: Config,

@@ -26,6 +26,7 @@ mod events;
 mod finalizer;
 #[cfg(test)]
 mod fixtures;
+mod lists;
 mod pass;
 mod reporter;
 mod version;
@@ -42,6 +43,7 @@ use tracing::warn;
 
 pub use crate::operator::MANAGER;
 pub use context::Config;
+pub use lists::InitialLists;
 
 use crate::operator::crd::PodSecurityProfile;
 use crate::operator::error::{Error, Result};
@@ -56,7 +58,7 @@ use context::Context;
 /// dropped. `ready` turns true after the first complete pass.
 pub async fn run(
     client: Client,
-    config: Config,
+    mut config: Config,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
 ) -> Result<()> {
@@ -71,6 +73,10 @@ pub async fn run(
 
     // Every verdict depends on what `latest` means on this server.
     let kube = version::first(&client).await;
+    config.initial_lists = match lists::resolve(&client, config.initial_lists).await {
+        true => InitialLists::Streaming,
+        false => InitialLists::Paginated,
+    };
     let (profiles, profiles_writer) = reflector::store();
     let (namespaces, namespaces_writer) = reflector::store();
     let (ctx, receivers) = Context::new(client, config, metrics, ready, profiles, namespaces);

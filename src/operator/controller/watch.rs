@@ -31,7 +31,7 @@ pub(super) async fn profiles(
 ) {
     watcher(
         Api::<DeserializeGuard<PodSecurityProfile>>::all(ctx.client.clone()),
-        watcher::Config::default(),
+        ctx.watcher_config(),
     )
     .default_backoff()
     .modify(|p: &mut DeserializeGuard<PodSecurityProfile>| p.managed_fields_mut().clear())
@@ -54,7 +54,7 @@ pub(super) async fn profiles(
 pub(super) async fn namespaces(ctx: Arc<Context>, store: Writer<PartialObjectMeta<Namespace>>) {
     watcher(
         Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone()),
-        watcher::Config::default(),
+        ctx.watcher_config(),
     )
     .default_backoff()
     .modify(|n: &mut PartialObjectMeta<Namespace>| {
@@ -114,9 +114,7 @@ fn note<K>(
 pub(super) async fn pods(ctx: Arc<Context>) {
     let events = watcher(
         Api::<DeserializeGuard<WatchedPod>>::all(ctx.client.clone()),
-        // Paginated LIST (not `streaming_lists()`): WatchList is refused by API servers older
-        // than 1.34 or with the gate off, and the seed's cluster was 1.31.
-        watcher::Config::default(),
+        ctx.watcher_config(),
     )
     .default_backoff();
     feed_pods(&ctx, events).await
@@ -240,7 +238,7 @@ where
     let kind = W::KIND;
     let events = watcher(
         Api::<DeserializeGuard<W>>::all(ctx.client.clone()),
-        watcher::Config::default(),
+        ctx.watcher_config(),
     )
     .default_backoff();
     let mut initial = Vec::new();
@@ -338,7 +336,7 @@ where
 pub(super) async fn refusals(ctx: Arc<Context>) {
     let events = watcher(
         Api::<CoreEvent>::all(ctx.client.clone()),
-        watcher::Config::default().fields("reason=FailedCreate"),
+        ctx.watcher_config().fields("reason=FailedCreate"),
     )
     .default_backoff();
     let mut initial = Vec::new();

@@ -67,11 +67,80 @@ pub fn secure_metrics_router<R: Reviewer>(metrics: Arc<Metrics>, gate: Arc<Gate<
         .route_layer(middleware::from_fn_with_state(gate, require_reader::<R>))
 }
 
-async fn metrics_handler(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        metrics.render(),
+/// The exposition, gzip-compressed when the scraper accepts it (Prometheus does: at 10,000
+/// namespaces the text is ~10 MB, gzip ~20x smaller). Rendered and compressed on a blocking
+/// thread: tens of milliseconds at that size.
+async fn metrics_handler(
+    State(metrics): State<Arc<Metrics>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let gzip = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(accepts_gzip);
+    let rendered = tokio::task::spawn_blocking(move || {
+        let text = metrics.render();
+        if gzip {
+            gzipped(text.as_bytes())
+        } else {
+            Ok(text.into_bytes())
+        }
+    })
+    .await;
+    let body = match rendered {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "/metrics: compressing the exposition (500)");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "/metrics: rendering the exposition (500)");
+            return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+        }
+    };
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
+            (header::VARY, "Accept-Encoding"),
+        ],
+        body,
     )
+        .into_response();
+    if gzip {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
+    response
+}
+
+/// Whether one `Accept-Encoding` header value accepts gzip (`gzip`, `x-gzip` or `*`, with a
+/// non-zero quality), as RFC 9110 section 12.5.3 reads it.
+fn accepts_gzip(value: &str) -> bool {
+    value.split(',').any(|coding| {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let accepted = parts
+            .filter_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+            .all(|q| q.parse::<f32>().is_ok_and(|q| q > 0.0));
+        accepted
+            && ["gzip", "x-gzip", "*"]
+                .iter()
+                .any(|c| name.eq_ignore_ascii_case(c))
+    })
+}
+
+/// `text` gzip-compressed at the fastest level: most of a scrape's cost is the compression, and
+/// level 1 already shrinks the exposition's repetitive lines ~20x.
+fn gzipped(text: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut encoder = flate2::write::GzEncoder::new(
+        Vec::with_capacity(text.len() / 8),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(text)?;
+    encoder.finish()
 }
 
 async fn ready_handler(State(ready): State<Arc<AtomicBool>>) -> impl IntoResponse {

@@ -277,3 +277,75 @@ fn secure_mode_needs_its_own_health_port_and_a_readable_certificate() {
         .is_ok()
     );
 }
+
+#[test]
+fn gzip_is_accepted_as_rfc_9110_reads_accept_encoding() {
+    for yes in [
+        "gzip",
+        "GZIP",
+        "x-gzip",
+        "*",
+        "identity, gzip;q=0.5",
+        "br;q=1.0, gzip;q=0.8, *;q=0.1",
+        "gzip ; q=1",
+    ] {
+        assert!(accepts_gzip(yes), "{yes}");
+    }
+    for no in [
+        "",
+        "identity",
+        "br, deflate",
+        "gzip;q=0",
+        "gzip;q=0.0",
+        "gzipped",
+        "*;q=0",
+    ] {
+        assert!(!accepts_gzip(no), "{no}");
+    }
+}
+
+/// The raw response (head and body bytes) of one plain GET with extra header lines.
+async fn plain_get_raw(addr: SocketAddr, path: &str, headers: &str) -> (String, Vec<u8>) {
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    let req =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n{headers}Connection: close\r\n\r\n");
+    tcp.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.expect("read");
+    let at = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("end of head");
+    let head = String::from_utf8_lossy(&raw[..at]).to_ascii_lowercase();
+    (head, raw[at + 4..].to_vec())
+}
+
+#[tokio::test]
+async fn metrics_are_gzipped_for_scrapers_that_ask_and_decode_to_the_same_text() {
+    use std::io::Read as _;
+    let metrics = some_metrics();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(serve_plain(
+        listener,
+        router(metrics.clone(), Arc::default()),
+    ));
+
+    // Prometheus' own header.
+    let prometheus = "Accept-Encoding: gzip\r\n";
+    let (head, body) = plain_get_raw(addr, "/metrics", prometheus).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("vary: accept-encoding"), "{head}");
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_string(&mut text)
+        .expect("a gzip body");
+    assert_eq!(text, metrics.render());
+
+    let (head, body) = plain_get_raw(addr, "/metrics", "").await;
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert_eq!(String::from_utf8(body).expect("utf-8"), metrics.render());
+    let (head, _) = plain_get_raw(addr, "/metrics", "Accept-Encoding: gzip;q=0\r\n").await;
+    assert!(!head.contains("content-encoding"), "{head}");
+}
