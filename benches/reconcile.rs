@@ -6,7 +6,7 @@
 //!
 //! Run: `cargo bench --bench reconcile [-- --pods N --namespaces N --rounds N]`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::core::DeserializeGuard;
 use pss_operator::operator::crd::PodSecurityProfile;
-use pss_operator::operator::desired::{Exclusions, Labels, NamespaceView, ProfileView, plan};
+use pss_operator::operator::desired::{
+    Exclusions, Labels, LabelsByNamespace, NamespaceView, ProfileView, plan,
+};
 use pss_operator::operator::index::PodIndex;
 use pss_operator::operator::labels::{Cluster, governs, plan_writes};
 use pss_operator::operator::ledger::Ledger;
@@ -144,9 +146,9 @@ fn main() {
     let shared: Vec<Arc<PodSecurityProfile>> = profiles.iter().cloned().map(Arc::new).collect();
     let owned = HashMap::new();
     // The namespaces as listed (their tier labels, no PSA labels): every governed one gets a write.
-    let bare: BTreeMap<String, Labels> = namespaces
+    let bare: LabelsByNamespace = namespaces
         .iter()
-        .map(|n| (n.name.clone(), n.labels.clone()))
+        .map(|n| (n.name.clone(), Arc::new(n.labels.clone())))
         .collect();
 
     let mut plan_t = Duration::ZERO;
@@ -173,9 +175,9 @@ fn main() {
         }
         policy_t += t.elapsed();
         // As converged: the labels as desired.
-        let labels: BTreeMap<String, Labels> = plans
+        let labels: LabelsByNamespace = plans
             .values()
-            .map(|p| (p.name.clone(), p.desired.clone()))
+            .map(|p| (p.name.clone(), Arc::new(p.desired.clone())))
             .collect();
         // Each governed namespace carries the ledger record the operator wrote with its labels.
         let records: HashMap<String, Record> = plans

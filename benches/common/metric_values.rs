@@ -9,7 +9,7 @@ const MODES: [&str; 3] = ["enforce", "audit", "warn"];
 pub fn values(namespaces: usize) -> MetricValues {
     let mut m = MetricValues::default();
     for i in 0..namespaces {
-        let ns = format!("bench-{i:04}");
+        let ns: std::sync::Arc<str> = format!("bench-{i:04}").into();
         let (profile, levels, selected) = match i % 10 {
             0..=4 => ("web", ["baseline", "restricted", "restricted"], true),
             5..=7 => ("batch", ["privileged", "baseline", "restricted"], true),

@@ -698,6 +698,9 @@ class Bench:
         if self.a.strip_labels and last_ns_write:
             r["all_labelled_after_lists_s"] = round(last_ns_write - t_lists, 2)
         r.update(self.scrape_sizes())
+        profiles = self.admin.json("GET", "/apis/pss-operator.io/v1alpha1/podsecurityprofiles")["items"]
+        r["status_bytes"] = {p["metadata"]["name"]: len(json.dumps(p.get("status") or {}, separators=(",", ":")))
+                             for p in profiles}
         log(f"start: {json.dumps(r)}")
         return r
 

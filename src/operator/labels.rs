@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 
 use super::MANAGER;
 use super::crd::PodSecurityProfile;
-use super::desired::{Exclusions, LabelChange, Labels, NamespacePlan, label_changes};
+use super::desired::{
+    Exclusions, LabelChange, Labels, LabelsByNamespace, NamespacePlan, Plans, label_changes,
+};
 use super::ledger::Ledger;
 use super::record::{ANNOTATION, Record};
 use crate::pss::level::labels::PREFIX as PSA_PREFIX;
@@ -73,9 +75,9 @@ impl Owned {
 
 /// What the label rules read of one pass.
 pub struct Cluster<'a> {
-    pub plans: &'a BTreeMap<String, NamespacePlan>,
+    pub plans: &'a Plans,
     /// The namespaces' labels as observed.
-    pub labels: &'a BTreeMap<String, Labels>,
+    pub labels: &'a LabelsByNamespace,
     /// What our field manager owns, per namespace (see [`owned`]).
     pub owned: &'a HashMap<String, Owned>,
     /// The readable ledger records on the namespaces (see [`super::record`]).
@@ -106,7 +108,7 @@ pub fn plan_writes(
         released.extend(release_targets(p, cluster));
     }
     for plan in cluster.plans.values().filter(|p| !skip(&p.name)) {
-        let found = cluster.labels.get(&plan.name).unwrap_or(&empty);
+        let found = cluster.labels.get(&plan.name).map_or(&empty, |l| &**l);
         let owned = cluster.owned.get(&plan.name).unwrap_or(&nothing);
         if !governs(plan) {
             if owned.record && !plan.excluded && !released.contains(plan.name.as_str()) {
@@ -327,7 +329,7 @@ pub fn restore(meta: &ObjectMeta) -> Restore {
 mod tests {
     use super::*;
     use crate::operator::crd::{DeletionPolicy, Rollout};
-    use crate::operator::desired::{NamespaceView, ProfileView, plan};
+    use crate::operator::desired::{NamespaceView, ProfileView, plan, shared_labels};
     use crate::operator::testing::profile;
     use crate::pss::Admission;
     use crate::pss::level::labels as psa;
@@ -338,10 +340,7 @@ mod tests {
         Arc::new(if deleting { p.deleting() } else { p }.build())
     }
 
-    fn plans_for(
-        profiles: &[Arc<PodSecurityProfile>],
-        ns: &[(&str, Labels)],
-    ) -> BTreeMap<String, NamespacePlan> {
+    fn plans_for(profiles: &[Arc<PodSecurityProfile>], ns: &[(&str, Labels)]) -> Plans {
         let views: Vec<ProfileView> = profiles
             .iter()
             .filter(|p| !p.deleting())
@@ -391,7 +390,7 @@ mod tests {
             }
         }
 
-        fn plans(&self) -> BTreeMap<String, NamespacePlan> {
+        fn plans(&self) -> Plans {
             let ns: Vec<(&str, Labels)> = self
                 .labels
                 .iter()
@@ -408,9 +407,10 @@ mod tests {
                     ledger.adopt(&plan.name, r);
                 }
             }
+            let labels = shared_labels(&self.labels);
             let cluster = Cluster {
                 plans: &plans,
-                labels: &self.labels,
+                labels: &labels,
                 owned: &self.owned,
                 records: &self.records,
                 profiles: &self.profiles,
@@ -628,13 +628,11 @@ mod tests {
         let mut ledger = Ledger::default();
         let profiles = vec![Arc::new(p)];
         // Audit and warn already at the target, enforce held.
-        let labels: BTreeMap<String, Labels> =
-            [("app".to_owned(), blocked["app"].desired.clone())].into();
+        let labels: LabelsByNamespace =
+            [("app".to_owned(), Arc::new(blocked["app"].desired.clone()))].into();
         let owned = HashMap::new();
         let mut records = HashMap::new();
-        let cluster = |plans: &BTreeMap<String, NamespacePlan>,
-                       records: &HashMap<String, Record>,
-                       ledger: &mut Ledger| {
+        let cluster = |plans: &Plans, records: &HashMap<String, Record>, ledger: &mut Ledger| {
             plan_writes(
                 ledger,
                 &Cluster {
@@ -767,13 +765,13 @@ mod tests {
         let records = HashMap::new();
         let excl = Exclusions::new(Exclusions::DEFAULT);
         let writes_of = |profiles: &[Arc<PodSecurityProfile>],
-                         plans: &BTreeMap<String, NamespacePlan>,
+                         plans: &Plans,
                          owned: &HashMap<String, Owned>| {
             plan_writes(
                 &mut Ledger::default(),
                 &Cluster {
                     plans,
-                    labels: &observed,
+                    labels: &shared_labels(&observed),
                     owned,
                     records: &records,
                     profiles,

@@ -371,7 +371,7 @@ mod tests {
             &Admission::default(),
             &|_, _| blocking.clone(),
         );
-        plans["app"].clone()
+        (*plans["app"]).clone()
     }
 
     #[test]
@@ -451,7 +451,7 @@ mod tests {
             &Admission::default(),
             &|_, _| Vec::new(),
         );
-        plans["app"].clone()
+        (*plans["app"]).clone()
     }
 
     fn profile_enforcing(name: &str, level: &str) -> crate::operator::crd::PodSecurityProfile {

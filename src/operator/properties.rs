@@ -8,7 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use proptest::prelude::*;
 
 use super::crd::{PodSecurityProfile, ProfileMode, Rollout};
-use super::desired::{Exclusions, Labels, NamespaceView, ProfileView, plan};
+use super::desired::{Exclusions, Labels, LabelsByNamespace, NamespaceView, ProfileView, plan};
 use super::index::PodIndex;
 use super::index::tests::{FakePod, mk_pod};
 use super::metrics::MetricValues;
@@ -17,6 +17,7 @@ use super::testing::profile;
 use super::workloads::TemplateIndex;
 use crate::pss::level::labels as psa;
 use crate::pss::{Admission, Level, Mode};
+use std::sync::Arc;
 
 const TEAMS: [&str; 3] = ["a", "b", "c"];
 const LEVELS: [&str; 3] = ["privileged", "baseline", "restricted"];
@@ -187,8 +188,8 @@ proptest! {
             }
         }
 
-        let labels: BTreeMap<String, Labels> =
-            namespaces.iter().map(|n| (n.name.clone(), n.labels.clone())).collect();
+        let labels: LabelsByNamespace =
+            namespaces.iter().map(|n| (n.name.clone(), Arc::new(n.labels.clone()))).collect();
         let drift = HashMap::new();
         let errors = BTreeMap::new();
         let templates = TemplateIndex::default();
@@ -215,7 +216,7 @@ proptest! {
                     .violating_pods
                     .iter()
                     .chain(&metrics.would_violate_pods)
-                    .filter(|(l, _)| governed.contains(&&l[0]) && l[2] == mode.as_str())
+                    .filter(|(l, _)| governed.iter().any(|g| **g == *l[0]) && &*l[2] == mode.as_str())
                     .map(|(_, n)| *n)
                     .sum();
                 prop_assert_eq!(mode_status.violating_pods, from_metrics);

@@ -1,7 +1,7 @@
 //! What the controller's tasks share: the configuration, the stores the watches fill, the Pod
 //! index, the state behind one mutex, and the messages between the tasks.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, watch};
 use super::lists::{self, InitialLists};
 use crate::operator::backoff::Backoff;
 use crate::operator::crd::PodSecurityProfile;
-use crate::operator::desired::{Exclusions, Labels, NamespacePlan, ProfileView};
+use crate::operator::desired::{Exclusions, Labels, LabelsByNamespace, Plans, ProfileView};
 use crate::operator::fence::Fence;
 use crate::operator::index::PodIndex;
 use crate::operator::labels::LabelWrite;
@@ -246,10 +246,10 @@ pub(super) struct Picture {
     pub profiles: Vec<Arc<PodSecurityProfile>>,
     pub views: HashMap<String, Result<ProfileView, String>>,
     pub unreadable: Vec<InvalidObject>,
-    pub plans: BTreeMap<String, NamespacePlan>,
+    pub plans: Plans,
     /// The namespaces' labels: the store's, or what our last write returned while the store
     /// has not shown it yet, or what a drift repair in flight restores.
-    pub observed: BTreeMap<String, Labels>,
+    pub observed: LabelsByNamespace,
 }
 
 /// Resource versions are opaque to clients in general, but kube-apiserver's are etcd revisions:

@@ -2,7 +2,7 @@
 //! change, or every `RESYNC`), queues the label writes that differ (see [`plan_writes`]) without
 //! waiting for them, and hands its picture to the reporter.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -18,7 +18,9 @@ use super::events;
 use super::finalizer;
 use crate::operator::backoff::Backoff;
 use crate::operator::crd::PodSecurityProfile;
-use crate::operator::desired::{Labels, NamespacePlan, NamespaceView, ProfileView, plan_namespace};
+use crate::operator::desired::{
+    LabelsByNamespace, NamespacePlan, NamespaceView, Plans, ProfileView, plan_namespace,
+};
 use crate::operator::index::PodIndex;
 use crate::operator::labels::{Cluster, LabelWrite, Owned, governs, owned, plan_writes};
 use crate::operator::pods::SlimPod;
@@ -75,10 +77,10 @@ struct PlanCache {
     profiles: Vec<ProfileKey>,
     /// When every namespace was last re-planned.
     last_full: Option<Instant>,
-    plans: BTreeMap<String, NamespacePlan>,
+    plans: Plans,
     /// The namespaces' labels: the store's, or what our last write returned while the store
     /// has not shown it yet.
-    labels: BTreeMap<String, Labels>,
+    labels: LabelsByNamespace,
     /// The PSA labels and record our field manager owns, per namespace (from managedFields).
     owned: HashMap<String, Owned>,
     /// The readable ledger records on the namespaces (the store's, or our last write's).
@@ -92,8 +94,12 @@ impl PlanCache {
         names: Option<&'a HashSet<String>>,
     ) -> Box<dyn Iterator<Item = &'a NamespacePlan> + Send + 'a> {
         match names {
-            Some(names) => Box::new(names.iter().filter_map(|ns| self.plans.get(ns))),
-            None => Box::new(self.plans.values()),
+            Some(names) => Box::new(
+                names
+                    .iter()
+                    .filter_map(|ns| self.plans.get(ns).map(|p| &**p)),
+            ),
+            None => Box::new(self.plans.values().map(|p| &**p)),
         }
     }
 
@@ -421,8 +427,8 @@ fn replan_one(
         Some(r) => cache.records.insert(view.name.clone(), r),
         None => cache.records.remove(&view.name),
     };
-    cache.plans.insert(view.name.clone(), plan);
-    cache.labels.insert(view.name, view.labels);
+    cache.plans.insert(view.name.clone(), Arc::new(plan));
+    cache.labels.insert(view.name, Arc::new(view.labels));
     unreadable
 }
 
@@ -510,11 +516,11 @@ fn queue_writes(ctx: &Context, writes: Vec<LabelWrite>) {
 }
 
 /// What the reporter shows: the labels, with what drift repairs in flight restore.
-fn observed_with_repairs(shared: &Shared, cache: &PlanCache) -> BTreeMap<String, Labels> {
+fn observed_with_repairs(shared: &Shared, cache: &PlanCache) -> LabelsByNamespace {
     let mut observed = cache.labels.clone();
     for (ns, repairing) in &shared.in_flight {
         if let (Some(labels), Some(o)) = (repairing, observed.get_mut(ns)) {
-            *o = labels.clone();
+            *o = Arc::new(labels.clone());
         }
     }
     observed

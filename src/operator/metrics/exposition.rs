@@ -137,48 +137,53 @@ impl Gauges {
         let unsupported = interner.series(
             v.apiserver_version
                 .iter()
-                .map(|(version, n)| ([version.as_str()], *n)),
+                .map(|(version, n)| ([&**version], *n)),
         );
-        let excluded = interner.series(v.excluded.iter().map(|ns| ([ns.as_str()], 1)));
-        let exempt = interner.series(v.exempt.iter().map(|ns| ([ns.as_str()], 1)));
+        let excluded = interner.series(v.excluded.iter().map(|ns| ([&**ns], 1)));
+        let exempt = interner.series(v.exempt.iter().map(|ns| ([&**ns], 1)));
         let would = interner.series(
             v.would_violate_pods
                 .iter()
-                .map(|([ns, profile, mode], n)| ([mode, ns, profile].map(String::as_str), *n)),
+                .map(|([ns, profile, mode], n)| ([mode, ns, profile].map(|l| &**l), *n)),
         );
         let blocked = interner.series(
             v.blocked_workloads
                 .iter()
-                .map(|([ns, profile, kind], n)| ([kind, ns, profile].map(String::as_str), *n)),
+                .map(|([ns, profile, kind], n)| ([kind, ns, profile].map(|l| &**l), *n)),
         );
-        let conflict = interner.series(v.conflicted.iter().map(|ns| ([ns.as_str()], 1)));
+        let conflict = interner.series(v.conflicted.iter().map(|ns| ([&**ns], 1)));
         let level = interner.series(v.namespace_level.iter().map(
             |[ns, profile, mode, level, version]| {
-                ([level, mode, ns, profile, version].map(String::as_str), 1)
+                ([level, mode, ns, profile, version].map(|l| &**l), 1)
             },
         ));
-        let violations = interner.series(v.pod_violations.iter().map(
-            |([ns, profile, mode, check], n)| ([check, mode, ns, profile].map(String::as_str), *n),
-        ));
-        let privileged = interner.series(
-            v.privileged_containers
+        let violations = interner.series(
+            v.pod_violations
                 .iter()
-                .map(|(ns, n)| ([ns.as_str()], *n)),
+                .map(|([ns, profile, mode, check], n)| {
+                    ([check, mode, ns, profile].map(|l| &**l), *n)
+                }),
         );
+        let privileged =
+            interner.series(v.privileged_containers.iter().map(|(ns, n)| ([&**ns], *n)));
         let pending = interner.series(
             v.rollout_pending
                 .iter()
-                .map(|([ns, profile], n)| ([ns.as_str(), profile.as_str()], *n)),
+                .map(|([ns, profile], n)| ([&**ns, &**profile], *n)),
         );
-        let unprotected = interner.series(v.unprotected.iter().map(|ns| ([ns.as_str()], 1)));
+        let unprotected = interner.series(v.unprotected.iter().map(|ns| ([&**ns], 1)));
         let violating = interner.series(
             v.violating_pods
                 .iter()
-                .map(|([ns, profile, mode], n)| ([mode, ns, profile].map(String::as_str), *n)),
+                .map(|([ns, profile, mode], n)| ([mode, ns, profile].map(|l| &**l), *n)),
         );
-        let violating_workloads = interner.series(v.violating_workloads.iter().map(
-            |([ns, profile, mode, kind], n)| ([kind, mode, ns, profile].map(String::as_str), *n),
-        ));
+        let violating_workloads = interner.series(
+            v.violating_workloads
+                .iter()
+                .map(|([ns, profile, mode, kind], n)| {
+                    ([kind, mode, ns, profile].map(|l| &**l), *n)
+                }),
+        );
 
         let mut order: Vec<u32> = (0..interner.strings.len())
             .map(|i| u32::try_from(i).expect("fewer than 2^32 label values"))

@@ -225,8 +225,8 @@ mod tests {
             g
         };
         // The label order of the old `IntGaugeVec`s, not the sorted one.
-        let set = |g: &IntGaugeVec, labels: &[&String], value: i32| {
-            let labels: Vec<&str> = labels.iter().map(|l| l.as_str()).collect();
+        let set = |g: &IntGaugeVec, labels: &[&values::Value], value: i32| {
+            let labels: Vec<&str> = labels.iter().map(|l| &***l).collect();
             g.with_label_values(&labels).set(i64::from(value));
         };
         // A family whose gauge had its labels in another order than the sorted one.
@@ -311,8 +311,8 @@ mod tests {
     fn varied() -> MetricValues {
         let mut v = MetricValues::default();
         for (i, ns) in ODD.iter().enumerate() {
-            let ns = ns.to_string();
-            let profile = ODD[(i * 3 + 1) % ODD.len()].to_string();
+            let ns = values::Value::from(*ns);
+            let profile = values::Value::from(ODD[(i * 3 + 1) % ODD.len()]);
             let n = i32::try_from(i).expect("small") * 7 - 20;
             v.privileged_containers.push((ns.clone(), n));
             if i % 3 == 0 {
@@ -352,9 +352,8 @@ mod tests {
             }
         }
         v.apiserver_version.push(("v1.99".into(), 1));
-        v.excluded
-            .extend(["kube-system".to_owned(), ODD[2].to_owned()]);
-        v.exempt.push(ODD[3].to_owned());
+        v.excluded.extend(["kube-system".into(), ODD[2].into()]);
+        v.exempt.push(ODD[3].into());
         v.would_violate_pods
             .push(([ODD[4].into(), ODD[5].into(), "enforce".into()], 9));
         // The same labels twice: the last value counts.
@@ -500,8 +499,8 @@ mod tests {
     /// same (`"ab","c"` and `"a","bc"`) were one series there and are two here.
     const PREFIX_FREE: [&str; 8] = ["x\"1", "x\\2", "x\n3", "ü4", "A5", "a6", "b7", "a#8"];
 
-    fn label() -> impl Strategy<Value = String> {
-        prop::sample::select(PREFIX_FREE.to_vec()).prop_map(String::from)
+    fn label() -> impl Strategy<Value = values::Value> {
+        prop::sample::select(PREFIX_FREE.to_vec()).prop_map(values::Value::from)
     }
 
     fn metric_values() -> impl Strategy<Value = MetricValues> {

@@ -1,54 +1,64 @@
 //! The metric values of one pass, computed from what the pass observed: what the gauges of
 //! [`super::Metrics`] are set to. Pure.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use crate::operator::index::Evaluate;
 use crate::operator::status::{Observed, count};
 use crate::operator::workloads::WorkloadKind;
 use crate::pss::{Mode, Version};
+
+/// A label value, shared: a namespace's name appears in ~20 series and a mode in most, so each
+/// distinct value is allocated once per pass (as `String`s they were ~27 MB at 10,000
+/// namespaces).
+pub type Value = Arc<str>;
 
 /// Metric values of one pass; the exporter replaces every gauge with these, so series of deleted
 /// namespaces and profiles disappear.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct MetricValues {
     /// (namespace, profile, mode, level, version) for each written namespace and mode.
-    pub namespace_level: Vec<[String; 5]>,
+    pub namespace_level: Vec<[Value; 5]>,
     /// (namespace, profile, mode) → violating Pods; every governed namespace and mode, and other
     /// namespaces when not zero (profile `""`).
-    pub violating_pods: Vec<([String; 3], i32)>,
+    pub violating_pods: Vec<([Value; 3], i32)>,
     /// (namespace, profile, mode, check) → violating Pods, when not zero.
-    pub pod_violations: Vec<([String; 4], i32)>,
+    pub pod_violations: Vec<([Value; 4], i32)>,
     /// Every namespace, excluded ones too.
-    pub privileged_containers: Vec<(String, i32)>,
-    pub unprotected: Vec<String>,
-    pub conflicted: Vec<String>,
+    pub privileged_containers: Vec<(Value, i32)>,
+    pub unprotected: Vec<Value>,
+    pub conflicted: Vec<Value>,
     /// (namespace, profile) → blocking Pods.
-    pub rollout_pending: Vec<([String; 2], i32)>,
+    pub rollout_pending: Vec<([Value; 2], i32)>,
     /// (namespace, profile, mode, kind) → workloads whose template violates the mode's level,
     /// when not zero.
-    pub violating_workloads: Vec<([String; 4], i32)>,
+    pub violating_workloads: Vec<([Value; 4], i32)>,
     /// (namespace, profile, kind) → workloads whose template violates the enforce level, when
     /// not zero.
-    pub blocked_workloads: Vec<([String; 3], i32)>,
+    pub blocked_workloads: Vec<([Value; 3], i32)>,
     /// The API server's version → 1 when newer than the newest policy version this build knows.
-    pub apiserver_version: Vec<(String, i32)>,
+    pub apiserver_version: Vec<(Value, i32)>,
     /// Existing namespaces the operator leaves alone.
-    pub excluded: Vec<String>,
+    pub excluded: Vec<Value>,
     /// Existing namespaces the admission configuration exempts.
-    pub exempt: Vec<String>,
+    pub exempt: Vec<Value>,
     /// (namespace, profile, mode) → Pods violating what an Audit-mode profile declares (not in
     /// force: the namespace's labels are not written).
-    pub would_violate_pods: Vec<([String; 3], i32)>,
+    pub would_violate_pods: Vec<([Value; 3], i32)>,
 }
 
 impl MetricValues {
     /// The values of everything observed in one pass.
     pub fn of<P: Evaluate>(obs: &Observed<'_, P>) -> MetricValues {
         let mut m = MetricValues::default();
+        let mut values = Values::default();
         let kube = obs.index.admission().kube;
         m.apiserver_version
-            .push((kube.to_string(), i32::from(!kube.is_known())));
+            .push((values.get(&kube.to_string()), i32::from(!kube.is_known())));
         for plan in obs.plans.values() {
-            let ns = &plan.name;
+            let ns: Value = Arc::from(plan.name.as_str());
+            let ns = &ns;
             m.privileged_containers
                 .push((ns.clone(), count(obs.index.privileged_containers(ns))));
             if plan.excluded {
@@ -64,7 +74,7 @@ impl MetricValues {
             if plan.conflicted() {
                 m.conflicted.push(ns.clone());
             }
-            let profile = plan.primary().unwrap_or_default().to_owned();
+            let profile = values.get(plan.primary().unwrap_or_default());
             if let Some(pending) = &plan.pending {
                 m.rollout_pending
                     .push(([ns.clone(), profile.clone()], count(pending.blocking.len())));
@@ -74,8 +84,10 @@ impl MetricValues {
             if !plan.write && !plan.governed_by.is_empty() {
                 for mode in Mode::ALL {
                     let tally = obs.index.tally(ns, mode);
-                    m.would_violate_pods
-                        .push(([ns.clone(), profile.clone(), mode.to_string()], tally.pods));
+                    m.would_violate_pods.push((
+                        [ns.clone(), profile.clone(), values.get(mode.as_str())],
+                        tally.pods,
+                    ));
                 }
                 continue;
             }
@@ -83,33 +95,35 @@ impl MetricValues {
                 if plan.write {
                     let lv = plan.policy.get(mode);
                     let version = match lv.version {
-                        Version::Latest => "latest".to_owned(),
-                        v => v.to_string(),
+                        Version::Latest => values.get("latest"),
+                        v => values.get(&v.to_string()),
                     };
                     m.namespace_level.push([
                         ns.clone(),
                         profile.clone(),
-                        mode.to_string(),
-                        lv.level.to_string(),
+                        values.get(mode.as_str()),
+                        values.get(lv.level.as_str()),
                         version,
                     ]);
                 }
                 let tally = obs.index.tally(ns, mode);
                 if tally.pods > 0 || !plan.governed_by.is_empty() {
-                    m.violating_pods
-                        .push(([ns.clone(), profile.clone(), mode.to_string()], tally.pods));
+                    m.violating_pods.push((
+                        [ns.clone(), profile.clone(), values.get(mode.as_str())],
+                        tally.pods,
+                    ));
                 }
                 for (kind, t) in WorkloadKind::ALL.iter().zip(obs.templates.tally(ns, mode)) {
                     if t.pods == 0 {
                         continue;
                     }
-                    let kind = kind.as_str().to_owned();
+                    let kind = values.get(kind.as_str());
                     if mode == Mode::Enforce {
                         m.blocked_workloads
                             .push(([ns.clone(), profile.clone(), kind.clone()], t.pods));
                     }
                     m.violating_workloads.push((
-                        [ns.clone(), profile.clone(), mode.to_string(), kind],
+                        [ns.clone(), profile.clone(), values.get(mode.as_str()), kind],
                         t.pods,
                     ));
                 }
@@ -118,8 +132,8 @@ impl MetricValues {
                         [
                             ns.clone(),
                             profile.clone(),
-                            mode.to_string(),
-                            check.to_owned(),
+                            values.get(mode.as_str()),
+                            values.get(check),
                         ],
                         n,
                     ));
@@ -127,5 +141,20 @@ impl MetricValues {
             }
         }
         m
+    }
+}
+
+/// The label values of one computation, each allocated once.
+#[derive(Default)]
+struct Values(HashMap<Box<str>, Value>);
+
+impl Values {
+    fn get(&mut self, s: &str) -> Value {
+        if let Some(v) = self.0.get(s) {
+            return Arc::clone(v);
+        }
+        let v: Value = Arc::from(s);
+        self.0.insert(s.into(), Arc::clone(&v));
+        v
     }
 }

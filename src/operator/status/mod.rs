@@ -10,7 +10,7 @@ use super::crd::{
     ModeStatus, NamespaceViolations, OwnerViolations, PendingNamespace, PodSecurityProfile,
     PodSecurityProfileStatus, ProfileMode, SampleViolation, WorkloadViolation,
 };
-use super::desired::{Labels, NamespacePlan, ProfileView};
+use super::desired::{LabelsByNamespace, NamespacePlan, Plans, ProfileView};
 use super::index::{Evaluate, PodIndex, Tally};
 use super::workloads::TemplateIndex;
 use crate::pss::{CheckSet, Mode, NEWEST_KNOWN_MINOR};
@@ -29,9 +29,9 @@ const MAX_NAMES_IN_MESSAGE: usize = 10;
 
 /// Everything a status or metric is built from, observed in one pass.
 pub struct Observed<'a, P> {
-    pub plans: &'a BTreeMap<String, NamespacePlan>,
+    pub plans: &'a Plans,
     /// Namespace labels as observed.
-    pub labels: &'a BTreeMap<String, Labels>,
+    pub labels: &'a LabelsByNamespace,
     pub index: &'a PodIndex<P>,
     /// The templates of the reported workloads.
     pub templates: &'a TemplateIndex<P>,
@@ -45,6 +45,7 @@ impl<P: Evaluate> Observed<'_, P> {
     fn governed_by<'b>(&'b self, profile: &'b str) -> impl Iterator<Item = &'b NamespacePlan> {
         self.plans
             .values()
+            .map(|p| &**p)
             .filter(move |p| p.governed_by.iter().any(|g| g == profile))
     }
 

@@ -3,13 +3,14 @@
 
 use super::*;
 use crate::operator::crd::LevelSpec;
-use crate::operator::desired::{Exclusions, NamespaceView, plan};
+use crate::operator::desired::{Exclusions, Labels, LabelsByNamespace, NamespaceView, plan};
 use crate::operator::index::tests::{FakePod, mk_pod};
 use crate::operator::metrics::MetricValues;
 use crate::operator::testing::profile;
 use crate::operator::workloads::WorkloadKind;
 use crate::pss::{Admission, Level};
 use k8s_openapi::jiff::Timestamp;
+use std::sync::Arc;
 
 fn time(secs: i64) -> Time {
     Time(Timestamp::from_second(secs).expect("timestamp"))
@@ -73,10 +74,10 @@ impl World {
                 }
             }
         }
-        let labels: BTreeMap<String, Labels> = self
+        let labels: LabelsByNamespace = self
             .namespaces
             .iter()
-            .map(|n| (n.name.clone(), n.labels.clone()))
+            .map(|n| (n.name.clone(), Arc::new(n.labels.clone())))
             .collect();
         let obs = Observed {
             plans: &plans,
@@ -297,7 +298,7 @@ fn conflicts_are_reported_on_both_profiles() {
         );
         assert_eq!(status.conflicted_namespaces, 2);
     }
-    assert_eq!(m.conflicted, ["x", "y"]);
+    assert_eq!(m.conflicted, ["x".into(), "y".into()]);
     assert!(m.namespace_level.contains(&[
         "x".into(),
         "a".into(),
@@ -356,7 +357,7 @@ fn unprotected_namespaces_and_unmanaged_violations_in_metrics() {
     let mut w = World::new(vec![], &["open"]);
     w.index.apply("open", "p", mk_pod(Level::Privileged, 3));
     let (_, m) = w.run(true);
-    assert_eq!(m.unprotected, ["open"]);
+    assert_eq!(m.unprotected, ["open".into()]);
     assert_eq!(m.privileged_containers, [("open".into(), 3)]);
     assert!(
         m.violating_pods.is_empty(),
