@@ -260,6 +260,86 @@ fn projection_normalization_never_changes_a_verdict_or_message() {
     println!("normalization: {compared} (fixture, level, version) evaluations unchanged");
 }
 
+/// The index keeps a Pod's container names apart from its shared projection
+/// (`Evaluate::take_names`), so that Pods differing only in names share one: the names must round
+/// trip, the shape alone must fail exactly the checks the Pod fails (the index keeps those), and
+/// the shape with the names put back must give the Pod's exact message — every distinct fixture,
+/// with its containers renamed apart, at every level and version.
+#[test]
+fn container_names_apart_round_trip_and_never_change_a_verdict() {
+    use pss_operator::operator::index::Evaluate;
+    let mut texts = std::collections::BTreeMap::new();
+    for f in fixtures() {
+        let text = fs::read_to_string(&f.path).expect("fixture");
+        texts.entry(text).or_insert(f.path);
+    }
+    let versions: Vec<Version> = (0..=NEWEST_KNOWN_MINOR + 1)
+        .map(Version::V1)
+        .chain([Version::Latest])
+        .collect();
+    let (mut compared, mut kept, mut shapes) = (0, 0, std::collections::HashSet::new());
+    for path in texts.values() {
+        let pod = load(path);
+        for suffix in ["", "-7q2x"] {
+            let mut spec = pod.spec.clone();
+            for c in spec
+                .init_containers
+                .iter_mut()
+                .chain(&mut spec.containers)
+                .chain(&mut spec.ephemeral_containers)
+            {
+                c.name.push_str(suffix);
+            }
+            let whole = SlimPod::new(pod.metadata.clone(), spec);
+            let mut shape = whole.clone();
+            let names = shape.take_names();
+            let rejoined = shape.with_names(&names);
+            assert_eq!(
+                rejoined.as_ref().unwrap_or(&shape),
+                &whole,
+                "{}",
+                path.display()
+            );
+            if rejoined.is_none() {
+                kept += 1;
+            }
+            shapes.insert(format!("{shape:?}"));
+            for level in [Level::Privileged, Level::Baseline, Level::Restricted] {
+                for (&version, kube) in versions.iter().flat_map(|v| {
+                    [KubeVersion::NEWEST_KNOWN, KubeVersion { minor: 31 }].map(|k| (v, k))
+                }) {
+                    let lv = LevelVersion::new(level, version);
+                    let expected = whole.evaluate(lv, kube);
+                    assert_eq!(shape.failing_checks(lv, kube), expected.checks);
+                    let whole_again = rejoined.as_ref().unwrap_or(&shape);
+                    assert_eq!(
+                        whole_again.evaluate(lv, kube),
+                        expected,
+                        "{} at {lv}",
+                        path.display()
+                    );
+                    compared += 1;
+                }
+            }
+        }
+    }
+    // Renaming the containers changed no shape, except where the names stayed in (per-container
+    // annotations).
+    assert!(
+        shapes.len() <= texts.len() + kept / 2,
+        "{} shapes",
+        shapes.len()
+    );
+    assert!(
+        kept < texts.len() / 4,
+        "names kept in {kept} of {} Pods",
+        2 * texts.len()
+    );
+    println!(
+        "names apart: {compared} (fixture, level, version) evaluations unchanged; names kept in {kept} Pods (checked annotations)"
+    );
+}
+
 /// The planner's strictness order (`pss::at_least_as_strict`, used for the `allowStricter` floor,
 /// the most restrictive of tied profiles and `WhenCompliant`) checked against the evaluator:
 /// whenever it says (level A, version A) is at least as strict as (level B, version B), every

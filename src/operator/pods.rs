@@ -115,6 +115,44 @@ impl Evaluate for SlimPod {
     fn runtime_class(&self) -> Option<&str> {
         self.spec.runtime_class_name.as_deref()
     }
+
+    /// The container names (init, regular, ephemeral, in order), each after a newline, which no
+    /// container name holds (they are DNS labels): one allocation per Pod whose containers are
+    /// named apart, instead of a whole projection. Kept in place (nothing taken, `""`) when
+    /// the Pod carries a checked annotation: the deprecated per-container seccomp and AppArmor
+    /// annotations are keyed by container name, so there the names decide verdicts.
+    fn take_names(&mut self) -> Box<str> {
+        if !self.meta.annotations.is_empty() {
+            return Box::default();
+        }
+        let mut names = String::new();
+        for c in self.containers_mut() {
+            names.push('\n');
+            names.push_str(&std::mem::take(&mut c.name));
+        }
+        names.into_boxed_str()
+    }
+
+    fn with_names(&self, names: &str) -> Option<SlimPod> {
+        if names.is_empty() {
+            return None;
+        }
+        let mut whole = self.clone();
+        for (c, name) in whole.containers_mut().zip(names.split('\n').skip(1)) {
+            c.name = name.to_owned();
+        }
+        Some(whole)
+    }
+}
+
+impl SlimPod {
+    fn containers_mut(&mut self) -> impl Iterator<Item = &mut model::Container> {
+        let spec = &mut self.spec;
+        spec.init_containers
+            .iter_mut()
+            .chain(spec.containers.iter_mut())
+            .chain(spec.ephemeral_containers.iter_mut())
+    }
 }
 
 #[cfg(test)]
@@ -279,5 +317,47 @@ mod tests {
             v.message,
             r#"violates PodSecurity "baseline:latest": forbidden AppArmor profile (annotation must not set AppArmor profile type to "container.apparmor.security.beta.kubernetes.io/web="unconfined""), hostPath volumes (volume "data")"#
         );
+    }
+
+    #[test]
+    fn pods_named_apart_share_one_projection_and_keep_their_own_messages() {
+        let pod = |container: &str| {
+            let json = SEED_POD.replace(
+                "\"nginx\", \"image\"",
+                &format!("\"{container}\", \"image\""),
+            );
+            let pod: WatchedPod = serde_json::from_str(&json).expect("pod json");
+            pod.into_slim().expect("named").2
+        };
+        let mut index = PodIndex::default();
+        let baseline = crate::pss::Policy {
+            enforce: LevelVersion::new(Level::Baseline, Version::Latest),
+            ..Default::default()
+        };
+        index.set_policy("app", baseline);
+        for i in 0..100 {
+            assert!(index.apply("app", &format!("p{i}"), pod(&format!("c{i}"))));
+        }
+        assert_eq!(index.shared_projections(), 1, "one shape, 100 name sets");
+        assert_eq!(index.tally("app", crate::pss::Mode::Enforce).pods, 100);
+        assert_eq!(
+            index
+                .message("app", "p42", crate::pss::Mode::Enforce)
+                .as_deref(),
+            Some(
+                r#"violates PodSecurity "baseline:latest": privileged (container "c42" must not set securityContext.privileged=true)"#
+            )
+        );
+        // A rename changes no count (apply reports none), but the message is the new one.
+        assert!(!index.apply("app", "p42", pod("renamed")));
+        assert!(
+            index
+                .message("app", "p42", crate::pss::Mode::Enforce)
+                .is_some_and(|m| m.contains(r#"container "renamed""#))
+        );
+        for i in 0..100 {
+            index.delete("app", &format!("p{i}"));
+        }
+        assert_eq!(index.shared_projections(), 0);
     }
 }

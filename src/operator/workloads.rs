@@ -240,7 +240,7 @@ pub struct ViolatingWorkload<'a> {
     pub violator: Violator<'a>,
 }
 
-impl<P: Evaluate + std::hash::Hash + Eq> TemplateIndex<P> {
+impl<P: Evaluate + std::hash::Hash + Eq + Clone> TemplateIndex<P> {
     pub fn kind_mut(&mut self, kind: WorkloadKind) -> &mut PodIndex<P> {
         &mut self.kinds[kind.index()]
     }

@@ -17,7 +17,7 @@ use tracing::{info, warn};
 use super::context::{Context, Dirty, Shared};
 use crate::operator::crd::PodSecurityProfile;
 use crate::operator::error::Error;
-use crate::operator::index::Interner;
+use crate::operator::index::{Evaluate, Interner};
 use crate::operator::labels::is_our_apply;
 use crate::operator::pods::WatchedPod;
 use crate::operator::record::ANNOTATION;
@@ -124,8 +124,9 @@ async fn feed_pods(
     ctx: &Context,
     events: impl Stream<Item = Result<watcher::Event<DeserializeGuard<WatchedPod>>, watcher::Error>>,
 ) {
-    // Projections are interned as pages arrive: until the list completes, the Pods of one
-    // template already share one allocation instead of each holding a copy next to the index.
+    // Projections are interned as pages arrive, their container names apart: until the list
+    // completes, the Pods of one template (or that differ only in their containers' names)
+    // already share one allocation instead of each holding a copy next to the index.
     let mut initial = Vec::new();
     let mut interner = Interner::default();
     let mut events = std::pin::pin!(events);
@@ -141,9 +142,10 @@ async fn feed_pods(
                 };
                 let owner = pod.controller();
                 if pod.is_running()
-                    && let Some((ns, name, slim)) = pod.into_slim()
+                    && let Some((ns, name, mut slim)) = pod.into_slim()
                 {
-                    initial.push((ns, name, interner.intern(slim), owner));
+                    let names = slim.take_names();
+                    initial.push((ns, name, interner.intern(slim), names, owner));
                 }
             }
             Ok(watcher::Event::InitDone) => {
@@ -154,7 +156,7 @@ async fn feed_pods(
                 ctx.index
                     .write()
                     .await
-                    .reset_owned(std::mem::take(&mut initial));
+                    .reset_apart(std::mem::take(&mut initial));
                 info!(
                     running = listed,
                     index_ms = started.elapsed().as_millis() as u64,
