@@ -10,5 +10,6 @@ mod policy;
 mod rbac;
 mod reporting;
 mod support;
+mod transport;
 mod validation;
 mod workloads;
