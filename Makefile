@@ -171,12 +171,13 @@ bench-upstream: ## Ours vs the upstream Go library: identical verdicts, pods/s p
 
 BENCH_DIR ?= /tmp/pss-bench-scale
 SCALE := e2e/bench/scale.py
-bench-scale: ## Cluster scale (2,000 namespaces, 10k then 50k Pods; 200 namespaces, 10k Pods): start, RSS, requests, idle, latency
+bench-scale: ## The growth curve on one cluster grown in place, workloads included (1k/10k, 2k/50k, 5k/100k, 10k/150k namespaces/Pods; ~1 h here): start, RSS, CPU, requests, idle, latency, scrape size
 	$(CARGO) build --release --bin pss-operator
 	mkdir -p $(BENCH_DIR)
-	$(SCALE) --cluster-dir $(BENCH_DIR)/ns2000 --namespaces 2000 --pods 10000 --idle 60 --out $(BENCH_DIR)/ns2000-pods10k.json
-	$(SCALE) --cluster-dir $(BENCH_DIR)/ns2000 --namespaces 2000 --pods 50000 --idle 300 --out $(BENCH_DIR)/ns2000-pods50k.json --down
-	$(SCALE) --cluster-dir $(BENCH_DIR)/ns200 --namespaces 200 --pods 10000 --idle 60 --out $(BENCH_DIR)/ns200-pods10k.json --down
+	$(SCALE) --cluster-dir $(BENCH_DIR)/curve --namespaces 1000 --pods 10000 --workloads 1700 --strip-labels --idle 60 --out $(BENCH_DIR)/ns1k-pods10k.json
+	$(SCALE) --cluster-dir $(BENCH_DIR)/curve --namespaces 2000 --pods 50000 --workloads 8500 --strip-labels --idle 60 --out $(BENCH_DIR)/ns2k-pods50k.json
+	$(SCALE) --cluster-dir $(BENCH_DIR)/curve --namespaces 5000 --pods 100000 --workloads 17000 --strip-labels --idle 60 --out $(BENCH_DIR)/ns5k-pods100k.json
+	$(SCALE) --cluster-dir $(BENCH_DIR)/curve --namespaces 10000 --pods 150000 --workloads 25000 --strip-labels --idle 600 --out $(BENCH_DIR)/ns10k-pods150k.json --down
 
 fixtures: ## Refresh tests/fixtures/pss from the Go module k8s.io/pod-security-admission
 	dir=$$(go mod download -json k8s.io/pod-security-admission@v0.37.2 | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'); \

@@ -43,6 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SA_USER = "system:serviceaccount:pss-system:pss-operator"
 PSA = "pod-security.kubernetes.io/"
+LEDGER = "pss-operator.io/applied"
 TICK = os.sysconf("SC_CLK_TCK")
 WRITE_VERBS = {"create", "update", "patch", "delete", "deletecollection"}
 
@@ -532,9 +533,13 @@ class Bench:
         labels them all again and writes every status, as on a fresh cluster."""
         nss, _ = list_all(self.admin, "/api/v1/namespaces", meta_only=True)
         todo = [n["metadata"]["name"] for n in nss if n["metadata"]["name"].startswith("bench-")
-                and any(k.startswith(PSA) for k in (n["metadata"].get("labels") or {}))]
+                and (any(k.startswith(PSA) for k in (n["metadata"].get("labels") or {}))
+                     or LEDGER in (n["metadata"].get("annotations") or {}))]
+        # The operator's ledger record goes too: a fresh cluster has none (with it, the stripped
+        # labels would be drift that happened while the operator was down).
         patch = json.dumps({"metadata": {"labels": {PSA + m + s: None for m in ("enforce", "audit", "warn")
-                                                    for s in ("", "-version")}}})
+                                                    for s in ("", "-version")},
+                                         "annotations": {LEDGER: None}}})
         with ThreadPoolExecutor(self.a.concurrency) as ex:
             list(ex.map(lambda ns: self.admin.json("PATCH", f"/api/v1/namespaces/{ns}", patch,
                                                    ctype="application/merge-patch+json"), todo))
@@ -542,7 +547,7 @@ class Bench:
         for p in PROFILES:
             self.admin.json("PATCH", f"/apis/pss-operator.io/v1alpha1/podsecurityprofiles/{p['name']}/status",
                             json.dumps({"status": None}), ctype="application/merge-patch+json")
-        log(f"PSA labels removed from {len(todo)} namespaces; profile status cleared")
+        log(f"PSA labels and ledger records removed from {len(todo)} namespaces; profile status cleared")
         self.results["labels_stripped"] = len(todo)
 
     # operator

@@ -39,14 +39,16 @@ pub(super) async fn pass_loop(ctx: Arc<Context>) {
     let mut retry = Backoff::new(Duration::from_secs(1), MAX_RETRY);
     let mut plans = PlanCache::default();
     loop {
-        let _ = tokio::time::timeout(RESYNC, ctx.wake.notified()).await;
+        let woken = tokio::time::timeout(RESYNC, ctx.wake.notified())
+            .await
+            .is_ok();
         tokio::time::sleep(DEBOUNCE).await;
         if !ctx.shared().synced() {
             debug!("waiting for the initial lists");
             continue;
         }
         let started = Instant::now();
-        let failures = pass(&ctx, &mut plans).await;
+        let failures = pass(&ctx, &mut plans, !woken).await;
         if !ctx.ready.swap(true, Ordering::Relaxed) {
             info!(
                 failures,
@@ -156,9 +158,13 @@ struct Profiles {
 }
 
 /// One level-based pass: re-plans the namespaces whose inputs changed, queues the label writes
-/// that differ and hands its picture to the reporter. Returns how many writes failed.
-async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache) -> usize {
+/// that differ and hands its picture to the reporter. A `resync` (nothing woke the pass: the
+/// periodic re-plan of every namespace) that changes nothing hands none: every change to what
+/// the reporter shows wakes a pass, and at 10,000 namespaces and 150,000 Pods recomputing
+/// every status and metric each minute was most of the idle CPU. Returns how many writes failed.
+async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache, resync: bool) -> usize {
     let started = Instant::now();
+    let before = resync.then(|| (cache.plans.clone(), cache.labels.clone()));
     let profiles = read_profiles(ctx, &cache.profiles);
     let index = ctx.index.read().await;
     let templates = ctx.templates.read().await;
@@ -208,6 +214,9 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache) -> usize {
     drop(timer);
     let planned = started.elapsed();
 
+    let unchanged = before.is_some_and(|(plans, labels)| {
+        writes.is_empty() && announced.is_empty() && plans == cache.plans && labels == cache.labels
+    });
     events::queue_all(ctx, announced);
     if !writes.is_empty() {
         debug!(
@@ -231,6 +240,10 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache) -> usize {
         exclusions: &ctx.config.exclusions,
     };
     let failures = finalizer::update(ctx, &cluster).await;
+    if unchanged && ctx.pictures.borrow().is_some() {
+        debug!("resync: nothing changed, nothing to report");
+        return failures;
+    }
 
     ctx.pictures.send_replace(Some(Arc::new(Picture {
         profiles: profiles.all,
@@ -531,6 +544,60 @@ mod tests {
     use super::*;
     use crate::operator::crd::PodSecurityProfileStatus;
     use crate::operator::testing::profile;
+    use kube::core::PartialObjectMetaExt as _;
+
+    fn namespace(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
+        let mut ns: PartialObjectMeta<Namespace> = kube::core::ObjectMeta {
+            name: Some(name.into()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+        .into_request_partial();
+        ns.metadata.resource_version = Some("1".into());
+        ns
+    }
+
+    #[tokio::test]
+    async fn a_resync_that_changes_nothing_hands_the_reporter_nothing() {
+        let (ctx, mut store) = super::super::fixtures::booking_context();
+        store.apply_watcher_event(&kube::runtime::watcher::Event::Apply(namespace("a", &[])));
+        let mut pictures = ctx.pictures.subscribe();
+        let mut cache = PlanCache::default();
+        let full_pass = async |cache: &mut PlanCache, resync: bool| {
+            ctx.shared().dirty = Dirty::All;
+            pass(&ctx, cache, resync).await
+        };
+        full_pass(&mut cache, false).await;
+        assert!(
+            pictures.has_changed().expect("open"),
+            "a woken pass reports"
+        );
+        pictures.mark_unchanged();
+        full_pass(&mut cache, true).await;
+        assert!(!pictures.has_changed().expect("open"), "nothing changed");
+        // Someone labels the namespace and the event was missed: the resync finds and reports it.
+        store.apply_watcher_event(&kube::runtime::watcher::Event::Apply(namespace(
+            "a",
+            &[("pod-security.kubernetes.io/enforce", "baseline")],
+        )));
+        full_pass(&mut cache, true).await;
+        assert!(
+            pictures.has_changed().expect("open"),
+            "a changed namespace is reported"
+        );
+        let picture = pictures.borrow_and_update().clone().expect("a picture");
+        assert_eq!(
+            picture.observed["a"]
+                .get("pod-security.kubernetes.io/enforce")
+                .map(String::as_str),
+            Some("baseline")
+        );
+    }
 
     #[test]
     fn our_status_writes_do_not_replan_every_namespace_a_spec_change_does() {
