@@ -132,7 +132,7 @@ image: ## Static musl binary + the Dockerfile's image around it, without Docker 
 	@IMG=$(IMG) CONTAINER_TOOL=$(CONTAINER_TOOL) IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) e2e/scripts/image.sh
 
 docker-build: ## Build the image inside Docker (needs a Docker engine; compiles in a Rust container)
-	docker build -t $(IMG) .
+	docker build --build-arg PSS_OPERATOR_COMMIT=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown) -t $(IMG) .
 
 # The chart (charts/pss-operator) holds copies of the CRD, the alert rules and the dashboard; these
 # are written by `make crds`, `make generate-observability` and this target, and `make test-chart`

@@ -116,6 +116,13 @@ fn identity() -> String {
 
 pub fn run(args: RunArgs) -> ExitCode {
     init_logging(args.log_format);
+    // The first line of every log says which build it is.
+    info!(
+        version = super::VERSION,
+        commit = super::COMMIT,
+        "pss-operator {}",
+        super::LONG_VERSION
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -236,6 +243,7 @@ async fn operate(args: RunArgs) -> Result<()> {
         "PodSecurity admission configuration"
     );
     let metrics = Arc::new(Metrics::new()?);
+    metrics.build_info(super::VERSION, super::COMMIT);
     let ready = Arc::new(AtomicBool::new(false));
     let exclusions = Exclusions::new(
         args.exclude_namespaces

@@ -10,6 +10,7 @@
 //! - [`pods`]: the slim Pod projection the watch keeps; [`index`]: Pod verdicts per namespace;
 //! - [`workloads`]: Pod-template workloads, folded into their owners, and their templates' verdicts;
 //! - [`status`]: the bounded profile status; [`metrics`]: metric values and their exposition;
+//! - [`preview`]: what `pss-operator plan` shows (the planner's label changes, what they refuse);
 //! - [`backoff`]: the retry delay; [`fence`]: a leader writes only while its Lease is confirmed
 //!   and it never stood still; [`error`]: the operator's errors.
 //!
@@ -31,13 +32,14 @@ pub mod leader;
 pub mod ledger;
 pub mod metrics;
 pub mod pods;
+pub mod preview;
 #[cfg(test)]
 mod properties;
 pub mod record;
 pub mod server;
 pub mod status;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod workloads;
 
 /// The one field manager for labels and status.
