@@ -5,6 +5,7 @@ CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/pss-operator
 
 .PHONY: crds install run deploy undeploy docker-build image help build test lint fmt-check clippy test-unit test-e2e demo bench bench-metrics bench-upstream bench-scale fixtures check-seed fuzz deny
+.PHONY: install-kubectl-plugin krew-archive
 .PHONY: tools preflight preflight-demo tool-prometheus tool-python tool-helm test-chart chart-files helm-install helm-uninstall e2e-node
 
 help: ## List the targets
@@ -100,6 +101,24 @@ tool-helm:
 # Operator targets use $KUBECONFIG, or the local control plane (started if needed) when it is unset.
 KUBE_ENV = if [[ -z "$${KUBECONFIG:-}" ]]; then export KUBECONFIG=$$(e2e/scripts/cluster-up.sh | tail -n1); \
 	  export PATH="$$(e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1):$$PATH"; fi
+
+# ---- kubectl plugin ----------------------------------------------------------------------------
+# The binary is the plugin when called as kubectl-pss (krew's naming): a symlink is enough.
+PLUGIN_DIR ?= $(HOME)/.local/bin
+KREW_DIR := $(or $(CARGO_TARGET_DIR),target)/krew
+
+install-kubectl-plugin: build ## Symlink the built binary as kubectl-pss into PLUGIN_DIR (default ~/.local/bin): `kubectl pss status|plan|check`
+	mkdir -p "$(PLUGIN_DIR)"
+	ln -sf "$(abspath $(BIN))" "$(PLUGIN_DIR)/kubectl-pss"
+	@echo "kubectl-pss -> $(abspath $(BIN)) (is $(PLUGIN_DIR) on your PATH? kubectl plugin list shows it)"
+
+krew-archive: ## The release binary as a krew archive and plugins/krew/pss.yaml with its sha256, in $(KREW_DIR)
+	$(CARGO) build --release --locked --bin pss-operator
+	mkdir -p "$(KREW_DIR)"
+	cp "$(or $(CARGO_TARGET_DIR),target)/release/pss-operator" "$(KREW_DIR)/pss-operator"
+	tar -C "$(KREW_DIR)" --owner=0 --group=0 --mtime=@0 -czf "$(KREW_DIR)/pss-operator-linux-amd64.tar.gz" pss-operator
+	sed "s/@SHA256@/$$(sha256sum "$(KREW_DIR)/pss-operator-linux-amd64.tar.gz" | cut -d' ' -f1)/" plugins/krew/pss.yaml > "$(KREW_DIR)/pss.yaml"
+	@echo "$(KREW_DIR)/pss.yaml, $(KREW_DIR)/pss-operator-linux-amd64.tar.gz"
 
 crds: build ## Regenerate crds/, config/crd/ and the chart's copy from the Rust types
 	$(BIN) crd > crds/podsecurityprofiles.yaml

@@ -6,6 +6,7 @@ mod guard;
 mod labels;
 mod leader;
 mod ledger;
+mod plan;
 mod policy;
 mod rbac;
 mod reporting;
