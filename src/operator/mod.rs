@@ -36,6 +36,7 @@ pub mod preview;
 #[cfg(test)]
 mod properties;
 pub mod record;
+pub mod reports;
 pub mod server;
 pub mod status;
 #[cfg(test)]
