@@ -83,6 +83,28 @@ impl std::fmt::Display for Format {
     }
 }
 
+/// What `--reports` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Wanted {
+    #[default]
+    Off,
+    /// The first format whose CRD the API server serves (OpenReports before PolicyReport).
+    Auto,
+    Only(Format),
+}
+
+impl Wanted {
+    /// The formats to look for, in order of preference.
+    pub fn candidates(self) -> &'static [Format] {
+        match self {
+            Wanted::Off => &[],
+            Wanted::Auto => &Format::ALL,
+            Wanted::Only(Format::OpenReports) => &[Format::OpenReports],
+            Wanted::Only(Format::PolicyReport) => &[Format::PolicyReport],
+        }
+    }
+}
+
 /// What a result is about.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Subject {
@@ -626,6 +648,20 @@ mod tests {
             r["results"][0]["resources"][0]["name"], "p0000",
             "sorted by subject"
         );
+    }
+
+    #[test]
+    fn auto_prefers_openreports() {
+        assert_eq!(
+            Wanted::Auto.candidates(),
+            [Format::OpenReports, Format::PolicyReport]
+        );
+        assert_eq!(
+            Wanted::Only(Format::PolicyReport).candidates(),
+            [Format::PolicyReport]
+        );
+        assert!(Wanted::Off.candidates().is_empty());
+        assert_eq!(Wanted::default(), Wanted::Off);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod plan;
 mod policy;
 mod rbac;
 mod reporting;
+mod reports;
 mod support;
 mod validation;
 mod workloads;

@@ -39,6 +39,8 @@ pub struct Config {
     pub identity: String,
     /// Whether writes may go out (see [`Fence`]); the same fence the client's write gate asks.
     pub fence: Arc<Fence>,
+    /// Policy reports (`--reports`).
+    pub reports: crate::operator::reports::Wanted,
 }
 
 pub(super) struct Context {

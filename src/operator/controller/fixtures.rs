@@ -63,6 +63,7 @@ pub fn booking_context() -> (Arc<Context>, Writer<PartialObjectMeta<Namespace>>)
         admission: Default::default(),
         identity: "test".into(),
         fence: Arc::new(crate::operator::fence::Fence::unfenced()),
+        reports: Default::default(),
     };
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     let (ctx, _) = Context::new(

@@ -30,6 +30,7 @@ pub struct Metrics {
     reconcile_duration: HistogramVec,
     reconcile_errors: IntCounterVec,
     build_info: IntGaugeVec,
+    report_writes: IntCounterVec,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -70,6 +71,12 @@ impl Metrics {
             .map_err(Error::Metrics)?;
         Ok(Metrics {
             build_info,
+            report_writes: counter(
+                &r,
+                "pss_report_writes_total",
+                "Policy reports applied or deleted (--reports): only when a report's content changed",
+                &["operation"],
+            )?,
             gauges: Mutex::new(Arc::default()),
             label_drift: counter(
                 &r,
@@ -109,6 +116,11 @@ impl Metrics {
     /// Sets `pss_build_info{version,commit} 1` (once, at start).
     pub fn build_info(&self, version: &str, commit: &str) {
         self.build_info.with_label_values(&[commit, version]).set(1);
+    }
+
+    /// Counts a policy report write (`apply` or `delete`).
+    pub fn report_write(&self, operation: &str) {
+        self.report_writes.with_label_values(&[operation]).inc();
     }
 
     pub fn drift(&self, namespace: &str, profile: &str, label: &str) {
@@ -406,6 +418,7 @@ mod tests {
         m.drift("a\"b", "app", "pod-security.kubernetes.io/enforce");
         m.error("namespace", &Error::LeadershipLost);
         m.build_info("0.1.0", "0123abcd");
+        m.report_write("apply");
         drop(m.timer("namespace"));
         let mut cases = vec![varied(), values("app"), MetricValues::default()];
         // Empty families between non-empty ones.
