@@ -158,7 +158,8 @@ docker-build: ## Build the image inside Docker (needs a Docker engine; compiles 
 # fails when they differ from their sources.
 chart-files: ## Copy the CRD, alert rules and dashboard into charts/pss-operator/files
 	cp crds/podsecurityprofiles.yaml config/prometheus/pss-operator.rules.yaml \
-	  config/grafana/pss-operator-dashboard.json charts/pss-operator/files/
+	  config/grafana/pss-operator-dashboard.json config/reports/crds/openreports.io_reports.yaml \
+	  charts/pss-operator/files/
 
 test-chart: tool-helm tool-python e2e-binaries ## helm lint --strict; helm template (default values) renders kubectl kustomize config/default; copies in sync
 	HELM=$(HELM) KUBECTL="$$(e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1)/kubectl" \

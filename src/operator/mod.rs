@@ -139,6 +139,49 @@ mod config_tests {
     }
 
     #[test]
+    fn reports_rbac_comes_only_with_config_reports() {
+        assert_eq!(
+            grants("config/reports/role.yaml", true),
+            [
+                "openreports.io/reports:create",
+                "openreports.io/reports:delete",
+                "openreports.io/reports:list",
+                "openreports.io/reports:patch",
+                "wgpolicyk8s.io/policyreports:create",
+                "wgpolicyk8s.io/policyreports:delete",
+                "wgpolicyk8s.io/policyreports:list",
+                "wgpolicyk8s.io/policyreports:patch",
+            ]
+        );
+        let binding: Value =
+            serde_yaml_ng::from_str(&read("config/reports/role_binding.yaml")).expect("yaml");
+        assert_eq!(
+            binding["roleRef"]["name"].as_str(),
+            Some("pss-operator-reports")
+        );
+        assert_eq!(
+            binding["subjects"][0]["name"].as_str(),
+            Some("pss-operator")
+        );
+        let kustomization: Value =
+            serde_yaml_ng::from_str(&read("config/reports/kustomization.yaml")).expect("yaml");
+        assert_eq!(
+            strings(&kustomization["resources"]),
+            [
+                "../default",
+                "crds/openreports.io_reports.yaml",
+                "role.yaml",
+                "role_binding.yaml"
+            ]
+        );
+        assert!(read("config/reports/kustomization.yaml").contains("value: --reports=auto"));
+        // Nothing of it in the base: config/rbac grants no report kind (rbac_is_least_privilege).
+        for file in ["role.yaml", "role_binding.yaml"] {
+            assert!(!read(&format!("config/rbac/{file}")).contains("reports"));
+        }
+    }
+
+    #[test]
     fn rbac_is_least_privilege() {
         // config/rbac holds exactly these objects: nothing else is granted.
         let kustomization: Value =
