@@ -16,8 +16,9 @@ use pss_operator::operator::reports::{Format, REPORT_NAME};
 use pss_operator::pss::Level;
 
 use super::support::{
-    ENFORCE, EVENTUALLY, Metrics, OPERATOR_NAMESPACE, OpTest, SERVICE_ACCOUNT, evaluate_stored,
-    http_get, kubectl_sync, privileged_container, run_exclusive_test, spawn_operator,
+    ENFORCE, EVENTUALLY, Metrics, OPERATOR_NAMESPACE, OpTest, SERVICE_ACCOUNT, baseline_pod,
+    evaluate_stored, http_get, kubectl_sync, privileged_container, run_exclusive_test,
+    spawn_operator,
 };
 use crate::harness::{self, eventually};
 
@@ -294,6 +295,81 @@ async fn reports_appear_follow_the_pods_are_not_rewritten_and_disappear() -> Res
             })
             .await?;
             assert!(reporter.writes("delete").await? >= 1.0);
+            drop(reporter);
+
+            // The older format, with Kyverno's vendored PolicyReport CRD: a Pod that passes the
+            // enforced baseline and fails the audited restricted level is a `warn` result.
+            let crd = root.join("crds/wgpolicyk8s.io_policyreports.yaml");
+            kubectl_sync(
+                cluster,
+                &["apply", "--server-side", "-f", &crd.to_string_lossy()],
+            )?;
+            kubectl_sync(
+                cluster,
+                &[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=120s",
+                    "crd/policyreports.wgpolicyk8s.io",
+                ],
+            )?;
+            t.pod(&ns, "plain", baseline_pod()).await?;
+            t.profile(
+                "audit",
+                t.spec(
+                    &[],
+                    json!({"enforce": {"level": "baseline"}, "audit": {"level": "restricted"}}),
+                )?,
+            )
+            .await?;
+            let spawned = spawn_operator(
+                &t.op.kubeconfig,
+                &dir.path().join("reporter3.log"),
+                &format!("{}-reporter3", t.tag),
+                &["--reports=policyreport"],
+                None,
+            )?;
+            let _reporter = Reporter {
+                child: spawned.child,
+                addr: spawned.metrics_addr,
+            };
+            let policy_reports: Api<DynamicObject> =
+                Api::namespaced_with(t.client.clone(), &ns, &Format::PolicyReport.api_resource());
+            let report = eventually("the namespace's PolicyReport", EVENTUALLY, || async {
+                Ok(policy_reports
+                    .get_opt(REPORT_NAME)
+                    .await?
+                    .filter(|r| !results(r).is_empty()))
+            })
+            .await
+            .map_err(|e| {
+                let log = std::fs::read_to_string(dir.path().join("reporter3.log"));
+                anyhow::anyhow!(
+                    "{e:#}\nthe reporting operator's log:\n{}",
+                    log.unwrap_or_default()
+                )
+            })?;
+            let (checks, message) = evaluate_stored(t, &ns, "plain", Level::Restricted).await?;
+            let got = results(&report);
+            assert_eq!(
+                got.len(),
+                checks.len(),
+                "one result per failing check: {got:?}"
+            );
+            for ((policy, name, rule, result), check) in got.iter().zip(&checks) {
+                assert_eq!(
+                    (policy.as_str(), name.as_str(), result.as_str()),
+                    ("pod-security-audit", "plain", "warn")
+                );
+                assert!(checks.contains(rule), "{rule} in {checks:?} ({check})");
+            }
+            assert_eq!(report.data["results"][0]["message"], json!(message));
+            assert_eq!(report.data["results"][0]["severity"], "medium");
+            assert_eq!(report.data["summary"]["warn"], json!(checks.len()));
+            assert!(
+                report.data.get("source").is_none(),
+                "no report-level source in v1alpha2"
+            );
             Ok(())
         }
         .await;
