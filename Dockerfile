@@ -16,6 +16,9 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && rustup target add x86_64-unknown-linux-musl
 WORKDIR /src
+# The commit `--version`, the first log line and pss_build_info name (the context has no .git):
+#   docker build --build-arg PSS_OPERATOR_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG PSS_OPERATOR_COMMIT=unknown
 # The whole tree (see .dockerignore): Cargo.toml names test and bench targets that must exist.
 # BuildKit cache mounts keep the registry and target/ between builds instead of a stub-crate dance.
 COPY . .

@@ -5,6 +5,7 @@ CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug/pss-operator
 
 .PHONY: crds install run deploy undeploy docker-build image help build test lint fmt-check clippy test-unit test-e2e demo bench bench-metrics bench-upstream bench-scale fixtures check-seed fuzz deny
+.PHONY: install-kubectl-plugin krew-archive
 .PHONY: tools preflight preflight-demo tool-prometheus tool-python tool-helm test-chart chart-files helm-install helm-uninstall e2e-node
 
 help: ## List the targets
@@ -101,6 +102,24 @@ tool-helm:
 KUBE_ENV = if [[ -z "$${KUBECONFIG:-}" ]]; then export KUBECONFIG=$$(e2e/scripts/cluster-up.sh | tail -n1); \
 	  export PATH="$$(e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1):$$PATH"; fi
 
+# ---- kubectl plugin ----------------------------------------------------------------------------
+# The binary is the plugin when called as kubectl-pss (krew's naming): a symlink is enough.
+PLUGIN_DIR ?= $(HOME)/.local/bin
+KREW_DIR := $(or $(CARGO_TARGET_DIR),target)/krew
+
+install-kubectl-plugin: build ## Symlink the built binary as kubectl-pss into PLUGIN_DIR (default ~/.local/bin): `kubectl pss status|plan|check`
+	mkdir -p "$(PLUGIN_DIR)"
+	ln -sf "$(abspath $(BIN))" "$(PLUGIN_DIR)/kubectl-pss"
+	@echo "kubectl-pss -> $(abspath $(BIN)) (is $(PLUGIN_DIR) on your PATH? kubectl plugin list shows it)"
+
+krew-archive: ## The release binary as a krew archive and plugins/krew/pss.yaml with its sha256, in $(KREW_DIR)
+	$(CARGO) build --release --locked --bin pss-operator
+	mkdir -p "$(KREW_DIR)"
+	cp "$(or $(CARGO_TARGET_DIR),target)/release/pss-operator" "$(KREW_DIR)/pss-operator"
+	tar -C "$(KREW_DIR)" --owner=0 --group=0 --mtime=@0 -czf "$(KREW_DIR)/pss-operator-linux-amd64.tar.gz" pss-operator
+	sed "s/@SHA256@/$$(sha256sum "$(KREW_DIR)/pss-operator-linux-amd64.tar.gz" | cut -d' ' -f1)/" plugins/krew/pss.yaml > "$(KREW_DIR)/pss.yaml"
+	@echo "$(KREW_DIR)/pss.yaml, $(KREW_DIR)/pss-operator-linux-amd64.tar.gz"
+
 crds: build ## Regenerate crds/, config/crd/ and the chart's copy from the Rust types
 	$(BIN) crd > crds/podsecurityprofiles.yaml
 	cp crds/podsecurityprofiles.yaml config/crd/podsecurityprofiles.yaml
@@ -132,14 +151,15 @@ image: ## Static musl binary + the Dockerfile's image around it, without Docker 
 	@IMG=$(IMG) CONTAINER_TOOL=$(CONTAINER_TOOL) IMAGE_ARCHIVE=$(IMAGE_ARCHIVE) e2e/scripts/image.sh
 
 docker-build: ## Build the image inside Docker (needs a Docker engine; compiles in a Rust container)
-	docker build -t $(IMG) .
+	docker build --build-arg PSS_OPERATOR_COMMIT=$$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown) -t $(IMG) .
 
 # The chart (charts/pss-operator) holds copies of the CRD, the alert rules and the dashboard; these
 # are written by `make crds`, `make generate-observability` and this target, and `make test-chart`
 # fails when they differ from their sources.
 chart-files: ## Copy the CRD, alert rules and dashboard into charts/pss-operator/files
 	cp crds/podsecurityprofiles.yaml config/prometheus/pss-operator.rules.yaml \
-	  config/grafana/pss-operator-dashboard.json charts/pss-operator/files/
+	  config/grafana/pss-operator-dashboard.json config/reports/crds/openreports.io_reports.yaml \
+	  charts/pss-operator/files/
 
 test-chart: tool-helm tool-python e2e-binaries ## helm lint --strict; helm template (default values) renders kubectl kustomize config/default; copies in sync
 	HELM=$(HELM) KUBECTL="$$(e2e/scripts/build-binaries.sh 2>/dev/null | tail -n1)/kubectl" \

@@ -29,6 +29,7 @@ COPIES = {
     CHART / "files" / "podsecurityprofiles.yaml": ROOT / "crds" / "podsecurityprofiles.yaml",
     CHART / "files" / "pss-operator.rules.yaml": ROOT / "config" / "prometheus" / "pss-operator.rules.yaml",
     CHART / "files" / "pss-operator-dashboard.json": ROOT / "config" / "grafana" / "pss-operator-dashboard.json",
+    CHART / "files" / "openreports.io_reports.yaml": ROOT / "config" / "reports" / "crds" / "openreports.io_reports.yaml",
 }
 
 
@@ -93,6 +94,11 @@ class ChartMatchesConfig(unittest.TestCase):
     def test_namespace_create_renders_all_of_config_default(self):
         self.assertSameObjects(helm_template("--set", "namespace.create=true"), kustomize("default"))
 
+    def test_reports_are_config_reports(self):
+        want = kustomize("reports")
+        del want[("v1", "Namespace", "", NAMESPACE)]
+        self.assertSameObjects(helm_template("--set", "reports.enabled=true"), want)
+
     def test_monitoring_objects_are_config_prometheus_and_grafana(self):
         got = helm_template("--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true")
         base = helm_template()
@@ -119,7 +125,7 @@ class ChartMatchesConfig(unittest.TestCase):
         self.assertEqual(chart["appVersion"], crate)
 
     def test_lint_strict(self):
-        for extra in ([], ["--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,namespace.create=true,crds.keep=true"]):
+        for extra in ([], ["--set", "serviceMonitor.enabled=true,prometheusRule.enabled=true,grafanaDashboard.enabled=true,namespace.create=true,crds.keep=true,reports.enabled=true"]):
             out = run(tool("HELM"), "lint", "--strict", str(CHART), "--namespace", NAMESPACE, *extra).stdout
             self.assertIn("1 chart(s) linted, 0 chart(s) failed", out)
 
@@ -184,6 +190,23 @@ class Values(unittest.TestCase):
         self.assertEqual(kept["metadata"].pop("annotations"), {"helm.sh/resource-policy": "keep"})
         self.assertEqual(kept, plain)
         self.assertNotIn(crd_key, helm_template("--set", "crds.install=false"))
+
+    def test_reports_rbac_only_when_enabled(self):
+        base = helm_template()
+        self.assertFalse([k for k in base if k[3].endswith("-reports") or k[3] == "reports.openreports.io"])
+        _, c = container(base)
+        self.assertFalse([a for a in c["args"] if a.startswith("--reports")])
+        objs = helm_template("--set", "reports.enabled=true,reports.format=policyreport,reports.installCRD=false")
+        _, c = container(objs)
+        self.assertEqual(c["args"][-1], "--reports=policyreport")
+        self.assertNotIn(("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", "reports.openreports.io"), objs)
+        role = objs[("rbac.authorization.k8s.io/v1", "ClusterRole", "", "pss-operator-reports")]
+        self.assertEqual({r["apiGroups"][0]: r["verbs"] for r in role["rules"]},
+                         {"openreports.io": ["list", "create", "patch", "delete"],
+                          "wgpolicyk8s.io": ["list", "create", "patch", "delete"]})
+        proc = run(tool("HELM"), "template", "x", str(CHART), "--set", "reports.enabled=true,reports.format=yes", check=False)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("reports.format must be auto, openreports or policyreport", proc.stderr)
 
     def test_monitoring_labels_and_dashboard_namespace(self):
         objs = helm_template("--set", "serviceMonitor.enabled=true,serviceMonitor.labels.release=kps,"

@@ -3,7 +3,8 @@
 //! - [`pss`]: the exact Pod Security Standards evaluator (pure, no I/O).
 //! - [`manifest`]: reading Kubernetes manifests (YAML/JSON) into pod templates.
 //! - [`operator`]: the PodSecurityProfile operator (pure planner, index and status; I/O edges).
-//! - [`cli`]: the subcommands of the binary (`check`, `crd`, `run`).
+//! - [`cli`]: the subcommands of the binary (`check`, `crd`, `run`, `plan`, `status`, `completions`;
+//!   as `kubectl-pss`, the kubectl plugin).
 #![forbid(unsafe_code)]
 
 // The global allocator of musl builds (the container image), for every binary linking this

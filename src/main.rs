@@ -1,55 +1,48 @@
-//! The `pss-operator` binary: thin wrappers over the library's subcommands.
+//! The `pss-operator` binary: thin wrappers over the library's subcommands. Called as
+//! `kubectl-pss` (a symlink or copy on the PATH) it is the kubectl plugin `kubectl pss`.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use pss_operator::cli;
-
-#[derive(Debug, Parser)]
-#[command(
-    name = "pss-operator",
-    version,
-    about = "Continuous Pod Security Standards compliance for Kubernetes"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Evaluate manifests offline against a Pod Security Standards level (for CI pipelines).
-    ///
-    /// Exit code: 0 all allowed, 1 something violates, 2 usage or input error.
-    Check(cli::check::CheckArgs),
-    /// Print the PodSecurityProfile CRD (YAML) generated from the Rust types.
-    Crd,
-    /// Run the operator against the cluster of the current kubeconfig or the in-cluster account.
-    Run(cli::run::RunArgs),
-}
+use clap::Parser;
+use pss_operator::cli::{self, Cli, Command, Plugin, PluginCommand};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Check(args) => {
-            let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
-            match cli::check::run(
-                &args,
-                &mut stdin.lock(),
-                &mut stdout.lock(),
-                &mut stderr.lock(),
-            ) {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => {
-                    eprintln!("error: writing output: {e}");
-                    ExitCode::from(cli::check::EXIT_INPUT_ERROR)
-                }
-            }
-        }
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if cli::called_as_plugin(&argv0) {
+        return match Plugin::parse().command {
+            PluginCommand::Status(args) => cli::status::run(args),
+            PluginCommand::Plan(args) => cli::plan::run(args),
+            PluginCommand::Check(args) => check(&args),
+        };
+    }
+    match Cli::parse().command {
+        Command::Check(args) => check(&args),
         Command::Crd => cli::crd::run(),
         Command::Run(args) => {
             one_malloc_arena();
             cli::run::run(args)
+        }
+        Command::Plan(args) => cli::plan::run(args),
+        Command::Status(args) => cli::status::run(args),
+        Command::Completions(args) => {
+            cli::completions::write(args.shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn check(args: &cli::check::CheckArgs) -> ExitCode {
+    let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
+    match cli::check::run(
+        args,
+        &mut stdin.lock(),
+        &mut stdout.lock(),
+        &mut stderr.lock(),
+    ) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("error: writing output: {e}");
+            ExitCode::from(cli::check::EXIT_INPUT_ERROR)
         }
     }
 }

@@ -18,6 +18,7 @@ use crate::operator::fence::Fence;
 use crate::operator::gate::{LeaseWatchLayer, WriteGateLayer};
 use crate::operator::leader::{self, Leadership};
 use crate::operator::metrics::Metrics;
+use crate::operator::reports::{Format, Wanted};
 use crate::operator::server::tls::CertSource;
 use crate::operator::{Result, server};
 use crate::pss::AdmissionConfig;
@@ -107,6 +108,31 @@ pub struct RunArgs {
     /// Name of the leader election Lease (in --operator-namespace, else `default`).
     #[arg(long, default_value = "pss-operator-leader")]
     pub lease_name: String,
+
+    /// Write a policy report per governed namespace: `openreports` (openreports.io Report),
+    /// `policyreport` (wgpolicyk8s.io PolicyReport), `auto` (the first of those the API server
+    /// serves), `off`. Needs the CRD and RBAC of config/reports (Helm: reports.enabled).
+    #[arg(long, value_enum, default_value = "off")]
+    pub reports: ReportsFlag,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ReportsFlag {
+    Off,
+    Auto,
+    Openreports,
+    Policyreport,
+}
+
+impl From<ReportsFlag> for Wanted {
+    fn from(f: ReportsFlag) -> Wanted {
+        match f {
+            ReportsFlag::Off => Wanted::Off,
+            ReportsFlag::Auto => Wanted::Auto,
+            ReportsFlag::Openreports => Wanted::Only(Format::OpenReports),
+            ReportsFlag::Policyreport => Wanted::Only(Format::PolicyReport),
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -129,6 +155,13 @@ fn identity() -> String {
 
 pub fn run(args: RunArgs) -> ExitCode {
     init_logging(args.log_format);
+    // The first line of every log says which build it is.
+    info!(
+        version = super::VERSION,
+        commit = super::COMMIT,
+        "pss-operator {}",
+        super::LONG_VERSION
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -249,6 +282,7 @@ async fn operate(args: RunArgs) -> Result<()> {
         "PodSecurity admission configuration"
     );
     let metrics = Arc::new(Metrics::new()?);
+    metrics.build_info(super::VERSION, super::COMMIT);
     let ready = Arc::new(AtomicBool::new(false));
     let exclusions = Exclusions::new(
         args.exclude_namespaces
@@ -303,6 +337,7 @@ async fn operate(args: RunArgs) -> Result<()> {
             InitialListsArg::Streaming => InitialLists::Streaming,
             InitialListsArg::Paginated => InitialLists::Paginated,
         },
+        reports: args.reports.into(),
     };
 
     let server = server::serve(serving, metrics.clone(), ready.clone(), client.clone());
@@ -399,6 +434,29 @@ mod tests {
             .expect_err("refused")
             .to_string();
         assert!(err.contains("maybe"), "{err}");
+    }
+
+    #[test]
+    fn reports_are_off_unless_asked() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+                .map(|c| Wanted::from(c.run.reports))
+        };
+        assert_eq!(parse(&[]).expect("parses"), Wanted::Off);
+        assert_eq!(parse(&["--reports", "auto"]).expect("parses"), Wanted::Auto);
+        assert_eq!(
+            parse(&["--reports=openreports"]).expect("parses"),
+            Wanted::Only(Format::OpenReports)
+        );
+        assert_eq!(
+            parse(&["--reports=policyreport"]).expect("parses"),
+            Wanted::Only(Format::PolicyReport)
+        );
+        let err = parse(&["--reports=yes"]).expect_err("refused").to_string();
+        assert!(
+            err.contains("possible values: off, auto, openreports, policyreport"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! Bad input never stops the reader: each broken document becomes a [`ManifestError`] naming the
 //! source, the document, the line and the field, and reading goes on with the next one.
 
-mod split;
+pub mod split;
 
 use std::fmt;
 

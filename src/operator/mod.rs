@@ -10,6 +10,7 @@
 //! - [`pods`]: the slim Pod projection the watch keeps; [`index`]: Pod verdicts per namespace;
 //! - [`workloads`]: Pod-template workloads, folded into their owners, and their templates' verdicts;
 //! - [`status`]: the bounded profile status; [`metrics`]: metric values and their exposition;
+//! - [`preview`]: what `pss-operator plan` shows (the planner's label changes, what they refuse);
 //! - [`backoff`]: the retry delay; [`fence`]: a leader writes only while its Lease is confirmed
 //!   and it never stood still; [`error`]: the operator's errors.
 //!
@@ -31,13 +32,15 @@ pub mod leader;
 pub mod ledger;
 pub mod metrics;
 pub mod pods;
+pub mod preview;
 #[cfg(test)]
 mod properties;
 pub mod record;
+pub mod reports;
 pub mod server;
 pub mod status;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 pub mod workloads;
 
 /// The one field manager for labels and status.
@@ -133,6 +136,49 @@ mod config_tests {
         }
         granted.sort();
         granted
+    }
+
+    #[test]
+    fn reports_rbac_comes_only_with_config_reports() {
+        assert_eq!(
+            grants("config/reports/role.yaml", true),
+            [
+                "openreports.io/reports:create",
+                "openreports.io/reports:delete",
+                "openreports.io/reports:list",
+                "openreports.io/reports:patch",
+                "wgpolicyk8s.io/policyreports:create",
+                "wgpolicyk8s.io/policyreports:delete",
+                "wgpolicyk8s.io/policyreports:list",
+                "wgpolicyk8s.io/policyreports:patch",
+            ]
+        );
+        let binding: Value =
+            serde_yaml_ng::from_str(&read("config/reports/role_binding.yaml")).expect("yaml");
+        assert_eq!(
+            binding["roleRef"]["name"].as_str(),
+            Some("pss-operator-reports")
+        );
+        assert_eq!(
+            binding["subjects"][0]["name"].as_str(),
+            Some("pss-operator")
+        );
+        let kustomization: Value =
+            serde_yaml_ng::from_str(&read("config/reports/kustomization.yaml")).expect("yaml");
+        assert_eq!(
+            strings(&kustomization["resources"]),
+            [
+                "../default",
+                "crds/openreports.io_reports.yaml",
+                "role.yaml",
+                "role_binding.yaml"
+            ]
+        );
+        assert!(read("config/reports/kustomization.yaml").contains("value: --reports=auto"));
+        // Nothing of it in the base: config/rbac grants no report kind (rbac_is_least_privilege).
+        for file in ["role.yaml", "role_binding.yaml"] {
+            assert!(!read(&format!("config/rbac/{file}")).contains("reports"));
+        }
     }
 
     #[test]

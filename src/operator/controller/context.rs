@@ -43,6 +43,8 @@ pub struct Config {
     /// Streamed or paginated initial lists (`--initial-lists`); `Auto` is resolved before the
     /// watches start ([`super::lists::resolve`]).
     pub initial_lists: InitialLists,
+    /// Policy reports (`--reports`).
+    pub reports: crate::operator::reports::Wanted,
 }
 
 pub(super) struct Context {

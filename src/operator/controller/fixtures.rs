@@ -64,6 +64,7 @@ pub fn booking_context() -> (Arc<Context>, Writer<PartialObjectMeta<Namespace>>)
         identity: "test".into(),
         fence: Arc::new(crate::operator::fence::Fence::unfenced()),
         initial_lists: Default::default(),
+        reports: Default::default(),
     };
     let metrics = Arc::new(Metrics::new().expect("metrics"));
     let (ctx, _) = Context::new(

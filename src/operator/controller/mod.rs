@@ -10,6 +10,8 @@
 //!   (ledger, drift count, Events);
 //! - [`reporter`]: publishes metrics and writes changed statuses from the latest pass's picture,
 //!   at most every 250 ms, computing them on a blocking thread;
+//! - [`reports`]: with `--reports`, the policy report of each governed namespace, written when
+//!   its content changed;
 //! - [`events`]: Events are posted in the background; [`finalizer`]: our finalizer on `Remove`
 //!   profiles; [`context`]: what the tasks share. A heartbeat fences writes after a standstill;
 //!   the client's write gate refuses every write the fence does not allow.
@@ -29,6 +31,7 @@ mod fixtures;
 mod lists;
 mod pass;
 mod reporter;
+mod reports;
 mod version;
 mod watch;
 mod writer;
@@ -115,6 +118,9 @@ pub async fn run(
     tasks.spawn(pass::pass_loop(ctx.clone()));
     tasks.spawn(reporter::report_loop(ctx.clone(), receivers.pictures));
     tasks.spawn(writer::label_writer(ctx.clone(), receivers.writes));
+    if ctx.config.reports != crate::operator::reports::Wanted::Off {
+        tasks.spawn(reports::report_loop(ctx.clone(), ctx.config.reports));
+    }
     tasks.spawn(events::post(ctx.clone(), receivers.events));
     let c = ctx.clone();
     tasks.spawn(async move { c.fence.heartbeat().await });

@@ -14,7 +14,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use prometheus::proto::MetricFamily;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 use super::error::{Error, Result};
 use exposition::{FAMILIES, Gauges, estimated_len};
@@ -27,6 +29,8 @@ pub struct Metrics {
     drift_series: Mutex<BTreeSet<[String; 3]>>,
     reconcile_duration: HistogramVec,
     reconcile_errors: IntCounterVec,
+    build_info: IntGaugeVec,
+    report_writes: IntCounterVec,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -55,7 +59,24 @@ impl Metrics {
         .map_err(Error::Metrics)?;
         r.register(Box::new(reconcile_duration.clone()))
             .map_err(Error::Metrics)?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "pss_build_info",
+                "1, labelled with the version and git commit of the running pss-operator",
+            ),
+            &["commit", "version"],
+        )
+        .map_err(Error::Metrics)?;
+        r.register(Box::new(build_info.clone()))
+            .map_err(Error::Metrics)?;
         Ok(Metrics {
+            build_info,
+            report_writes: counter(
+                &r,
+                "pss_report_writes_total",
+                "Policy reports applied or deleted (--reports): only when a report's content changed",
+                &["operation"],
+            )?,
             gauges: Mutex::new(Arc::default()),
             label_drift: counter(
                 &r,
@@ -90,6 +111,16 @@ impl Metrics {
             }
             keep
         });
+    }
+
+    /// Sets `pss_build_info{version,commit} 1` (once, at start).
+    pub fn build_info(&self, version: &str, commit: &str) {
+        self.build_info.with_label_values(&[commit, version]).set(1);
+    }
+
+    /// Counts a policy report write (`apply` or `delete`).
+    pub fn report_write(&self, operation: &str) {
+        self.report_writes.with_label_values(&[operation]).inc();
     }
 
     pub fn drift(&self, namespace: &str, profile: &str, label: &str) {
@@ -370,10 +401,23 @@ mod tests {
     }
 
     #[test]
+    fn build_info_names_the_version_and_commit() {
+        let m = Metrics::new().expect("metrics");
+        m.build_info("0.1.0", "0123abcd");
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE pss_build_info gauge\npss_build_info{commit=\"0123abcd\",version=\"0.1.0\"} 1\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn text_is_byte_identical_to_the_prometheus_crate() {
         let m = Metrics::new().expect("metrics");
         m.drift("a\"b", "app", "pod-security.kubernetes.io/enforce");
         m.error("namespace", &Error::LeadershipLost);
+        m.build_info("0.1.0", "0123abcd");
+        m.report_write("apply");
         drop(m.timer("namespace"));
         let mut cases = vec![varied(), values("app"), MetricValues::default()];
         // Empty families between non-empty ones.
