@@ -313,7 +313,7 @@ fn main() {
         time_ours(&pods, lv, round_time / 4);
         let (mut theirs, mut ours, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..rounds {
-            let (u, o) = if round % 2 == 0 {
+            let (u, o) = if round.is_multiple_of(2) {
                 let u = upstream.round(level, round_time);
                 (u, time_ours(&pods, lv, round_time))
             } else {
