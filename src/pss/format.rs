@@ -33,6 +33,133 @@ pub fn sorted_unique<T: Ord>(items: &mut Vec<T>) {
     items.dedup();
 }
 
+/// Go's `sets.String.List()` of a few values: sorted byte-wise, without duplicates, kept on the
+/// stack up to eight values (a Pod's containers rarely give more).
+pub struct SortedSet<T> {
+    len: usize,
+    inline: [T; 8],
+    spill: Vec<T>,
+}
+
+impl<T: Ord + Copy + Default> SortedSet<T> {
+    pub fn new() -> Self {
+        SortedSet {
+            len: 0,
+            inline: [T::default(); 8],
+            spill: Vec::new(),
+        }
+    }
+
+    pub fn insert(&mut self, value: T) {
+        if !self.spill.is_empty() {
+            if let Err(i) = self.spill.binary_search(&value) {
+                self.spill.insert(i, value);
+            }
+            return;
+        }
+        let Err(i) = self.inline[..self.len].binary_search(&value) else {
+            return;
+        };
+        if self.len == self.inline.len() {
+            self.spill.reserve(2 * self.len);
+            self.spill.extend_from_slice(&self.inline);
+            self.spill.insert(i, value);
+        } else {
+            self.inline.copy_within(i..self.len, i + 1);
+            self.inline[i] = value;
+            self.len += 1;
+        }
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        if self.spill.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spill
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.as_slice().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T: Ord + Copy + Default> Default for SortedSet<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Ord + Copy + Default> FromIterator<T> for SortedSet<T> {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Self {
+        let mut set = SortedSet::new();
+        for value in iter {
+            set.insert(value);
+        }
+        set
+    }
+}
+
+/// An integer as the decimal text Go's `strconv.Itoa` gives, on the stack, ordered as that text
+/// (upstream keeps host ports as strings in a set: "10000" sorts before "9090").
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+pub struct DecimalText {
+    len: u8,
+    bytes: [u8; 20],
+}
+
+impl DecimalText {
+    pub fn new(value: i64) -> Self {
+        let mut digits = [0u8; 20];
+        let mut n = value.unsigned_abs();
+        let mut i = digits.len();
+        loop {
+            i -= 1;
+            digits[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        let mut text = DecimalText::default();
+        let mut len = 0;
+        if value < 0 {
+            text.bytes[0] = b'-';
+            len = 1;
+        }
+        let count = digits.len() - i;
+        text.bytes[len..len + count].copy_from_slice(&digits[i..]);
+        text.len = (len + count) as u8;
+        text
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII digits and '-' are ever written.
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+impl Ord for DecimalText {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
+    }
+}
+
+impl PartialOrd for DecimalText {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Appends the decimal text of `n`.
+pub fn push_decimal(out: &mut String, n: i64) {
+    out.push_str(DecimalText::new(n).as_str());
+}
+
 /// Go's `strconv.Quote` (the `%q` verb): double-quoted, with Go's escapes for `"`, `\`, control
 /// characters and every rune Go does not consider printable.
 pub fn go_quote(out: &mut String, s: &str) {

@@ -227,6 +227,22 @@ impl LevelVersion {
     }
 }
 
+impl LevelVersion {
+    /// Appends what `Display` writes (`restricted:latest`), without the formatting machinery:
+    /// messages are built on the evaluator's hot path.
+    pub fn write_to(&self, out: &mut String) {
+        out.push_str(self.level.as_str());
+        out.push(':');
+        match self.version {
+            Version::Latest => out.push_str("latest"),
+            Version::V1(minor) => {
+                out.push_str("v1.");
+                super::format::push_decimal(out, minor.into());
+            }
+        }
+    }
+}
+
 impl fmt::Display for LevelVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.level, self.version)

@@ -22,7 +22,8 @@ pub mod model;
 
 pub use admission::{Admission, AdmissionConfig, Exemptions};
 pub use checks::{
-    CheckId, CheckSet, Violation, annotation_is_checked, checks_for, volume_is_checked,
+    CheckId, CheckSet, Violation, annotation_is_checked, check_set_for, checks_for,
+    volume_is_checked,
 };
 pub use level::{
     KubeVersion, LabelError, Level, LevelVersion, Mode, NEWEST_KNOWN_MINOR, ParseError, Policy,
@@ -46,7 +47,19 @@ impl Evaluation {
 
     /// Upstream's `ForbiddenDetail`: `reason (detail), reason (detail), ...`.
     pub fn forbidden_detail(&self) -> String {
-        let mut out = String::new();
+        let mut out = String::with_capacity(self.forbidden_detail_len());
+        self.write_forbidden_detail(&mut out);
+        out
+    }
+
+    fn forbidden_detail_len(&self) -> usize {
+        self.violations
+            .iter()
+            .map(|v| v.reason.len() + v.detail.len() + 5)
+            .sum()
+    }
+
+    fn write_forbidden_detail(&self, out: &mut String) {
         for (i, v) in self.violations.iter().enumerate() {
             if i > 0 {
                 out.push_str(", ");
@@ -58,27 +71,32 @@ impl Evaluation {
                 out.push(')');
             }
         }
+    }
+
+    /// `<verb> PodSecurity "restricted:latest": <forbidden detail>`, in one allocation.
+    fn message(&self, verb: &str) -> String {
+        if self.allowed() {
+            return String::new();
+        }
+        const NOUN: &str = " PodSecurity \"";
+        let mut out =
+            String::with_capacity(verb.len() + NOUN.len() + 24 + 3 + self.forbidden_detail_len());
+        out.push_str(verb);
+        out.push_str(NOUN);
+        self.level_version.write_to(&mut out);
+        out.push_str("\": ");
+        self.write_forbidden_detail(&mut out);
         out
     }
 
     /// The API server's denial: `violates PodSecurity "restricted:latest": ...`; empty if allowed.
     pub fn denial_message(&self) -> String {
-        if self.allowed() {
-            return String::new();
-        }
-        format!(
-            "violates PodSecurity \"{}\": {}",
-            self.level_version,
-            self.forbidden_detail()
-        )
+        self.message("violates")
     }
 
     /// The API server's warning and audit text: `would violate PodSecurity ...`; empty if allowed.
     pub fn warning_message(&self) -> String {
-        if self.allowed() {
-            return String::new();
-        }
-        warning_text(&self.denial_message())
+        self.message("would violate")
     }
 
     /// The ids of the failed checks, in order.
@@ -128,7 +146,8 @@ pub fn evaluate_on(
     level_version: LevelVersion,
 ) -> Evaluation {
     let minor = level_version.version.effective_minor(kube);
-    let violations = checks::run_checks(checks_for(level_version.level, minor), meta, spec, minor);
+    let violations =
+        checks::run_checks(check_set_for(level_version.level, minor), meta, spec, minor);
     Evaluation {
         level_version,
         violations,

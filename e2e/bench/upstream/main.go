@@ -3,7 +3,10 @@
 // single-core throughput, for benches/vs_upstream.rs to compare with ours.
 //
 // Input: a JSON-lines corpus, one Pod object per line (already carrying API-server defaulting).
-// Output (stdout): one JSON line per (pod, level) with the message, then a summary line per level.
+// Output (stdout): one JSON line per (pod, level) with the message, then {"ready":true}. Then it
+// serves timed rounds, so that the bench can interleave them with its own: each stdin line
+// "<level:version> <milliseconds>" runs whole passes over the corpus for at least that long and
+// answers one JSON summary line. Stdin closed: exit.
 package main
 
 import (
@@ -14,6 +17,7 @@ import (
 	"os"
 	"reflect"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,65 +33,95 @@ type verdict struct {
 	Message string `json:"message"`
 }
 
+// summary of one timed round. Denied and MessageBytes are totals over every pass of the round:
+// the bench checks that they are passes times its own per-pass totals (the same work was done).
 type summary struct {
-	Level      string  `json:"level"`
-	Pods       int     `json:"pods"`
-	Passes     int     `json:"passes"`
-	Seconds    float64 `json:"seconds"`
-	PodsPerSec float64 `json:"pods_per_second"`
+	Level        string  `json:"level"`
+	Pods         int     `json:"pods"`
+	Passes       int     `json:"passes"`
+	Seconds      float64 `json:"seconds"`
+	PodsPerSec   float64 `json:"pods_per_second"`
+	Denied       int     `json:"denied"`
+	MessageBytes int     `json:"message_bytes"`
 }
 
 func main() {
 	corpus := flag.String("corpus", "", "JSON-lines file of Pods")
 	levels := flag.String("levels", "restricted:latest,baseline:latest", "comma-separated level:version list")
-	minTime := flag.Duration("min-time", 3*time.Second, "minimum timed duration per level")
 	flag.Parse()
 	runtime.GOMAXPROCS(1) // per-core throughput
 
 	pods, err := readCorpus(*corpus)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "upstream:", err)
-		os.Exit(2)
+		fail(err)
 	}
 	evaluator, err := policy.NewEvaluator(policy.DefaultChecks(), nil)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "upstream:", err)
-		os.Exit(2)
+		fail(err)
 	}
 	out := bufio.NewWriter(os.Stdout)
-	defer out.Flush()
 	enc := json.NewEncoder(out)
 	for _, lvText := range strings.Split(*levels, ",") {
 		lv, err := parseLevelVersion(lvText)
 		if err != nil {
-			fmt.Fprintln(os.Stderr, "upstream:", err)
-			os.Exit(2)
+			fail(err)
 		}
 		for i := range pods {
 			r := policy.AggregateCheckResults(evaluator.EvaluatePod(lv, &pods[i].ObjectMeta, &pods[i].Spec))
 			v := verdict{Pod: i, Level: lvText, Allowed: r.Allowed}
 			if !r.Allowed {
-				v.Message = fmt.Sprintf("violates PodSecurity %q: %s", lv.String(), r.ForbiddenDetail())
+				v.Message = denial(lv, r)
 			}
 			_ = enc.Encode(v)
 		}
-		// Timed: evaluation and aggregation, as admission does per request (the message string
-		// itself is formatted only for denied pods, as ours does).
+	}
+	_, _ = out.WriteString("{\"ready\":true}\n")
+	_ = out.Flush()
+
+	commands := bufio.NewScanner(os.Stdin)
+	for commands.Scan() {
+		fields := strings.Fields(commands.Text())
+		if len(fields) != 2 {
+			fail(fmt.Errorf("bad command %q: want <level:version> <milliseconds>", commands.Text()))
+		}
+		lv, err := parseLevelVersion(fields[0])
+		if err != nil {
+			fail(err)
+		}
+		ms, err := strconv.Atoi(fields[1])
+		if err != nil {
+			fail(err)
+		}
+		minTime := time.Duration(ms) * time.Millisecond
+		// Timed: what kube-apiserver's PodSecurity admission does per Pod: evaluation,
+		// aggregation, and for a denied Pod the full message.
+		s := summary{Level: fields[0], Pods: len(pods)}
 		start := time.Now()
-		passes := 0
-		for time.Since(start) < *minTime {
+		for time.Since(start) < minTime {
 			for i := range pods {
 				r := policy.AggregateCheckResults(evaluator.EvaluatePod(lv, &pods[i].ObjectMeta, &pods[i].Spec))
 				if !r.Allowed {
-					_ = r.ForbiddenDetail()
+					s.Denied++
+					s.MessageBytes += len(denial(lv, r))
 				}
 			}
-			passes++
+			s.Passes++
 		}
-		secs := time.Since(start).Seconds()
-		_ = enc.Encode(summary{Level: lvText, Pods: len(pods), Passes: passes, Seconds: secs,
-			PodsPerSec: float64(passes*len(pods)) / secs})
+		s.Seconds = time.Since(start).Seconds()
+		s.PodsPerSec = float64(s.Passes*len(pods)) / s.Seconds
+		_ = enc.Encode(s)
+		_ = out.Flush()
 	}
+}
+
+// denial is kube-apiserver's message for a Pod that enforce refuses.
+func denial(lv api.LevelVersion, r policy.AggregateCheckResult) string {
+	return fmt.Sprintf("violates PodSecurity %q: %s", lv.String(), r.ForbiddenDetail())
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "upstream:", err)
+	os.Exit(2)
 }
 
 func parseLevelVersion(s string) (api.LevelVersion, error) {

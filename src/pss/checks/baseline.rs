@@ -1,12 +1,16 @@
-//! Baseline checks. Each returns `None` when the pod passes, without allocating.
+//! Baseline checks. Each writes upstream's detail to `out` and returns upstream's reason when the
+//! pod fails, or returns `None` (having written nothing) when it passes; none allocates unless a
+//! message holds more than eight distinct values of a kind.
 
-use super::{Finding, containers_where, setters};
-use crate::pss::format::{containers_phrase, go_quote, plural, quote_join, sorted_unique};
+use super::{containers_where, setters_where};
+use crate::pss::format::{DecimalText, SortedSet, go_quote, plural, quote_join};
 use crate::pss::model::{Container, Handler, PodMeta, PodSpec, SeLinuxOptions};
 
-const APPARMOR_ANNOTATION_PREFIX: &str = "container.apparmor.security.beta.kubernetes.io/";
-const SECCOMP_POD_ANNOTATION: &str = "seccomp.security.alpha.kubernetes.io/pod";
-const SECCOMP_CONTAINER_ANNOTATION_PREFIX: &str = "container.seccomp.security.alpha.kubernetes.io/";
+pub(super) const APPARMOR_ANNOTATION_PREFIX: &str =
+    "container.apparmor.security.beta.kubernetes.io/";
+pub(super) const SECCOMP_POD_ANNOTATION: &str = "seccomp.security.alpha.kubernetes.io/pod";
+pub(super) const SECCOMP_CONTAINER_ANNOTATION_PREFIX: &str =
+    "container.seccomp.security.alpha.kubernetes.io/";
 
 /// Whether any check reads the annotation `key` (AppArmor per container; the alpha seccomp
 /// annotations, read before v1.19): every other annotation can be dropped without changing a
@@ -17,70 +21,96 @@ pub fn annotation_is_checked(key: &str) -> bool {
         || key.starts_with(SECCOMP_CONTAINER_ANNOTATION_PREFIX)
 }
 
-fn profile_type_allowed(t: &str) -> bool {
+pub(super) fn profile_type_allowed(t: &str) -> bool {
     matches!(t, "RuntimeDefault" | "Localhost")
 }
 
-pub(super) fn app_armor_profile(meta: &PodMeta, spec: &PodSpec) -> Option<Finding> {
+/// The value of a `container.apparmor.security.beta.kubernetes.io/*` annotation baseline allows.
+pub(super) fn apparmor_annotation_allowed(v: &str) -> bool {
+    v.is_empty() || v == "runtime/default" || v.starts_with("localhost/")
+}
+
+/// The annotations whose key starts with `prefix`, sorted by key (the map's order).
+pub(super) fn annotations_with_prefix<'a>(
+    meta: &'a PodMeta,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a String, &'a String)> {
+    use std::ops::Bound;
+    meta.annotations
+        .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+        .take_while(move |(k, _)| k.starts_with(prefix))
+}
+
+/// The AppArmor annotations, sorted by key (upstream's order too).
+fn apparmor_annotations(meta: &PodMeta) -> impl Iterator<Item = (&String, &String)> {
+    annotations_with_prefix(meta, APPARMOR_ANNOTATION_PREFIX)
+}
+
+fn app_armor_type(c: &Container) -> Option<&str> {
+    c.security_context
+        .as_ref()
+        .and_then(|sc| sc.app_armor_profile.as_ref())
+        .map(|p| p.type_.as_str())
+        .filter(|t| !profile_type_allowed(t))
+}
+
+pub(super) fn app_armor_profile(
+    meta: &PodMeta,
+    spec: &PodSpec,
+    out: &mut String,
+) -> Option<&'static str> {
     let pod_type = spec
         .security_context
         .as_ref()
         .and_then(|sc| sc.app_armor_profile.as_ref())
         .map(|p| p.type_.as_str())
         .filter(|t| !profile_type_allowed(t));
-    fn container_type(c: &Container) -> Option<&str> {
-        c.security_context
-            .as_ref()
-            .and_then(|sc| sc.app_armor_profile.as_ref())
-            .map(|p| p.type_.as_str())
-            .filter(|t| !profile_type_allowed(t))
-    }
-    let bad_containers = containers_where(spec, |c| container_type(c).is_some());
-    let annotation_allowed =
-        |v: &str| v.is_empty() || v == "runtime/default" || v.starts_with("localhost/");
-    let bad_annotations = meta
-        .annotations
-        .iter()
-        .filter(|(k, v)| k.starts_with(APPARMOR_ANNOTATION_PREFIX) && !annotation_allowed(v))
+    let bad_annotations = apparmor_annotations(meta)
+        .filter(|(_, v)| !apparmor_annotation_allowed(v))
         .count();
-    if pod_type.is_none() && bad_containers.is_empty() && bad_annotations == 0 {
+    if pod_type.is_none()
+        && bad_annotations == 0
+        && !spec.all_containers().any(|c| app_armor_type(c).is_some())
+    {
         return None;
     }
-
-    let mut values: Vec<String> = pod_type
+    let types: SortedSet<&str> = pod_type
         .into_iter()
-        .chain(spec.all_containers().filter_map(container_type))
-        .map(str::to_owned)
+        .chain(spec.all_containers().filter_map(app_armor_type))
         .collect();
-    sorted_unique(&mut values);
-    // Annotation keys are unique, and the map iterates them sorted: already upstream's order.
-    for (k, v) in &meta.annotations {
-        if k.starts_with(APPARMOR_ANNOTATION_PREFIX) && !annotation_allowed(v) {
-            let mut s = format!("{k}=");
-            go_quote(&mut s, v);
-            values.push(s);
-        }
-    }
-    let mut who = setters(pod_type.is_some(), &bad_containers);
+    let bad_containers = setters_where(out, pod_type.is_some(), spec, |c| {
+        app_armor_type(c).is_some()
+    });
     if bad_annotations > 0 {
-        if !who.is_empty() {
-            who.push_str(" and ");
+        if pod_type.is_some() || bad_containers > 0 {
+            out.push_str(" and ");
         }
-        who.push_str(plural(bad_annotations, "annotation", "annotations"));
+        out.push_str(plural(bad_annotations, "annotation", "annotations"));
     }
-    let mut detail = format!("{who} must not set AppArmor profile type to ");
-    quote_join(&mut detail, &values);
-    Finding::new(
-        plural(
-            values.len(),
-            "forbidden AppArmor profile",
-            "forbidden AppArmor profiles",
-        ),
-        detail,
-    )
+    out.push_str(" must not set AppArmor profile type to ");
+    quote_join(out, types.as_slice());
+    // Annotation keys are unique, and the map iterates them sorted: already upstream's order.
+    for (i, (k, v)) in apparmor_annotations(meta)
+        .filter(|(_, v)| !apparmor_annotation_allowed(v))
+        .enumerate()
+    {
+        if i > 0 || !types.is_empty() {
+            out.push_str(", ");
+        }
+        out.push('"');
+        out.push_str(k);
+        out.push('=');
+        go_quote(out, v);
+        out.push('"');
+    }
+    Some(plural(
+        types.len() + bad_annotations,
+        "forbidden AppArmor profile",
+        "forbidden AppArmor profiles",
+    ))
 }
 
-const DEFAULT_CAPABILITIES: [&str; 13] = [
+pub(super) const DEFAULT_CAPABILITIES: [&str; 13] = [
     "AUDIT_WRITE",
     "CHOWN",
     "DAC_OVERRIDE",
@@ -103,30 +133,29 @@ fn added_capabilities(c: &Container) -> &[String] {
         .map_or(&[], |caps| caps.add.as_slice())
 }
 
-pub(super) fn capabilities(spec: &PodSpec) -> Option<Finding> {
-    let non_default = |cap: &&String| !DEFAULT_CAPABILITIES.contains(&cap.as_str());
-    let bad = containers_where(spec, |c| {
-        added_capabilities(c).iter().any(|a| non_default(&a))
-    });
-    if bad.is_empty() {
+fn non_default(cap: &&String) -> bool {
+    !DEFAULT_CAPABILITIES.contains(&cap.as_str())
+}
+
+pub(super) fn capabilities(spec: &PodSpec, out: &mut String) -> Option<&'static str> {
+    let bad = |c: &Container| added_capabilities(c).iter().any(|a| non_default(&a));
+    if !spec.all_containers().any(bad) {
         return None;
     }
-    let mut caps: Vec<&str> = spec
+    let caps: SortedSet<&str> = spec
         .all_containers()
         .flat_map(added_capabilities)
         .filter(non_default)
         .map(String::as_str)
         .collect();
-    sorted_unique(&mut caps);
-    let mut detail = String::new();
-    containers_phrase(&mut detail, &bad);
-    detail.push_str(" must not include ");
-    quote_join(&mut detail, &caps);
-    detail.push_str(" in securityContext.capabilities.add");
-    Finding::new("non-default capabilities", detail)
+    containers_where(out, spec, bad);
+    out.push_str(" must not include ");
+    quote_join(out, caps.as_slice());
+    out.push_str(" in securityContext.capabilities.add");
+    Some("non-default capabilities")
 }
 
-pub(super) fn host_namespaces(spec: &PodSpec) -> Option<Finding> {
+pub(super) fn host_namespaces(spec: &PodSpec, out: &mut String) -> Option<&'static str> {
     let set = [
         (spec.host_network, "hostNetwork=true"),
         (spec.host_pid, "hostPID=true"),
@@ -135,51 +164,70 @@ pub(super) fn host_namespaces(spec: &PodSpec) -> Option<Finding> {
     if !set.iter().any(|(on, _)| *on) {
         return None;
     }
-    let names: Vec<&str> = set.iter().filter(|(on, _)| *on).map(|(_, n)| *n).collect();
-    Finding::new("host namespaces", names.join(", "))
+    for (i, (_, name)) in set.iter().filter(|(on, _)| *on).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(name);
+    }
+    Some("host namespaces")
 }
 
-pub(super) fn host_path_volumes(spec: &PodSpec) -> Option<Finding> {
-    if !spec.volumes.iter().any(|v| v.sources.has_host_path()) {
-        return None;
-    }
-    let names: Vec<&str> = spec
+pub(super) fn host_path_volumes(spec: &PodSpec, out: &mut String) -> Option<&'static str> {
+    let count = spec
         .volumes
         .iter()
         .filter(|v| v.sources.has_host_path())
-        .map(|v| v.name.as_str())
-        .collect();
-    let mut detail = plural(names.len(), "volume ", "volumes ").to_owned();
-    quote_join(&mut detail, &names);
-    Finding::new("hostPath volumes", detail)
+        .count();
+    if count == 0 {
+        return None;
+    }
+    out.push_str(plural(count, "volume ", "volumes "));
+    for (i, v) in spec
+        .volumes
+        .iter()
+        .filter(|v| v.sources.has_host_path())
+        .enumerate()
+    {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push('"');
+        out.push_str(&v.name);
+        out.push('"');
+    }
+    Some("hostPath volumes")
 }
 
-pub(super) fn host_ports(spec: &PodSpec) -> Option<Finding> {
-    let bad = containers_where(spec, |c| c.ports.iter().any(|p| p.host_port != 0));
-    if bad.is_empty() {
+pub(super) fn host_ports(spec: &PodSpec, out: &mut String) -> Option<&'static str> {
+    let bad = |c: &Container| c.ports.iter().any(|p| p.host_port != 0);
+    if !spec.all_containers().any(bad) {
         return None;
     }
     // Upstream keeps the ports as strings in a set: sorted as strings, "10000" before "9090".
-    let mut ports: Vec<String> = spec
+    let ports: SortedSet<DecimalText> = spec
         .all_containers()
         .flat_map(|c| &c.ports)
         .filter(|p| p.host_port != 0)
-        .map(|p| p.host_port.to_string())
+        .map(|p| DecimalText::new(p.host_port.into()))
         .collect();
-    sorted_unique(&mut ports);
-    let mut detail = String::new();
-    containers_phrase(&mut detail, &bad);
-    detail.push(' ');
-    detail.push_str(plural(bad.len(), "uses", "use"));
-    detail.push(' ');
-    detail.push_str(plural(ports.len(), "hostPort", "hostPorts"));
-    detail.push(' ');
-    detail.push_str(&ports.join(", "));
-    Finding::new("hostPort", detail)
+    let containers = containers_where(out, spec, bad);
+    out.push(' ');
+    out.push_str(plural(containers, "uses", "use"));
+    out.push(' ');
+    out.push_str(plural(ports.len(), "hostPort", "hostPorts"));
+    out.push(' ');
+    for (i, port) in ports.as_slice().iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(port.as_str());
+    }
+    Some("hostPort")
 }
 
 /// Probe and lifecycle handlers of a container, in upstream's visiting order.
-fn handlers(c: &Container) -> impl Iterator<Item = &Handler> {
+pub(super) fn handlers(c: &Container) -> impl Iterator<Item = &Handler> {
     let lifecycle = c.lifecycle.as_deref();
     [
         c.liveness_probe.as_deref(),
@@ -192,41 +240,43 @@ fn handlers(c: &Container) -> impl Iterator<Item = &Handler> {
     .flatten()
 }
 
-pub(super) fn host_probes_and_lifecycle(spec: &PodSpec) -> Option<Finding> {
-    let mut bad = containers_where(spec, |c| handlers(c).any(|h| h.hosts().next().is_some()));
-    if bad.is_empty() {
+pub(super) fn host_probes_and_lifecycle(spec: &PodSpec, out: &mut String) -> Option<&'static str> {
+    let bad = |c: &&Container| handlers(c).any(|h| h.hosts().next().is_some());
+    if !spec.all_containers().any(|c| bad(&c)) {
         return None;
     }
-    sorted_unique(&mut bad);
-    let mut hosts: Vec<&str> = spec
+    // Upstream collects these names in a set: sorted, without duplicates.
+    let names: SortedSet<&str> = spec
+        .all_containers()
+        .filter(bad)
+        .map(|c| c.name.as_str())
+        .collect();
+    let hosts: SortedSet<&str> = spec
         .all_containers()
         .flat_map(handlers)
         .flat_map(Handler::hosts)
         .collect();
-    sorted_unique(&mut hosts);
-    let mut detail = String::new();
-    containers_phrase(&mut detail, &bad);
-    detail.push(' ');
-    detail.push_str(plural(bad.len(), "uses", "use"));
-    detail.push(' ');
-    detail.push_str(plural(
+    out.push_str(plural(names.len(), "container ", "containers "));
+    quote_join(out, names.as_slice());
+    out.push(' ');
+    out.push_str(plural(names.len(), "uses", "use"));
+    out.push(' ');
+    out.push_str(plural(
         hosts.len(),
         "probe or lifecycle host ",
         "probe or lifecycle hosts ",
     ));
-    quote_join(&mut detail, &hosts);
-    Finding::new("probe or lifecycle host", detail)
+    quote_join(out, hosts.as_slice());
+    Some("probe or lifecycle host")
 }
 
-pub(super) fn privileged(spec: &PodSpec) -> Option<Finding> {
-    let bad = containers_where(spec, Container::is_privileged);
-    if bad.is_empty() {
+pub(super) fn privileged(spec: &PodSpec, out: &mut String) -> Option<&'static str> {
+    if !spec.all_containers().any(Container::is_privileged) {
         return None;
     }
-    let mut detail = String::new();
-    containers_phrase(&mut detail, &bad);
-    detail.push_str(" must not set securityContext.privileged=true");
-    Finding::new("privileged", detail)
+    containers_where(out, spec, Container::is_privileged);
+    out.push_str(" must not set securityContext.privileged=true");
+    Some("privileged")
 }
 
 fn proc_mount_of(c: &Container) -> Option<&str> {
@@ -237,142 +287,133 @@ fn proc_mount_of(c: &Container) -> Option<&str> {
 }
 
 /// Baseline `procMount`: from v1.35 a pod in a user namespace may set any value.
-pub(super) fn proc_mount(spec: &PodSpec, minor: u32) -> Option<Finding> {
+pub(super) fn proc_mount(spec: &PodSpec, minor: u32, out: &mut String) -> Option<&'static str> {
     if minor >= 35 && spec.in_user_namespace() {
         return None;
     }
-    proc_mount_unconditional(spec)
+    proc_mount_unconditional(spec, out)
 }
 
 /// The v1.0 rule, also run by `procMount_restricted`: only `Default` (or unset) is allowed.
-pub(super) fn proc_mount_unconditional(spec: &PodSpec) -> Option<Finding> {
-    let bad = containers_where(spec, |c| proc_mount_of(c).is_some());
-    if bad.is_empty() {
+pub(super) fn proc_mount_unconditional(spec: &PodSpec, out: &mut String) -> Option<&'static str> {
+    let bad = |c: &Container| proc_mount_of(c).is_some();
+    if !spec.all_containers().any(bad) {
         return None;
     }
-    let mut values: Vec<&str> = spec.all_containers().filter_map(proc_mount_of).collect();
-    sorted_unique(&mut values);
-    let mut detail = String::new();
-    containers_phrase(&mut detail, &bad);
-    detail.push_str(" must not set securityContext.procMount to ");
-    quote_join(&mut detail, &values);
-    Finding::new("procMount", detail)
+    let values: SortedSet<&str> = spec.all_containers().filter_map(proc_mount_of).collect();
+    containers_where(out, spec, bad);
+    out.push_str(" must not set securityContext.procMount to ");
+    quote_join(out, values.as_slice());
+    Some("procMount")
 }
 
-pub(super) fn se_linux_options(spec: &PodSpec, minor: u32) -> Option<Finding> {
-    let type_allowed = |t: &str| {
-        matches!(
-            t,
-            "" | "container_t" | "container_init_t" | "container_kvm_t"
-        ) || (minor >= 31 && t == "container_engine_t")
-    };
-    let invalid =
-        |o: &SeLinuxOptions| !type_allowed(&o.type_) || !o.user.is_empty() || !o.role.is_empty();
+fn se_linux_type_allowed(t: &str, minor: u32) -> bool {
+    matches!(
+        t,
+        "" | "container_t" | "container_init_t" | "container_kvm_t"
+    ) || (minor >= 31 && t == "container_engine_t")
+}
+
+/// Whether baseline refuses these SELinux options at policy version 1.`minor`.
+pub(super) fn se_linux_invalid(o: &SeLinuxOptions, minor: u32) -> bool {
+    !se_linux_type_allowed(&o.type_, minor) || !o.user.is_empty() || !o.role.is_empty()
+}
+
+fn se_linux_options_of(c: &Container) -> Option<&SeLinuxOptions> {
+    c.security_context
+        .as_ref()
+        .and_then(|sc| sc.se_linux_options.as_ref())
+}
+
+pub(super) fn se_linux_options(
+    spec: &PodSpec,
+    minor: u32,
+    out: &mut String,
+) -> Option<&'static str> {
+    let invalid = |o: &&SeLinuxOptions| se_linux_invalid(o, minor);
     let pod_opts = spec
         .security_context
         .as_ref()
         .and_then(|sc| sc.se_linux_options.as_ref())
-        .filter(|o| invalid(o));
-    fn options_of(c: &Container) -> Option<&SeLinuxOptions> {
-        c.security_context
-            .as_ref()
-            .and_then(|sc| sc.se_linux_options.as_ref())
-    }
-    let bad = containers_where(spec, |c| options_of(c).is_some_and(invalid));
-    if pod_opts.is_none() && bad.is_empty() {
+        .filter(invalid);
+    let bad = |c: &Container| se_linux_options_of(c).is_some_and(|o| invalid(&o));
+    if pod_opts.is_none() && !spec.all_containers().any(bad) {
         return None;
     }
-    let all_bad: Vec<&SeLinuxOptions> = pod_opts
-        .into_iter()
-        .chain(
+    let all_bad = || {
+        pod_opts.into_iter().chain(
             spec.all_containers()
-                .filter_map(options_of)
-                .filter(|o| invalid(o)),
+                .filter_map(se_linux_options_of)
+                .filter(invalid),
         )
-        .collect();
-    let mut types: Vec<&str> = all_bad
-        .iter()
+    };
+    let types: SortedSet<&str> = all_bad()
         .map(|o| o.type_.as_str())
-        .filter(|t| !type_allowed(t))
+        .filter(|t| !se_linux_type_allowed(t, minor))
         .collect();
-    sorted_unique(&mut types);
-    let mut parts = Vec::with_capacity(3);
+    setters_where(out, pod_opts.is_some(), spec, bad);
+    out.push_str(" set forbidden securityContext.seLinuxOptions: ");
+    let mut separator = "";
     if !types.is_empty() {
-        let mut s = plural(types.len(), "type ", "types ").to_owned();
-        quote_join(&mut s, &types);
-        parts.push(s);
+        out.push_str(plural(types.len(), "type ", "types "));
+        quote_join(out, types.as_slice());
+        separator = "; ";
     }
-    if all_bad.iter().any(|o| !o.user.is_empty()) {
-        parts.push("user may not be set".to_owned());
+    if all_bad().any(|o| !o.user.is_empty()) {
+        out.push_str(separator);
+        out.push_str("user may not be set");
+        separator = "; ";
     }
-    if all_bad.iter().any(|o| !o.role.is_empty()) {
-        parts.push("role may not be set".to_owned());
+    if all_bad().any(|o| !o.role.is_empty()) {
+        out.push_str(separator);
+        out.push_str("role may not be set");
     }
-    let detail = format!(
-        "{} set forbidden securityContext.seLinuxOptions: {}",
-        setters(pod_opts.is_some(), &bad),
-        parts.join("; ")
-    );
-    Finding::new("seLinuxOptions", detail)
+    Some("seLinuxOptions")
 }
 
-/// Bad seccomp profile types, set explicitly at pod level and per container: shared by the
-/// baseline (v1.19+) and restricted checks.
-pub(super) struct SeccompTypes<'a> {
-    pub pod_bad: Option<&'a str>,
-    /// Whether the pod sets an allowed profile, which containers then inherit.
-    pub pod_ok: bool,
-    pub bad_containers: Vec<&'a str>,
-    pub bad_values: Vec<&'a str>,
-}
-
-pub(super) fn seccomp_types(spec: &PodSpec) -> SeccompTypes<'_> {
-    let pod_type = spec
-        .security_context
+fn seccomp_bad(c: &Container) -> Option<&str> {
+    c.security_context
         .as_ref()
         .and_then(|sc| sc.seccomp_profile.as_ref())
-        .map(|p| p.type_.as_str());
-    let pod_bad = pod_type.filter(|t| !profile_type_allowed(t));
-    fn container_bad(c: &Container) -> Option<&str> {
-        c.security_context
-            .as_ref()
-            .and_then(|sc| sc.seccomp_profile.as_ref())
-            .map(|p| p.type_.as_str())
-            .filter(|t| !profile_type_allowed(t))
-    }
-    let bad_containers = containers_where(spec, |c| container_bad(c).is_some());
-    let mut bad_values = Vec::new();
-    if pod_bad.is_some() || !bad_containers.is_empty() {
-        bad_values = pod_bad
-            .into_iter()
-            .chain(spec.all_containers().filter_map(container_bad))
-            .collect();
-        sorted_unique(&mut bad_values);
-    }
-    SeccompTypes {
-        pod_bad,
-        pod_ok: pod_type.is_some() && pod_bad.is_none(),
-        bad_containers,
-        bad_values,
-    }
+        .map(|p| p.type_.as_str())
+        .filter(|t| !profile_type_allowed(t))
 }
 
-impl SeccompTypes<'_> {
-    /// `<setters> must not set securityContext.seccompProfile.type to "…"`, if any were set.
-    pub fn explicit_finding(&self) -> Option<Finding> {
-        if self.pod_bad.is_none() && self.bad_containers.is_empty() {
-            return None;
-        }
-        let mut detail = setters(self.pod_bad.is_some(), &self.bad_containers);
-        detail.push_str(" must not set securityContext.seccompProfile.type to ");
-        quote_join(&mut detail, &self.bad_values);
-        Finding::new("seccompProfile", detail)
-    }
+/// The pod's seccomp profile type, if set.
+pub(super) fn pod_seccomp_type(spec: &PodSpec) -> Option<&str> {
+    spec.security_context
+        .as_ref()
+        .and_then(|sc| sc.seccomp_profile.as_ref())
+        .map(|p| p.type_.as_str())
 }
 
-pub(super) fn seccomp_profile(meta: &PodMeta, spec: &PodSpec, minor: u32) -> Option<Finding> {
+/// `<setters> must not set securityContext.seccompProfile.type to "…"` for the forbidden types
+/// set explicitly at pod level and per container, if any: shared by the baseline (v1.19+) and
+/// restricted checks.
+pub(super) fn seccomp_explicit(spec: &PodSpec, out: &mut String) -> Option<&'static str> {
+    let pod_bad = pod_seccomp_type(spec).filter(|t| !profile_type_allowed(t));
+    let bad = |c: &Container| seccomp_bad(c).is_some();
+    if pod_bad.is_none() && !spec.all_containers().any(bad) {
+        return None;
+    }
+    let values: SortedSet<&str> = pod_bad
+        .into_iter()
+        .chain(spec.all_containers().filter_map(seccomp_bad))
+        .collect();
+    setters_where(out, pod_bad.is_some(), spec, bad);
+    out.push_str(" must not set securityContext.seccompProfile.type to ");
+    quote_join(out, values.as_slice());
+    Some("seccompProfile")
+}
+
+pub(super) fn seccomp_profile(
+    meta: &PodMeta,
+    spec: &PodSpec,
+    minor: u32,
+    out: &mut String,
+) -> Option<&'static str> {
     if minor >= 19 {
-        return seccomp_types(spec).explicit_finding();
+        return seccomp_explicit(spec, out);
     }
     // Before v1.19 only the alpha annotations count.
     let allowed =
@@ -406,13 +447,13 @@ pub(super) fn seccomp_profile(meta: &PodMeta, spec: &PodSpec, minor: u32) -> Opt
     if forbidden.is_empty() {
         return None;
     }
-    sorted_unique(&mut forbidden);
-    let detail = format!(
-        "forbidden {} {}",
-        plural(forbidden.len(), "annotation", "annotations"),
-        forbidden.join(", ")
-    );
-    Finding::new("seccompProfile", detail)
+    forbidden.sort_unstable();
+    forbidden.dedup();
+    out.push_str("forbidden ");
+    out.push_str(plural(forbidden.len(), "annotation", "annotations"));
+    out.push(' ');
+    out.push_str(&forbidden.join(", "));
+    Some("seccompProfile")
 }
 
 /// Safe sysctls and the policy version that allowed each.
@@ -440,45 +481,45 @@ pub(super) fn sysctls_allowed_after(older: u32, newer: u32) -> bool {
         .any(|&(_, since)| older < since && since <= newer)
 }
 
-pub(super) fn sysctls(spec: &PodSpec, minor: u32) -> Option<Finding> {
-    let forbidden = |name: &str| {
-        !SAFE_SYSCTLS
-            .iter()
-            .any(|&(safe, since)| safe == name && since <= minor)
-    };
+/// Whether baseline refuses the sysctl `name` at policy version 1.`minor`.
+pub(super) fn sysctl_forbidden(name: &str, minor: u32) -> bool {
+    !SAFE_SYSCTLS
+        .iter()
+        .any(|&(safe, since)| safe == name && since <= minor)
+}
+
+pub(super) fn sysctls(spec: &PodSpec, minor: u32, out: &mut String) -> Option<&'static str> {
     let all = spec
         .security_context
         .as_ref()
         .map_or(&[][..], |sc| sc.sysctls.as_slice());
-    if !all.iter().any(|s| forbidden(&s.name)) {
-        return None;
+    let mut forbidden = all.iter().filter(|s| sysctl_forbidden(&s.name, minor));
+    let first = forbidden.next()?;
+    out.push_str(&first.name);
+    for s in forbidden {
+        out.push_str(", ");
+        out.push_str(&s.name);
     }
-    let names: Vec<&str> = all
-        .iter()
-        .map(|s| s.name.as_str())
-        .filter(|n| forbidden(n))
-        .collect();
-    Finding::new("forbidden sysctls", names.join(", "))
+    Some("forbidden sysctls")
 }
 
-pub(super) fn windows_host_process(spec: &PodSpec) -> Option<Finding> {
+fn host_process(c: &Container) -> bool {
+    c.security_context
+        .as_ref()
+        .and_then(|sc| sc.windows_options.as_ref())
+        .is_some_and(|w| w.host_process == Some(true))
+}
+
+pub(super) fn windows_host_process(spec: &PodSpec, out: &mut String) -> Option<&'static str> {
     let pod = spec
         .security_context
         .as_ref()
         .and_then(|sc| sc.windows_options.as_ref())
         .is_some_and(|w| w.host_process == Some(true));
-    let bad = containers_where(spec, |c| {
-        c.security_context
-            .as_ref()
-            .and_then(|sc| sc.windows_options.as_ref())
-            .is_some_and(|w| w.host_process == Some(true))
-    });
-    if !pod && bad.is_empty() {
+    if !pod && !spec.all_containers().any(host_process) {
         return None;
     }
-    let detail = format!(
-        "{} must not set securityContext.windowsOptions.hostProcess=true",
-        setters(pod, &bad)
-    );
-    Finding::new("hostProcess", detail)
+    setters_where(out, pod, spec, host_process);
+    out.push_str(" must not set securityContext.windowsOptions.hostProcess=true");
+    Some("hostProcess")
 }

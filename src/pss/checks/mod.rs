@@ -2,11 +2,13 @@
 
 mod baseline;
 mod restricted;
+mod scan;
 
+use std::cell::RefCell;
 use std::fmt;
 use std::sync::LazyLock;
 
-use super::format::containers_phrase;
+use super::format::plural;
 use super::level::{Level, NEWEST_KNOWN_MINOR};
 use super::model::{Container, PodMeta, PodSpec, Volume};
 
@@ -86,7 +88,7 @@ impl CheckId {
         }
     }
 
-    pub fn level(self) -> Level {
+    pub const fn level(self) -> Level {
         use CheckId::*;
         match self {
             AllowPrivilegeEscalation
@@ -101,7 +103,7 @@ impl CheckId {
     }
 
     /// The first policy minor version (1.x) at which the check exists.
-    fn since_minor(self) -> u32 {
+    const fn since_minor(self) -> u32 {
         match self {
             CheckId::AllowPrivilegeEscalation => 8,
             CheckId::SeccompProfileRestricted => 19,
@@ -114,7 +116,7 @@ impl CheckId {
     }
 
     /// The baseline check a restricted check replaces (whenever the restricted one exists).
-    fn replaces(self) -> Option<CheckId> {
+    const fn replaces(self) -> Option<CheckId> {
         match self {
             CheckId::RestrictedVolumes => Some(CheckId::HostPathVolumes),
             CheckId::SeccompProfileRestricted => Some(CheckId::SeccompProfileBaseline),
@@ -160,29 +162,37 @@ impl CheckId {
         }
     }
 
-    /// Runs this check at policy version 1.`minor` (`minor` ≤ [`NEWEST_KNOWN_MINOR`]).
-    fn run(self, meta: &PodMeta, spec: &PodSpec, minor: u32) -> Option<Finding> {
+    /// Runs this check at policy version 1.`minor` (`minor` ≤ [`NEWEST_KNOWN_MINOR`]): when the
+    /// pod fails, writes upstream's detail to `out` and returns upstream's reason; when it
+    /// passes, returns `None` and writes nothing.
+    fn run(
+        self,
+        meta: &PodMeta,
+        spec: &PodSpec,
+        minor: u32,
+        out: &mut String,
+    ) -> Option<&'static str> {
         use CheckId::*;
         match self {
-            AppArmorProfile => baseline::app_armor_profile(meta, spec),
-            CapabilitiesBaseline => baseline::capabilities(spec),
-            HostNamespaces => baseline::host_namespaces(spec),
-            HostPathVolumes => baseline::host_path_volumes(spec),
-            HostPorts => baseline::host_ports(spec),
-            HostProbesAndHostLifecycle => baseline::host_probes_and_lifecycle(spec),
-            Privileged => baseline::privileged(spec),
-            ProcMount => baseline::proc_mount(spec, minor),
-            SeLinuxOptions => baseline::se_linux_options(spec, minor),
-            SeccompProfileBaseline => baseline::seccomp_profile(meta, spec, minor),
-            Sysctls => baseline::sysctls(spec, minor),
-            WindowsHostProcess => baseline::windows_host_process(spec),
-            AllowPrivilegeEscalation => restricted::allow_privilege_escalation(spec, minor),
-            CapabilitiesRestricted => restricted::capabilities(spec, minor),
-            ProcMountRestricted => baseline::proc_mount_unconditional(spec),
-            RestrictedVolumes => restricted::volumes(spec),
-            RunAsNonRoot => restricted::run_as_non_root(spec, minor),
-            RunAsUser => restricted::run_as_user(spec, minor),
-            SeccompProfileRestricted => restricted::seccomp_profile(spec, minor),
+            AppArmorProfile => baseline::app_armor_profile(meta, spec, out),
+            CapabilitiesBaseline => baseline::capabilities(spec, out),
+            HostNamespaces => baseline::host_namespaces(spec, out),
+            HostPathVolumes => baseline::host_path_volumes(spec, out),
+            HostPorts => baseline::host_ports(spec, out),
+            HostProbesAndHostLifecycle => baseline::host_probes_and_lifecycle(spec, out),
+            Privileged => baseline::privileged(spec, out),
+            ProcMount => baseline::proc_mount(spec, minor, out),
+            SeLinuxOptions => baseline::se_linux_options(spec, minor, out),
+            SeccompProfileBaseline => baseline::seccomp_profile(meta, spec, minor, out),
+            Sysctls => baseline::sysctls(spec, minor, out),
+            WindowsHostProcess => baseline::windows_host_process(spec, out),
+            AllowPrivilegeEscalation => restricted::allow_privilege_escalation(spec, minor, out),
+            CapabilitiesRestricted => restricted::capabilities(spec, minor, out),
+            ProcMountRestricted => baseline::proc_mount_unconditional(spec, out),
+            RestrictedVolumes => restricted::volumes(spec, out),
+            RunAsNonRoot => restricted::run_as_non_root(spec, minor, out),
+            RunAsUser => restricted::run_as_user(spec, minor, out),
+            SeccompProfileRestricted => restricted::seccomp_profile(spec, minor, out),
         }
     }
 }
@@ -295,39 +305,43 @@ pub struct Violation {
     pub detail: String,
 }
 
-/// What a check function returns when it fails.
-pub(crate) struct Finding {
-    reason: &'static str,
-    detail: String,
-}
-
-impl Finding {
-    fn new(reason: &'static str, detail: String) -> Option<Finding> {
-        Some(Finding { reason, detail })
+/// Writes `container "a"` / `containers "a", "b"` for the containers (visit order, duplicates
+/// kept) for which `bad` holds, and returns how many; writes nothing when none.
+pub(super) fn containers_where(
+    out: &mut String,
+    spec: &PodSpec,
+    bad: impl Fn(&Container) -> bool,
+) -> usize {
+    let count = spec.all_containers().filter(|c| bad(c)).count();
+    if count > 0 {
+        out.push_str(plural(count, "container ", "containers "));
+        for (i, c) in spec.all_containers().filter(|c| bad(c)).enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push('"');
+            out.push_str(&c.name);
+            out.push('"');
+        }
     }
+    count
 }
 
-/// Names of the containers (visit order, duplicates kept) for which `bad` holds.
-pub(super) fn containers_where(spec: &PodSpec, bad: impl Fn(&Container) -> bool) -> Vec<&str> {
-    spec.all_containers()
-        .filter(|c| bad(c))
-        .map(|c| c.name.as_str())
-        .collect()
-}
-
-/// `pod`, then `containers "a", "b"`, joined with ` and `.
-pub(super) fn setters(pod: bool, containers: &[&str]) -> String {
-    let mut out = String::new();
+/// Writes `pod` (if `pod`), then the containers for which `bad` holds (see
+/// [`containers_where`]), joined with ` and `; returns how many containers.
+pub(super) fn setters_where(
+    out: &mut String,
+    pod: bool,
+    spec: &PodSpec,
+    bad: impl Fn(&Container) -> bool,
+) -> usize {
     if pod {
         out.push_str("pod");
-    }
-    if !containers.is_empty() {
-        if pod {
+        if spec.all_containers().any(&bad) {
             out.push_str(" and ");
         }
-        containers_phrase(&mut out, containers);
     }
-    out
+    containers_where(out, spec, bad)
 }
 
 /// For each minor version 0..=NEWEST, the ordered checks of baseline and of restricted.
@@ -360,6 +374,46 @@ static REGISTRY: LazyLock<Vec<[Vec<CheckId>; 2]>> = LazyLock::new(|| {
         .collect()
 });
 
+/// [`REGISTRY`] as sets: for each minor version, the checks of baseline and of restricted.
+const CHECK_SETS: [[CheckSet; 2]; NEWEST_KNOWN_MINOR as usize + 1] = {
+    let mut table = [[CheckSet::EMPTY; 2]; NEWEST_KNOWN_MINOR as usize + 1];
+    let mut minor = 0;
+    while minor <= NEWEST_KNOWN_MINOR as usize {
+        let (mut baseline, mut restricted, mut replaced) = (0u32, 0u32, 0u32);
+        let mut i = 0;
+        while i < CheckId::ALL.len() {
+            let check = CheckId::ALL[i];
+            if check.since_minor() <= minor as u32 {
+                match check.level() {
+                    Level::Baseline => baseline |= 1 << i,
+                    _ => restricted |= 1 << i,
+                }
+                if let Some(r) = check.replaces() {
+                    replaced |= 1 << r as u32;
+                }
+            }
+            i += 1;
+        }
+        table[minor] = [
+            CheckSet(baseline),
+            CheckSet((baseline | restricted) & !replaced),
+        ];
+        minor += 1;
+    }
+    table
+};
+
+/// The checks that run for `level` at policy version 1.`minor`, as a set (it iterates them in
+/// order): what [`checks_for`] lists.
+pub fn check_set_for(level: Level, minor: u32) -> CheckSet {
+    let minor = minor.min(NEWEST_KNOWN_MINOR) as usize;
+    match level {
+        Level::Privileged => CheckSet::EMPTY,
+        Level::Baseline => CHECK_SETS[minor][0],
+        Level::Restricted => CHECK_SETS[minor][1],
+    }
+}
+
 /// The checks that run, in order, for `level` at policy version 1.`minor`.
 pub fn checks_for(level: Level, minor: u32) -> &'static [CheckId] {
     let minor = minor.min(NEWEST_KNOWN_MINOR) as usize;
@@ -386,23 +440,68 @@ pub fn refuses_at_least(level: Level, minor: u32, other: Level, other_minor: u32
     })
 }
 
-/// Runs `checks` and returns the violations, in order. No allocation when everything passes.
+thread_local! {
+    /// Where details are written before each is copied to a string of its exact size.
+    static SCRATCH: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+/// Runs `checks` and returns the violations, in order. One pass over the pod finds the failing
+/// checks ([`scan::failing`]); only those build their message. No allocation when everything
+/// passes; otherwise one for the vector and one per violation.
 pub(crate) fn run_checks(
-    checks: &[CheckId],
+    checks: CheckSet,
     meta: &PodMeta,
     spec: &PodSpec,
     minor: u32,
 ) -> Vec<Violation> {
-    checks
-        .iter()
-        .filter_map(|&check| {
-            check.run(meta, spec, minor).map(|f| Violation {
-                check,
-                reason: f.reason,
-                detail: f.detail,
-            })
-        })
-        .collect()
+    let failing = scan::failing(meta, spec, minor, checks);
+    #[cfg(debug_assertions)]
+    scan_agrees_with_the_checks(checks, failing, meta, spec, minor);
+    if failing.is_empty() {
+        return Vec::new();
+    }
+    SCRATCH.with_borrow_mut(|detail| {
+        let mut violations = Vec::with_capacity(failing.len());
+        for check in failing {
+            detail.clear();
+            if let Some(reason) = check.run(meta, spec, minor, detail) {
+                violations.push(Violation {
+                    check,
+                    reason,
+                    detail: detail.as_str().to_owned(),
+                });
+            }
+        }
+        detail.clear();
+        if detail.capacity() > 4096 {
+            detail.shrink_to(4096);
+        }
+        violations
+    })
+}
+
+/// Debug builds (every test): the scan finds exactly the checks whose function fails, except
+/// `seccompProfile_baseline` before v1.19, which it may include for the function to decide.
+#[cfg(debug_assertions)]
+fn scan_agrees_with_the_checks(
+    checks: CheckSet,
+    failing: CheckSet,
+    meta: &PodMeta,
+    spec: &PodSpec,
+    minor: u32,
+) {
+    let mut out = String::new();
+    for check in checks {
+        out.clear();
+        let fails = check.run(meta, spec, minor, &mut out).is_some();
+        let maybe = check == CheckId::SeccompProfileBaseline && minor < 19;
+        assert!(
+            fails == failing.contains(check) || (maybe && !fails),
+            "{check} at v1.{minor}: the check says {fails}, the scan {}",
+            failing.contains(check)
+        );
+        assert!(fails || out.is_empty(), "{check} passed but wrote {out:?}");
+    }
 }
 
 #[cfg(test)]
@@ -495,6 +594,16 @@ mod tests {
                 assert!(checks.windows(2).all(|w| (w[0] as u32) < (w[1] as u32)));
                 let set: CheckSet = checks.iter().copied().collect();
                 assert_eq!(set.iter().collect::<Vec<_>>(), checks);
+            }
+        }
+    }
+
+    #[test]
+    fn check_sets_are_the_registry() {
+        for minor in 0..=NEWEST_KNOWN_MINOR + 2 {
+            for level in Level::ALL {
+                let listed: CheckSet = checks_for(level, minor).iter().copied().collect();
+                assert_eq!(check_set_for(level, minor), listed, "{level} v1.{minor}");
             }
         }
     }

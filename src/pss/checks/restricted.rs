@@ -1,8 +1,9 @@
-//! Restricted checks. Each returns `None` when the pod passes, without allocating.
+//! Restricted checks. Each writes upstream's detail to `out` and returns upstream's reason when
+//! the pod fails, or returns `None` (having written nothing) when it passes.
 
-use super::baseline::seccomp_types;
-use super::{Finding, containers_where, setters};
-use crate::pss::format::{containers_phrase, plural, quote_join, sorted_unique};
+use super::baseline::{pod_seccomp_type, seccomp_explicit};
+use super::{containers_where, setters_where};
+use crate::pss::format::{SortedSet, plural, quote_join};
 use crate::pss::model::{Capabilities, Container, PodSpec};
 
 /// Windows pods are exempt from the Linux-only restricted checks from v1.25 (API validation
@@ -16,102 +17,120 @@ fn user_namespace_exempt(spec: &PodSpec, minor: u32) -> bool {
     minor >= 35 && spec.in_user_namespace()
 }
 
-pub(super) fn allow_privilege_escalation(spec: &PodSpec, minor: u32) -> Option<Finding> {
+pub(super) fn allow_privilege_escalation(
+    spec: &PodSpec,
+    minor: u32,
+    out: &mut String,
+) -> Option<&'static str> {
     if windows_exempt(spec, minor) {
         return None;
     }
-    let bad = containers_where(spec, |c| {
+    let bad = |c: &Container| {
         c.security_context
             .as_ref()
             .and_then(|sc| sc.allow_privilege_escalation)
             != Some(false)
-    });
-    if bad.is_empty() {
+    };
+    if !spec.all_containers().any(bad) {
         return None;
     }
-    let mut detail = String::new();
-    containers_phrase(&mut detail, &bad);
-    detail.push_str(" must set securityContext.allowPrivilegeEscalation=false");
-    Finding::new("allowPrivilegeEscalation != false", detail)
+    containers_where(out, spec, bad);
+    out.push_str(" must set securityContext.allowPrivilegeEscalation=false");
+    Some("allowPrivilegeEscalation != false")
 }
 
-pub(super) fn capabilities(spec: &PodSpec, minor: u32) -> Option<Finding> {
+fn caps(c: &Container) -> Option<&Capabilities> {
+    c.security_context
+        .as_ref()
+        .and_then(|sc| sc.capabilities.as_ref())
+}
+
+fn forbidden_add(cap: &&String) -> bool {
+    *cap != "NET_BIND_SERVICE"
+}
+
+pub(super) fn capabilities(spec: &PodSpec, minor: u32, out: &mut String) -> Option<&'static str> {
     if windows_exempt(spec, minor) {
         return None;
     }
-    fn caps(c: &Container) -> Option<&Capabilities> {
-        c.security_context
-            .as_ref()
-            .and_then(|sc| sc.capabilities.as_ref())
-    }
-    let missing_drop_all = containers_where(spec, |c| {
-        caps(c).is_none_or(|caps| !caps.drop.iter().any(|d| d == "ALL"))
-    });
-    let forbidden_add = |cap: &&String| *cap != "NET_BIND_SERVICE";
-    let adding = containers_where(spec, |c| {
-        caps(c).is_some_and(|caps| caps.add.iter().any(|a| forbidden_add(&a)))
-    });
-    if missing_drop_all.is_empty() && adding.is_empty() {
+    let missing_drop_all =
+        |c: &Container| caps(c).is_none_or(|caps| !caps.drop.iter().any(|d| d == "ALL"));
+    let adding =
+        |c: &Container| caps(c).is_some_and(|caps| caps.add.iter().any(|a| forbidden_add(&a)));
+    let (missing, add) = (
+        spec.all_containers().any(missing_drop_all),
+        spec.all_containers().any(adding),
+    );
+    if !missing && !add {
         return None;
     }
-    let mut detail = String::new();
-    if !missing_drop_all.is_empty() {
-        containers_phrase(&mut detail, &missing_drop_all);
-        detail.push_str(r#" must set securityContext.capabilities.drop=["ALL"]"#);
+    if missing {
+        containers_where(out, spec, missing_drop_all);
+        out.push_str(r#" must set securityContext.capabilities.drop=["ALL"]"#);
     }
-    if !adding.is_empty() {
-        if !detail.is_empty() {
-            detail.push_str("; ");
+    if add {
+        if missing {
+            out.push_str("; ");
         }
-        let mut added: Vec<&str> = spec
+        let added: SortedSet<&str> = spec
             .all_containers()
             .filter_map(caps)
             .flat_map(|caps| &caps.add)
             .filter(forbidden_add)
             .map(String::as_str)
             .collect();
-        sorted_unique(&mut added);
-        containers_phrase(&mut detail, &adding);
-        detail.push_str(" must not include ");
-        quote_join(&mut detail, &added);
-        detail.push_str(" in securityContext.capabilities.add");
+        containers_where(out, spec, adding);
+        out.push_str(" must not include ");
+        quote_join(out, added.as_slice());
+        out.push_str(" in securityContext.capabilities.add");
     }
-    Finding::new("unrestricted capabilities", detail)
+    Some("unrestricted capabilities")
 }
 
-pub(super) fn volumes(spec: &PodSpec) -> Option<Finding> {
+pub(super) fn volumes(spec: &PodSpec, out: &mut String) -> Option<&'static str> {
     let refused = |v: &&crate::pss::model::Volume| !v.sources.restricted_allows();
-    if !spec.volumes.iter().any(|v| refused(&v)) {
+    let count = spec.volumes.iter().filter(refused).count();
+    if count == 0 {
         return None;
     }
-    let names: Vec<&str> = spec
-        .volumes
-        .iter()
-        .filter(refused)
-        .map(|v| v.name.as_str())
-        .collect();
-    let mut types: Vec<&str> = spec
+    let types: SortedSet<&str> = spec
         .volumes
         .iter()
         .filter(refused)
         .map(|v| v.sources.restricted_type())
         .collect();
-    sorted_unique(&mut types);
-    let mut detail = plural(names.len(), "volume ", "volumes ").to_owned();
-    quote_join(&mut detail, &names);
-    detail.push(' ');
-    detail.push_str(plural(names.len(), "uses", "use"));
-    detail.push(' ');
-    detail.push_str(plural(
+    out.push_str(plural(count, "volume ", "volumes "));
+    for (i, v) in spec.volumes.iter().filter(refused).enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push('"');
+        out.push_str(&v.name);
+        out.push('"');
+    }
+    out.push(' ');
+    out.push_str(plural(count, "uses", "use"));
+    out.push(' ');
+    out.push_str(plural(
         types.len(),
         "restricted volume type ",
         "restricted volume types ",
     ));
-    quote_join(&mut detail, &types);
-    Finding::new("restricted volume types", detail)
+    quote_join(out, types.as_slice());
+    Some("restricted volume types")
 }
 
-pub(super) fn run_as_non_root(spec: &PodSpec, minor: u32) -> Option<Finding> {
+fn run_as_non_root_of(c: &Container) -> Option<bool> {
+    c.security_context
+        .as_ref()
+        .and_then(|sc| sc.run_as_non_root)
+}
+
+pub(super) fn run_as_non_root(
+    spec: &PodSpec,
+    minor: u32,
+    out: &mut String,
+) -> Option<&'static str> {
     if user_namespace_exempt(spec, minor) {
         return None;
     }
@@ -119,71 +138,67 @@ pub(super) fn run_as_non_root(spec: &PodSpec, minor: u32) -> Option<Finding> {
         .security_context
         .as_ref()
         .and_then(|sc| sc.run_as_non_root);
-    let container_value = |c: &Container| {
-        c.security_context
-            .as_ref()
-            .and_then(|sc| sc.run_as_non_root)
-    };
-    let explicitly_bad = containers_where(spec, |c| container_value(c) == Some(false));
-    if pod_value == Some(false) || !explicitly_bad.is_empty() {
-        let detail = format!(
-            "{} must not set securityContext.runAsNonRoot=false",
-            setters(pod_value == Some(false), &explicitly_bad)
-        );
-        return Finding::new("runAsNonRoot != true", detail);
+    let explicitly_bad = |c: &Container| run_as_non_root_of(c) == Some(false);
+    if pod_value == Some(false) || spec.all_containers().any(explicitly_bad) {
+        setters_where(out, pod_value == Some(false), spec, explicitly_bad);
+        out.push_str(" must not set securityContext.runAsNonRoot=false");
+        return Some("runAsNonRoot != true");
     }
     if pod_value == Some(true) {
         return None;
     }
-    let implicitly_bad = containers_where(spec, |c| container_value(c).is_none());
-    if implicitly_bad.is_empty() {
+    let implicitly_bad = |c: &Container| run_as_non_root_of(c).is_none();
+    if !spec.all_containers().any(implicitly_bad) {
         return None;
     }
-    let mut detail = "pod or ".to_owned();
-    containers_phrase(&mut detail, &implicitly_bad);
-    detail.push_str(" must set securityContext.runAsNonRoot=true");
-    Finding::new("runAsNonRoot != true", detail)
+    out.push_str("pod or ");
+    containers_where(out, spec, implicitly_bad);
+    out.push_str(" must set securityContext.runAsNonRoot=true");
+    Some("runAsNonRoot != true")
 }
 
-pub(super) fn run_as_user(spec: &PodSpec, minor: u32) -> Option<Finding> {
+pub(super) fn run_as_user(spec: &PodSpec, minor: u32, out: &mut String) -> Option<&'static str> {
     if user_namespace_exempt(spec, minor) {
         return None;
     }
     let pod = spec.security_context.as_ref().and_then(|sc| sc.run_as_user) == Some(0);
-    let bad = containers_where(spec, |c| {
-        c.security_context.as_ref().and_then(|sc| sc.run_as_user) == Some(0)
-    });
-    if !pod && bad.is_empty() {
+    let bad = |c: &Container| c.security_context.as_ref().and_then(|sc| sc.run_as_user) == Some(0);
+    if !pod && !spec.all_containers().any(bad) {
         return None;
     }
-    let detail = format!("{} must not set runAsUser=0", setters(pod, &bad));
-    Finding::new("runAsUser=0", detail)
+    setters_where(out, pod, spec, bad);
+    out.push_str(" must not set runAsUser=0");
+    Some("runAsUser=0")
 }
 
-pub(super) fn seccomp_profile(spec: &PodSpec, minor: u32) -> Option<Finding> {
+pub(super) fn seccomp_profile(
+    spec: &PodSpec,
+    minor: u32,
+    out: &mut String,
+) -> Option<&'static str> {
     if windows_exempt(spec, minor) {
         return None;
     }
-    let types = seccomp_types(spec);
-    if let Some(finding) = types.explicit_finding() {
-        return Some(finding);
+    if let Some(reason) = seccomp_explicit(spec, out) {
+        return Some(reason);
     }
-    if types.pod_ok {
+    // An allowed pod-level profile (the only kind left) is what unset containers inherit.
+    if pod_seccomp_type(spec).is_some() {
         return None;
     }
-    let unset = containers_where(spec, |c| {
+    let unset = |c: &Container| {
         c.security_context
             .as_ref()
             .and_then(|sc| sc.seccomp_profile.as_ref())
             .is_none()
-    });
-    if unset.is_empty() {
+    };
+    if !spec.all_containers().any(unset) {
         return None;
     }
-    let mut detail = "pod or ".to_owned();
-    containers_phrase(&mut detail, &unset);
-    detail.push_str(
+    out.push_str("pod or ");
+    containers_where(out, spec, unset);
+    out.push_str(
         r#" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost""#,
     );
-    Finding::new("seccompProfile", detail)
+    Some("seccompProfile")
 }
