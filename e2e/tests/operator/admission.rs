@@ -246,16 +246,29 @@ async fn the_operator_reports_what_a_server_with_an_admission_configuration_enfo
             "{ns}"
         );
     }
-    // The rollout was not held by the exempt Pod: adm-governed enforces baseline now.
-    let ns = namespaces.get("adm-governed").await?;
-    assert_eq!(
-        ns.metadata
-            .labels
-            .unwrap_or_default()
-            .get(ENFORCE)
-            .map(String::as_str),
-        Some("baseline")
-    );
+    // The rollout was not held by the exempt Pod: adm-governed enforces baseline. The metrics
+    // show the planned level as soon as the pass made it; the label lands with the write a moment
+    // later.
+    eventually(
+        "adm-governed labelled enforce=baseline",
+        Duration::from_secs(30),
+        || {
+            let namespaces = namespaces.clone();
+            async move {
+                let ns = namespaces.get("adm-governed").await?;
+                let labels = ns.metadata.labels.unwrap_or_default();
+                Ok((labels.get(ENFORCE).map(String::as_str) == Some("baseline")).then_some(()))
+            }
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "operator log:
+{}",
+            log_tail()
+        )
+    })?;
     // The status comes from the reporter, a moment after the pass the metrics show.
     let status = eventually(
         "the status of profile adm-web",
