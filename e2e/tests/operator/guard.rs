@@ -62,17 +62,6 @@ async fn labels_of(t: &OpTest, ns: &str) -> Result<std::collections::BTreeMap<St
     t.labels(ns).await
 }
 
-async fn ledger(t: &OpTest, ns: &str) -> Result<Option<String>> {
-    Ok(t.namespaces()
-        .get(ns)
-        .await?
-        .metadata
-        .annotations
-        .unwrap_or_default()
-        .get(ANNOTATION)
-        .cloned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guard_refuses_changing_governed_labels_except_to_the_operator_and_breaks_glass()
 -> Result<()> {
@@ -111,7 +100,7 @@ async fn the_guard_refuses_changing_governed_labels_except_to_the_operator_and_b
         t.wait_labels(&gov, &[(ENFORCE, "baseline"), (WARN, "restricted")], &[])
             .await?;
         eventually("the ledger on the governed namespace", EVENTUALLY, || async {
-            ledger(t, &gov).await
+            t.ledger(&gov).await
         })
         .await?;
 
@@ -244,7 +233,7 @@ async fn the_guard_refuses_changing_governed_labels_except_to_the_operator_and_b
             .await?;
         t.wait_labels(&gov, &[(ENFORCE, "restricted")], &[]).await?;
         eventually("the ledger rewritten by the operator", EVENTUALLY, || async {
-            Ok(ledger(t, &gov)
+            Ok(t.ledger(&gov)
                 .await?
                 .and_then(|l| Record::decode(&l).ok())
                 .filter(|r| r.labels.get(ENFORCE).map(String::as_str) == Some("restricted")))

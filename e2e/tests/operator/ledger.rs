@@ -15,17 +15,6 @@ use super::support::{ENFORCE, ENFORCE_VERSION, EVENTUALLY, OpTest, run_test};
 use crate::harness::eventually;
 
 /// The ledger annotation of a namespace, if any.
-async fn ledger(t: &OpTest, ns: &str) -> Result<Option<String>> {
-    Ok(t.namespaces()
-        .get(ns)
-        .await?
-        .metadata
-        .annotations
-        .unwrap_or_default()
-        .get(ANNOTATION)
-        .cloned())
-}
-
 /// Sets the ledger annotation by hand (as an admin would, or an attacker with namespace patch
 /// rights and no guard installed).
 async fn set_ledger(t: &OpTest, ns: &str, value: &str) -> Result<()> {
@@ -84,7 +73,7 @@ async fn an_unreadable_or_hand_edited_ledger_is_reported_ignored_and_replaced() 
         for ns in names.iter().chain([&edited, &bystander]) {
             t.wait_labels(ns, &want, &[]).await?;
             eventually(&format!("{ns}'s ledger"), EVENTUALLY, || async {
-                Ok(ledger(t, ns).await?.filter(|l| Record::decode(l).is_ok()))
+                Ok(t.ledger(ns).await?.filter(|l| Record::decode(l).is_ok()))
             })
             .await?;
         }
@@ -121,7 +110,7 @@ async fn an_unreadable_or_hand_edited_ledger_is_reported_ignored_and_replaced() 
             );
             // Replaced by the operator's own: what it applied, for its profile.
             let record = eventually(&format!("{suffix} replaced"), EVENTUALLY, || async {
-                Ok(ledger(t, ns).await?.and_then(|l| Record::decode(&l).ok()))
+                Ok(t.ledger(ns).await?.and_then(|l| Record::decode(&l).ok()))
             })
             .await?;
             assert_eq!(record.profile, profile, "{suffix}");
@@ -134,7 +123,7 @@ async fn an_unreadable_or_hand_edited_ledger_is_reported_ignored_and_replaced() 
         }
         // The lie is valid JSON: not an error, but not what the operator applied either.
         let record = eventually("the edited ledger rewritten", EVENTUALLY, || async {
-            Ok(ledger(t, &edited)
+            Ok(t.ledger(&edited)
                 .await?
                 .and_then(|l| Record::decode(&l).ok())
                 .filter(|r| r.profile == profile))

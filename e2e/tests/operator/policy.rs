@@ -335,17 +335,6 @@ async fn when_compliant_holds_enforce_until_the_offending_pod_is_gone() -> Resul
 }
 
 /// The ledger annotation of a namespace, if any.
-async fn ledger(t: &OpTest, ns: &str) -> Result<Option<String>> {
-    Ok(t.namespaces()
-        .get(ns)
-        .await?
-        .metadata
-        .annotations
-        .unwrap_or_default()
-        .get(ANNOTATION)
-        .cloned())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletion_policy_retain_keeps_the_labels_and_remove_restores_what_was_there_before()
 -> Result<()> {
@@ -388,7 +377,7 @@ async fn deletion_policy_retain_keeps_the_labels_and_remove_restores_what_was_th
         t.wait_labels(&remove_ns, &want, &[]).await?;
         // The ledger says what was there before the takeover.
         let record = eventually("the ledger of the Remove namespace", EVENTUALLY, || async {
-            Ok(ledger(t, &remove_ns)
+            Ok(t.ledger(&remove_ns)
                 .await?
                 .and_then(|l| Record::decode(&l).ok()))
         })
@@ -435,7 +424,7 @@ async fn deletion_policy_retain_keeps_the_labels_and_remove_restores_what_was_th
         eventually(
             "the retained namespace's ledger gone",
             EVENTUALLY,
-            || async { Ok(ledger(t, &retain_ns).await?.is_none().then_some(())) },
+            || async { Ok(t.ledger(&retain_ns).await?.is_none().then_some(())) },
         )
         .await?;
         let labels = t.labels(&retain_ns).await?;

@@ -596,6 +596,19 @@ impl OpTest {
         Api::all(self.client.clone())
     }
 
+    /// The operator's ledger annotation on `ns` (`pss-operator.io/applied`), if any.
+    pub async fn ledger(&self, ns: &str) -> Result<Option<String>> {
+        Ok(self
+            .namespaces()
+            .get(ns)
+            .await?
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get(pss_operator::operator::record::ANNOTATION)
+            .cloned())
+    }
+
     pub fn pods(&self, ns: &str) -> Api<Pod> {
         Api::namespaced(self.client.clone(), ns)
     }
