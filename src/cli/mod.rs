@@ -11,6 +11,16 @@ pub mod status;
 
 use clap::{Parser, Subcommand};
 
+/// The single-threaded runtime of the one-shot client commands (`plan`, `status`); `None`, with
+/// the error printed, when it cannot start.
+fn client_runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| eprintln!("error: starting the runtime: {e}"))
+        .ok()
+}
+
 /// The git commit the binary was built from (`build.rs`: `PSS_OPERATOR_COMMIT`, else
 /// `git rev-parse`, else `unknown`).
 pub const COMMIT: &str = env!("PSS_OPERATOR_COMMIT");

@@ -62,15 +62,8 @@ pub struct PlanArgs {
 }
 
 pub fn run(args: PlanArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::from(EXIT_ERROR);
-        }
+    let Some(runtime) = super::client_runtime() else {
+        return ExitCode::from(EXIT_ERROR);
     };
     match runtime.block_on(plan(&args)) {
         Ok(p) => {

@@ -27,15 +27,8 @@ pub struct StatusArgs {
 }
 
 pub fn run(args: StatusArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: starting the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = super::client_runtime() else {
+        return ExitCode::FAILURE;
     };
     let profiles = match runtime.block_on(list(args.profile.as_deref())) {
         Ok(p) => p,

@@ -16,9 +16,9 @@ use pss_operator::operator::reports::{Format, REPORT_NAME};
 use pss_operator::pss::Level;
 
 use super::support::{
-    ENFORCE, EVENTUALLY, Metrics, OPERATOR_NAMESPACE, OpTest, SERVICE_ACCOUNT, baseline_pod,
-    evaluate_stored, http_get, kubectl_sync, privileged_container, run_exclusive_test,
-    spawn_operator,
+    ENFORCE, EVENTUALLY, Metrics, OPERATOR_NAMESPACE, OpTest, SERVICE_ACCOUNT, apply_crd,
+    baseline_pod, evaluate_stored, http_get, kubectl_sync, privileged_container,
+    run_exclusive_test, spawn_operator,
 };
 use crate::harness::{self, eventually};
 
@@ -110,19 +110,10 @@ async fn reports_appear_follow_the_pods_are_not_rewritten_and_disappear() -> Res
         let ns = t.namespace("apps", &[]).await?;
         // Without config/reports the operator may not write reports.
         assert!(!can_i(t, "patch", "reports.openreports.io", &ns)?);
-        let crd = root.join("crds/openreports.io_reports.yaml");
-        kubectl_sync(
+        apply_crd(
             cluster,
-            &["apply", "--server-side", "-f", &crd.to_string_lossy()],
-        )?;
-        kubectl_sync(
-            cluster,
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=120s",
-                "crd/reports.openreports.io",
-            ],
+            &root.join("crds/openreports.io_reports.yaml"),
+            "reports.openreports.io",
         )?;
         for file in ["role.yaml", "role_binding.yaml"] {
             kubectl_sync(
@@ -299,19 +290,10 @@ async fn reports_appear_follow_the_pods_are_not_rewritten_and_disappear() -> Res
 
             // The older format, with Kyverno's vendored PolicyReport CRD: a Pod that passes the
             // enforced baseline and fails the audited restricted level is a `warn` result.
-            let crd = root.join("crds/wgpolicyk8s.io_policyreports.yaml");
-            kubectl_sync(
+            apply_crd(
                 cluster,
-                &["apply", "--server-side", "-f", &crd.to_string_lossy()],
-            )?;
-            kubectl_sync(
-                cluster,
-                &[
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=120s",
-                    "crd/policyreports.wgpolicyk8s.io",
-                ],
+                &root.join("crds/wgpolicyk8s.io_policyreports.yaml"),
+                "policyreports.wgpolicyk8s.io",
             )?;
             t.pod(&ns, "plain", baseline_pod()).await?;
             t.profile(

@@ -117,14 +117,17 @@ pub fn token_kubeconfig(cluster: &Cluster, token: &str) -> Result<String> {
 
 /// What `make install` and config/rbac set up (the CRD, the operator's namespace, exactly
 /// config/rbac), and a kubeconfig in `dir` for the operator's ServiceAccount (TokenRequest token).
-pub fn install_as_service_account(cluster: &Cluster, dir: &Path) -> Result<PathBuf> {
-    let root = harness::repo_root();
-    let crd = root.join("crds/podsecurityprofiles.yaml");
-    let crd = crd.to_string_lossy();
-    // The CRD, as `make install` applies it.
+/// Applies the CRD in `file` (server-side) and waits until `name` is Established.
+pub fn apply_crd(cluster: &Cluster, file: &Path, name: &str) -> Result<()> {
     kubectl_sync(
         cluster,
-        &["apply", "--server-side", "--force-conflicts", "-f", &crd],
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "-f",
+            &file.to_string_lossy(),
+        ],
     )?;
     kubectl_sync(
         cluster,
@@ -132,8 +135,19 @@ pub fn install_as_service_account(cluster: &Cluster, dir: &Path) -> Result<PathB
             "wait",
             "--for=condition=Established",
             "--timeout=120s",
-            "crd/podsecurityprofiles.pss-operator.io",
+            &format!("crd/{name}"),
         ],
+    )?;
+    Ok(())
+}
+
+pub fn install_as_service_account(cluster: &Cluster, dir: &Path) -> Result<PathBuf> {
+    let root = harness::repo_root();
+    // The CRD, as `make install` applies it.
+    apply_crd(
+        cluster,
+        &root.join("crds/podsecurityprofiles.yaml"),
+        "podsecurityprofiles.pss-operator.io",
     )?;
     // The operator's namespace (from config/manager) and exactly config/rbac.
     let ns = root.join("config/manager/namespace.yaml");
