@@ -17,9 +17,14 @@ use std::sync::Arc;
 use kube::core::{Selector, SelectorExt};
 
 use super::crd::{PodSecurityProfile, ProfileMode, Rollout};
+use super::interned;
 use crate::pss::{Admission, Level, LevelVersion, Mode, Policy, Version};
 
 pub type Labels = BTreeMap<String, String>;
+
+/// Per PSA label: the value a namespace had before the operator first took it over (`None`:
+/// absent).
+pub type Prior = BTreeMap<String, Option<String>>;
 
 /// Plans by namespace, each shared: the picture a pass hands the reporter holds the same plans
 /// as the pass's cache (at 10,000 namespaces a deep copy per pass was ~15 MB, several alive).
@@ -112,18 +117,19 @@ pub struct NamespacePlan {
     /// The admission configuration exempts it: the server evaluates none of its Pods.
     pub exempt: bool,
     /// Every profile whose selector matches, sorted by name.
-    pub matched_by: Vec<String>,
+    pub matched_by: Arc<Vec<String>>,
     /// The profiles in force: the highest priority among `matched_by`, sorted by name. More than
     /// one means a conflict.
-    pub governed_by: Vec<String>,
+    pub governed_by: Arc<Vec<String>>,
     /// Whether the labels are written (some governing profile is in `Enforce` mode).
     pub write: bool,
     /// The PSA labels the governing profiles want (written, or only reported in `Audit` mode).
-    pub desired: Labels,
+    /// Label sets and name lists are [interned]: thousands of namespaces share a few.
+    pub desired: Arc<Labels>,
     /// The labels the governing profiles declare, before a stricter value is kept or a
     /// `WhenCompliant` rollout holds `enforce`: while this stays the same, an observed label that
     /// no longer matches `desired` was changed by someone else (drift).
-    pub declared: Labels,
+    pub declared: Arc<Labels>,
     /// The policy to evaluate Pods against: the observed labels with `desired` laid over them,
     /// the admission defaults for what neither sets (privileged everywhere if exempt).
     pub policy: Policy,
@@ -238,11 +244,11 @@ pub fn plan_namespace(
         name: ns.name.clone(),
         excluded: exclusions.contains(&ns.name),
         exempt,
-        matched_by: Vec::new(),
-        governed_by: Vec::new(),
+        matched_by: Arc::default(),
+        governed_by: Arc::default(),
         write: false,
-        desired: Labels::new(),
-        declared: Labels::new(),
+        desired: Arc::default(),
+        declared: Arc::default(),
         policy: observed,
         pending: None,
         unprotected: false,
@@ -257,13 +263,13 @@ pub fn plan_namespace(
         .filter(|p| p.selector.matches(&ns.labels))
         .collect();
     matched.sort_by(|a, b| a.name.cmp(&b.name));
-    plan.matched_by = matched.iter().map(|p| p.name.clone()).collect();
+    plan.matched_by = interned::names(matched.iter().map(|p| p.name.clone()).collect());
     let Some(top) = matched.iter().map(|p| p.priority).max() else {
         plan.unprotected = unprotected_now;
         return plan;
     };
     let governing: Vec<&ProfileView> = matched.into_iter().filter(|p| p.priority == top).collect();
-    plan.governed_by = governing.iter().map(|p| p.name.clone()).collect();
+    plan.governed_by = interned::names(governing.iter().map(|p| p.name.clone()).collect());
     plan.write = governing.iter().any(|p| p.mode == ProfileMode::Enforce);
     // An Audit-mode profile writes nothing: the namespace is as protected as its labels.
     plan.unprotected = !plan.write && unprotected_now;
@@ -278,21 +284,20 @@ pub fn plan_namespace(
         targets[mode.index()] = most_restrictive(&declared, admission);
     }
 
+    let (mut desired, mut declared) = (Labels::new(), Labels::new());
     for mode in Mode::ALL {
         let Some(target) = targets[mode.index()] else {
             continue;
         };
         let (level_key, version_key) = mode.label_keys();
-        plan.declared
-            .insert(level_key.to_owned(), target.level.to_string());
-        plan.declared
-            .insert(version_key.to_owned(), target.version.to_string());
+        declared.insert(level_key.to_owned(), target.level.to_string());
+        declared.insert(version_key.to_owned(), target.version.to_string());
         let kept = allow_stricter
             .then(|| stricter_observed(&ns.labels, mode, target, admission))
             .flatten();
         let value = kept.unwrap_or_else(|| (target.level.to_string(), target.version.to_string()));
-        plan.desired.insert(level_key.to_owned(), value.0);
-        plan.desired.insert(version_key.to_owned(), value.1);
+        desired.insert(level_key.to_owned(), value.0);
+        desired.insert(version_key.to_owned(), value.1);
     }
 
     if when_compliant && let Some(target) = targets[Mode::Enforce.index()] {
@@ -310,17 +315,16 @@ pub fn plan_namespace(
             // let audit and warn show the target in the meantime.
             for key in [level_key, version_key] {
                 match ns.labels.get(key) {
-                    Some(v) => plan.desired.insert(key.to_owned(), v.clone()),
-                    None => plan.desired.remove(key),
+                    Some(v) => desired.insert(key.to_owned(), v.clone()),
+                    None => desired.remove(key),
                 };
             }
             for mode in [Mode::Audit, Mode::Warn] {
                 let current = targets[mode.index()];
                 if current.is_none_or(|c| !admission.at_least_as_strict(c, target)) {
                     let (l, v) = mode.label_keys();
-                    plan.desired.insert(l.to_owned(), target.level.to_string());
-                    plan.desired
-                        .insert(v.to_owned(), target.version.to_string());
+                    desired.insert(l.to_owned(), target.level.to_string());
+                    desired.insert(v.to_owned(), target.version.to_string());
                 }
             }
             plan.pending = Some(Pending {
@@ -331,8 +335,10 @@ pub fn plan_namespace(
     }
 
     let mut effective = ns.labels.clone();
-    effective.extend(plan.desired.iter().map(|(k, v)| (k.clone(), v.clone())));
+    effective.extend(desired.iter().map(|(k, v)| (k.clone(), v.clone())));
     plan.policy = in_force(&effective);
+    plan.desired = interned::labels(desired);
+    plan.declared = interned::labels(declared);
     plan
 }
 

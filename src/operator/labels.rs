@@ -145,7 +145,7 @@ pub fn plan_writes(
             ns: plan.name.clone(),
             drifted: ledger.drifted(plan, &changes),
             changes,
-            profiles: plan.governed_by.clone(),
+            profiles: plan.governed_by.to_vec(),
             record: Box::new(ledger.record(plan, found, &owned.labels, generation)),
         });
     }

@@ -11,7 +11,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::desired::{LabelChange, Labels, NamespacePlan};
+use std::sync::Arc;
+
+use super::desired::{LabelChange, Labels, NamespacePlan, Prior};
+use super::interned;
 use super::record::{Announced, Digest, Record};
 use crate::pss::LevelVersion;
 
@@ -19,13 +22,13 @@ use crate::pss::LevelVersion;
 pub struct Ledger {
     /// The labels last applied (or found already as desired): keys in here that are no longer
     /// desired are removed by the next apply.
-    applied: HashMap<String, Labels>,
+    applied: HashMap<String, Arc<Labels>>,
     /// What the governing profiles declared when the labels were last as desired: an observed
     /// change while the declaration stays the same is drift (a stricter value kept under
     /// `allowStricter` and later lowered below the floor is drift too).
-    declared: HashMap<String, Labels>,
+    declared: HashMap<String, Arc<Labels>>,
     /// Per label applied: the value the namespace had before the operator first took it over.
-    prior: HashMap<String, BTreeMap<String, Option<String>>>,
+    prior: HashMap<String, Arc<Prior>>,
     /// Namespaces whose persisted record was adopted.
     adopted: HashSet<String>,
     /// Namespaces whose last label write failed, and why.
@@ -129,11 +132,11 @@ impl Ledger {
     }
 
     pub fn last_applied(&self, ns: &str) -> Option<&Labels> {
-        self.applied.get(ns)
+        self.applied.get(ns).map(|l| &**l)
     }
 
     pub fn last_declared(&self, ns: &str) -> Option<&Labels> {
-        self.declared.get(ns)
+        self.declared.get(ns).map(|l| &**l)
     }
 
     /// The namespace already carries what its plan wants.
@@ -273,11 +276,12 @@ impl Ledger {
             generation,
             labels: plan.desired.clone(),
             declared: plan.pending.is_none().then(|| plan.declared.clone()),
-            prior: plan
-                .desired
-                .keys()
-                .map(|k| (k.clone(), self.prior_of(&plan.name, k, found, owned)))
-                .collect(),
+            prior: interned::prior(
+                plan.desired
+                    .keys()
+                    .map(|k| (k.clone(), self.prior_of(&plan.name, k, found, owned)))
+                    .collect(),
+            ),
             announced: self.announced(&plan.name),
         }
     }
@@ -323,12 +327,12 @@ impl Ledger {
             }
         }
         if plan.conflicted() {
-            let d = Digest::of(&plan.governed_by);
+            let d = Digest::of(plan.governed_by.iter());
             if self.announced_conflicts.get(&plan.name) != Some(&d) {
                 self.announced_conflicts.insert(plan.name.clone(), d);
                 out.push(Announcement::Conflict {
                     ns: plan.name.clone(),
-                    profiles: plan.governed_by.clone(),
+                    profiles: plan.governed_by.to_vec(),
                 });
             }
         } else {
@@ -472,11 +476,12 @@ mod tests {
             profile: "p".into(),
             labels: plan.desired.clone(),
             declared: Some(plan.declared.clone()),
-            prior: plan
-                .desired
-                .keys()
-                .map(|k| (k.clone(), Some("restricted".to_owned())))
-                .collect(),
+            prior: Arc::new(
+                plan.desired
+                    .keys()
+                    .map(|k| (k.clone(), Some("restricted".to_owned())))
+                    .collect(),
+            ),
             announced: Announced {
                 conflict: Some(Digest::of(["p", "q"])),
                 ..Default::default()
@@ -485,13 +490,13 @@ mod tests {
         };
         let mut ledger = Ledger::default();
         ledger.adopt("app", &record);
-        assert_eq!(ledger.last_applied("app"), Some(&plan.desired));
-        assert_eq!(ledger.last_declared("app"), Some(&plan.declared));
+        assert_eq!(ledger.last_applied("app"), Some(&*plan.desired));
+        assert_eq!(ledger.last_declared("app"), Some(&*plan.declared));
         assert_eq!(ledger.announced("app"), record.announced);
         // Adopted once: a record edited later (by hand) changes nothing remembered.
-        record.labels.clear();
+        Arc::make_mut(&mut record.labels).clear();
         ledger.adopt("app", &record);
-        assert_eq!(ledger.last_applied("app"), Some(&plan.desired));
+        assert_eq!(ledger.last_applied("app"), Some(&*plan.desired));
         // What a pass would write is what the first record said: nothing to rewrite.
         let found = plan.desired.clone();
         let owned = plan.desired.keys().cloned().collect();
@@ -505,7 +510,7 @@ mod tests {
         ledger.released("app");
         assert_eq!(ledger.last_applied("app"), None);
         ledger.adopt("app", &record);
-        assert_eq!(ledger.last_applied("app"), Some(&plan.desired));
+        assert_eq!(ledger.last_applied("app"), Some(&*plan.desired));
     }
 
     #[test]
@@ -533,7 +538,7 @@ mod tests {
         other.profile = "q".into();
         assert!(!ledger.record_current(&plan, &other, &plan.desired, &owned));
         let mut other = first.clone();
-        other.prior.insert(psa::ENFORCE.into(), None);
+        Arc::make_mut(&mut other.prior).insert(psa::ENFORCE.into(), None);
         assert!(!ledger.record_current(&plan, &other, &plan.desired, &owned));
     }
 

@@ -27,6 +27,7 @@ pub mod error;
 pub mod fence;
 pub mod gate;
 pub mod index;
+pub mod interned;
 pub mod labels;
 pub mod leader;
 pub mod ledger;

@@ -226,7 +226,7 @@ pub fn preview(
         summary.namespaces += 1;
         out.push(NamespacePreview {
             name: ns.name.clone(),
-            governed_by: p.governed_by.clone(),
+            governed_by: p.governed_by.to_vec(),
             write: p.write,
             exempt: p.exempt,
             label_changes: changes,

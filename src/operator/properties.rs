@@ -155,7 +155,7 @@ proptest! {
                 .filter(|v| p.matched_by.contains(&v.name))
                 .map(|v| v.priority)
                 .max();
-            for g in &p.governed_by {
+            for g in p.governed_by.iter() {
                 let v = views.iter().find(|v| &v.name == g).expect("governing profile exists");
                 prop_assert_eq!(Some(v.priority), top);
             }

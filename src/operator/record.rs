@@ -29,10 +29,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::desired::Labels;
+use super::desired::{Labels, Prior};
+use super::interned;
 use crate::pss::level::labels::PREFIX as PSA_PREFIX;
 
 /// The annotation holding the record.
@@ -61,13 +63,14 @@ pub struct Record {
     pub profile: String,
     /// That profile's `metadata.generation` when the labels were applied.
     pub generation: Option<i64>,
-    /// The PSA labels applied, full keys.
-    pub labels: Labels,
+    /// The PSA labels applied, full keys. Label sets are [interned], shared with the plans and
+    /// the ledger.
+    pub labels: Arc<Labels>,
     /// What the profiles declared then; `None` while a `WhenCompliant` rollout holds `enforce`.
-    pub declared: Option<Labels>,
+    pub declared: Option<Arc<Labels>>,
     /// Per label the operator applied: the value the namespace had before the operator first
     /// took it over (`None`: absent, or set by the operator before it kept a ledger).
-    pub prior: BTreeMap<String, Option<String>>,
+    pub prior: Arc<Prior>,
     pub announced: Announced,
 }
 
@@ -276,7 +279,7 @@ impl Record {
                 .declared
                 .as_ref()
                 .filter(|d| **d != self.labels)
-                .map(shorten),
+                .map(|d| shorten(d)),
             held: self.declared.is_none(),
             prior: shorten(&self.prior),
             announced: WireAnnounced {
@@ -352,12 +355,19 @@ impl Record {
                 check_value("prior", k, v)?;
             }
         }
+        let labels = interned::labels(labels);
         Ok(Record {
             profile: wire.profile,
             generation: wire.generation,
+            declared: declared.map(|d| {
+                if d == *labels {
+                    labels.clone()
+                } else {
+                    interned::labels(d)
+                }
+            }),
             labels,
-            declared,
-            prior,
+            prior: interned::prior(prior),
             announced: Announced {
                 pending: digest("pending", wire.announced.pending)?,
                 conflict: digest("conflict", wire.announced.conflict)?,
@@ -394,16 +404,14 @@ mod tests {
         Record {
             profile: "apps".into(),
             generation: Some(3),
-            labels: labels(&[(psa::ENFORCE, "baseline"), (psa::ENFORCE_VERSION, "latest")]),
-            declared: Some(labels(&[
-                (psa::ENFORCE, "baseline"),
-                (psa::ENFORCE_VERSION, "latest"),
-            ])),
-            prior: [
+            labels: labels(&[(psa::ENFORCE, "baseline"), (psa::ENFORCE_VERSION, "latest")]).into(),
+            declared: Some(
+                labels(&[(psa::ENFORCE, "baseline"), (psa::ENFORCE_VERSION, "latest")]).into(),
+            ),
+            prior: Arc::new(Prior::from([
                 (psa::ENFORCE.to_owned(), Some("restricted".to_owned())),
                 (psa::ENFORCE_VERSION.to_owned(), None),
-            ]
-            .into(),
+            ])),
             announced: Announced {
                 pending: Some(Digest(0x9f0c_3e6a_1b2d_4c5e)),
                 ..Default::default()
@@ -424,7 +432,7 @@ mod tests {
     #[test]
     fn a_stricter_value_kept_and_a_held_rollout_round_trip() {
         let mut kept = sample();
-        kept.labels.insert(psa::ENFORCE.into(), "restricted".into());
+        Arc::make_mut(&mut kept.labels).insert(psa::ENFORCE.into(), "restricted".into());
         let text = kept.encode();
         assert!(
             text.contains(r#""declared":{"enforce":"baseline""#),
@@ -583,9 +591,9 @@ mod tests {
             Record {
                 profile,
                 generation,
-                labels,
-                declared,
-                prior,
+                labels: labels.into(),
+                declared: declared.map(Into::into),
+                prior: Arc::new(prior),
                 announced: Announced {
                     pending: digests[0].map(Digest),
                     conflict: digests[1].map(Digest),

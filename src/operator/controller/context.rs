@@ -172,7 +172,7 @@ pub(super) struct Shared {
     pub unseen_writes: HashMap<String, Unseen>,
     /// Namespaces with a label write queued, running or waiting for its retry; with the labels
     /// a drift repair restores.
-    pub in_flight: HashMap<String, Option<Labels>>,
+    pub in_flight: HashMap<String, Option<Arc<Labels>>>,
     pub write_retry: Backoff,
     /// (generation, error) last written to unreadable profiles, to write each once.
     pub unreadable_written: HashMap<String, (Option<i64>, String)>,

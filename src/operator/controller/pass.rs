@@ -533,7 +533,7 @@ fn observed_with_repairs(shared: &Shared, cache: &PlanCache) -> LabelsByNamespac
     let mut observed = cache.labels.clone();
     for (ns, repairing) in &shared.in_flight {
         if let (Some(labels), Some(o)) = (repairing, observed.get_mut(ns)) {
-            *o = Arc::new(labels.clone());
+            *o = labels.clone();
         }
     }
     observed

@@ -80,7 +80,7 @@ pub(super) async fn write_labels(client: &Client, w: &LabelWrite) -> Result<Appl
             "kind": "Namespace",
             "metadata": {
                 "name": ns,
-                "labels": record.labels,
+                "labels": &*record.labels,
                 "annotations": { ANNOTATION: record.encode() },
             },
         }),
@@ -279,6 +279,7 @@ mod tests {
     use super::super::context::Dirty;
     use super::super::fixtures::{booking_context, serve_next, serve_one, woken};
     use super::*;
+    use crate::operator::desired::Prior;
     use crate::operator::error::Error;
     use crate::pss::level::labels as psa;
     use kube::runtime::watcher;
@@ -298,13 +299,12 @@ mod tests {
         let record = Record {
             profile: "p".into(),
             generation: Some(2),
-            labels: desired.clone(),
-            declared: Some(desired.clone()),
-            prior: [
+            labels: desired.clone().into(),
+            declared: Some(desired.clone().into()),
+            prior: Arc::new(Prior::from([
                 (psa::ENFORCE.to_owned(), Some("restricted".to_owned())),
                 (psa::ENFORCE_VERSION.to_owned(), None),
-            ]
-            .into(),
+            ])),
             ..Default::default()
         };
         let write = LabelWrite::Apply {
@@ -385,13 +385,12 @@ mod tests {
         let client = Client::new(service, "default");
         let record = Record {
             profile: "p".into(),
-            labels: labels(&[(psa::ENFORCE, "baseline"), (psa::WARN, "restricted")]),
+            labels: labels(&[(psa::ENFORCE, "baseline"), (psa::WARN, "restricted")]).into(),
             declared: None,
-            prior: [
+            prior: Arc::new(Prior::from([
                 (psa::ENFORCE.to_owned(), Some("restricted".to_owned())),
                 (psa::WARN.to_owned(), None),
-            ]
-            .into(),
+            ])),
             ..Default::default()
         };
         let ours = json!({"manager": MANAGER, "operation": "Apply", "fieldsType": "FieldsV1",

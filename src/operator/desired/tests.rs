@@ -68,9 +68,9 @@ fn selected_namespaces_get_the_profile_labels_others_nothing() {
     );
     let app = &plans["app"];
     assert!(app.write);
-    assert_eq!(app.governed_by, ["apps"]);
+    assert_eq!(*app.governed_by, ["apps"]);
     assert_eq!(
-        app.desired,
+        *app.desired,
         labels(&[
             (psa::ENFORCE, "baseline"),
             (psa::ENFORCE_VERSION, "latest"),
@@ -141,8 +141,8 @@ fn the_highest_priority_wins() {
     let mut high = mk_profile("high", "", "baseline");
     high.spec.priority = 10;
     let plan = plan_one(&[view(&low), view(&high)], &mk_ns("a", &[]));
-    assert_eq!(plan.matched_by, ["high", "low"]);
-    assert_eq!(plan.governed_by, ["high"]);
+    assert_eq!(*plan.matched_by, ["high", "low"]);
+    assert_eq!(*plan.governed_by, ["high"]);
     assert!(!plan.conflicted());
     assert_eq!(plan.desired[psa::ENFORCE], "baseline");
 }
@@ -156,7 +156,7 @@ fn equal_priority_takes_the_most_restrictive_per_mode_and_conflicts() {
     b.spec.warn = level_spec("baseline");
     let plan = plan_one(&[view(&b), view(&a)], &mk_ns("x", &[]));
     assert!(plan.conflicted());
-    assert_eq!(plan.governed_by, ["a", "b"]);
+    assert_eq!(*plan.governed_by, ["a", "b"]);
     assert_eq!(plan.primary(), Some("a"));
     // restricted:v1.20 and baseline:latest each refuse what the other admits (host probes,
     // v1.34): the strictest level at the newest version refuses both.
@@ -353,7 +353,7 @@ fn bad_profiles_are_refused_not_planned() {
 fn empty_selector_selects_every_namespace() {
     let profiles = [view(&mk_profile("all", "", "baseline"))];
     for ns in [mk_ns("a", &[]), mk_ns("b", &[("x", "y")])] {
-        assert_eq!(plan_one(&profiles, &ns).governed_by, ["all"]);
+        assert_eq!(*plan_one(&profiles, &ns).governed_by, ["all"]);
     }
 }
 

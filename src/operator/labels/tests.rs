@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::operator::crd::{DeletionPolicy, Rollout};
-use crate::operator::desired::{NamespaceView, ProfileView, plan, shared_labels};
+use crate::operator::desired::{NamespaceView, Prior, ProfileView, plan, shared_labels};
 use crate::operator::testing::profile;
 use crate::pss::Admission;
 use crate::pss::level::labels as psa;
@@ -106,7 +106,7 @@ impl World {
                             labels.remove(k);
                         }
                     }
-                    labels.extend(record.labels.clone());
+                    labels.extend(record.labels.as_ref().clone());
                     owned.labels = record.labels.keys().cloned().collect();
                     owned.record = true;
                     self.records.insert(ns.clone(), (**record).clone());
@@ -301,8 +301,7 @@ fn raising_enforce_when_a_rollout_completes_is_not_drift() {
     let mut ledger = Ledger::default();
     let profiles = vec![Arc::new(p)];
     // Audit and warn already at the target, enforce held.
-    let labels: LabelsByNamespace =
-        [("app".to_owned(), Arc::new(blocked["app"].desired.clone()))].into();
+    let labels: LabelsByNamespace = [("app".to_owned(), blocked["app"].desired.clone())].into();
     let owned = HashMap::new();
     let mut records = HashMap::new();
     let cluster = |plans: &Plans, records: &HashMap<String, Record>, ledger: &mut Ledger| {
@@ -392,6 +391,7 @@ fn labels_we_own_but_no_longer_want_are_released_even_after_a_restart() {
     let profiles = vec![baseline("p", DeletionPolicy::Retain, false)];
     let mut app = plans_for(&profiles, &[("app", Labels::new())])["app"]
         .desired
+        .as_ref()
         .clone();
     app.insert(psa::WARN.into(), "restricted".into());
     let mut world = World::new(profiles, app);
@@ -557,14 +557,14 @@ fn a_release_restores_what_was_there_before_and_takes_off_what_was_not() {
             (psa::ENFORCE, "baseline"),
             (psa::ENFORCE_VERSION, "latest"),
             (psa::WARN, "restricted"),
-        ]),
+        ])
+        .into(),
         declared: None,
-        prior: [
+        prior: Arc::new(Prior::from([
             (psa::ENFORCE.to_owned(), Some("restricted".to_owned())),
             (psa::ENFORCE_VERSION.to_owned(), Some("latest".to_owned())),
             (psa::WARN.to_owned(), None),
-        ]
-        .into(),
+        ])),
         ..Default::default()
     };
     let creator = label_entry("kubectl-create", "Update", "team");
@@ -600,8 +600,8 @@ fn a_release_restores_what_was_there_before_and_takes_off_what_was_not() {
 fn a_release_keeps_labels_others_own_and_without_a_record_takes_off_only_ours() {
     let record = Record {
         profile: "p".into(),
-        labels: labels(&[(psa::WARN, "restricted")]),
-        prior: [(psa::WARN.to_owned(), None)].into(),
+        labels: labels(&[(psa::WARN, "restricted")]).into(),
+        prior: Arc::new(Prior::from([(psa::WARN.to_owned(), None)])),
         declared: None,
         ..Default::default()
     };

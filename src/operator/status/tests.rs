@@ -70,7 +70,7 @@ impl World {
         if converge {
             for ns in &mut self.namespaces {
                 if plans[&ns.name].write {
-                    ns.labels.extend(plans[&ns.name].desired.clone());
+                    ns.labels.extend(plans[&ns.name].desired.as_ref().clone());
                 }
             }
         }
