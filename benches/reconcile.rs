@@ -124,13 +124,13 @@ fn main() {
     let namespaces: Vec<NamespaceView> = (0..n_ns)
         .map(|i| NamespaceView {
             name: format!("bench-{i:04}"),
-            labels: Labels::from([
+            labels: Arc::new(Labels::from([
                 ("bench/tier".to_owned(), tier(i).to_owned()),
                 (
                     "kubernetes.io/metadata.name".to_owned(),
                     format!("bench-{i:04}"),
                 ),
-            ]),
+            ])),
         })
         .collect();
     let mut index: PodIndex<SlimPod> = PodIndex::default();
@@ -148,7 +148,7 @@ fn main() {
     // The namespaces as listed (their tier labels, no PSA labels): every governed one gets a write.
     let bare: LabelsByNamespace = namespaces
         .iter()
-        .map(|n| (n.name.clone(), Arc::new(n.labels.clone())))
+        .map(|n| (n.name.clone(), n.labels.clone()))
         .collect();
 
     let mut plan_t = Duration::ZERO;
@@ -177,7 +177,7 @@ fn main() {
         // As converged: the labels as desired.
         let labels: LabelsByNamespace = plans
             .values()
-            .map(|p| (p.name.clone(), Arc::new(p.desired.clone())))
+            .map(|p| (p.name.clone(), p.desired.clone()))
             .collect();
         // Each governed namespace carries the ledger record the operator wrote with its labels.
         let records: HashMap<String, Record> = plans

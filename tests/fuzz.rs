@@ -572,9 +572,9 @@ fn ledger_record(rng: &mut TestRng) -> Record {
     Record {
         profile: format!("p-{}", rng.random_range(0..1_000_000u32)),
         generation: (rng.random_range(0..2) == 0).then(|| rng.random_range(0..i64::MAX)),
-        labels,
-        declared,
-        prior,
+        labels: labels.into(),
+        declared: declared.map(Into::into),
+        prior: prior.into(),
         announced: Announced {
             pending: digest(rng),
             conflict: digest(rng),

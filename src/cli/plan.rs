@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use k8s_openapi::api::core::v1::Namespace;
@@ -136,7 +137,7 @@ async fn plan(args: &PlanArgs) -> Result<preview::Preview, String> {
             .into_iter()
             .map(|n| NamespaceView {
                 name: n.name_any(),
-                labels: n.labels().clone(),
+                labels: Arc::new(n.labels().clone()),
             })
             .collect();
     let mut listed = Listed::default();

@@ -98,7 +98,8 @@ impl ProfileView {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceView {
     pub name: String,
-    pub labels: Labels,
+    /// Shared with the namespace store.
+    pub labels: Arc<Labels>,
 }
 
 /// `enforce` waiting for running Pods that violate the target to go.
@@ -236,9 +237,7 @@ pub fn plan_namespace(
     admission: &Admission,
     blocking: &dyn Fn(&str, LevelVersion) -> Vec<String>,
 ) -> NamespacePlan {
-    let in_force =
-        |labels: &Labels| admission.policy(&ns.name, |k| labels.get(k).map(String::as_str));
-    let observed = in_force(&ns.labels);
+    let observed = admission.policy(&ns.name, |k| ns.labels.get(k).map(String::as_str));
     let exempt = admission.config.exempt_namespace(&ns.name);
     let mut plan = NamespacePlan {
         name: ns.name.clone(),
@@ -334,9 +333,13 @@ pub fn plan_namespace(
         }
     }
 
-    let mut effective = ns.labels.clone();
-    effective.extend(desired.iter().map(|(k, v)| (k.clone(), v.clone())));
-    plan.policy = in_force(&effective);
+    // The observed labels with the desired ones laid over them, read in place.
+    plan.policy = admission.policy(&ns.name, |k| {
+        desired
+            .get(k)
+            .or_else(|| ns.labels.get(k))
+            .map(String::as_str)
+    });
     plan.desired = interned::labels(desired);
     plan.declared = interned::labels(declared);
     plan

@@ -56,7 +56,8 @@ impl<T: Hash + Eq> Interner<T> {
     }
 
     /// Entries in the table (held elsewhere or not yet swept).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.table
             .lock()
             .unwrap_or_else(|p| p.into_inner())

@@ -59,7 +59,7 @@ impl LabelWrite {
 
 /// What our field manager's server-side apply owns on a namespace (from its managedFields, so
 /// it survives restarts).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct Owned {
     /// The PSA labels.
     pub labels: BTreeSet<String>,
@@ -79,7 +79,7 @@ pub struct Cluster<'a> {
     /// The namespaces' labels as observed.
     pub labels: &'a LabelsByNamespace,
     /// What our field manager owns, per namespace (see [`owned`]).
-    pub owned: &'a HashMap<String, Owned>,
+    pub owned: &'a HashMap<String, Arc<Owned>>,
     /// The readable ledger records on the namespaces (see [`super::record`]).
     pub records: &'a HashMap<String, Record>,
     pub profiles: &'a [Arc<PodSecurityProfile>],
@@ -109,7 +109,7 @@ pub fn plan_writes(
     }
     for plan in cluster.plans.values().filter(|p| !skip(&p.name)) {
         let found = cluster.labels.get(&plan.name).map_or(&empty, |l| &**l);
-        let owned = cluster.owned.get(&plan.name).unwrap_or(&nothing);
+        let owned = cluster.owned.get(&plan.name).map_or(&nothing, |o| &**o);
         if !governs(plan) {
             if owned.record && !plan.excluded && !released.contains(plan.name.as_str()) {
                 let keep = owned
@@ -214,7 +214,7 @@ pub fn release_targets<'a>(p: &PodSecurityProfile, cluster: &Cluster<'a>) -> Vec
         .filter(|plan| {
             plan.governed_by.is_empty()
                 && !cluster.exclusions.contains(&plan.name)
-                && cluster.owned.get(&plan.name).is_some_and(Owned::any)
+                && cluster.owned.get(&plan.name).is_some_and(|o| o.any())
                 && cluster
                     .labels
                     .get(&plan.name)

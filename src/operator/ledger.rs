@@ -365,7 +365,7 @@ mod tests {
             .collect();
         let ns = [NamespaceView {
             name: "app".into(),
-            labels: Labels::new(),
+            labels: Default::default(),
         }];
         let blocking: Vec<String> = blocking.iter().map(|s| s.to_string()).collect();
         let plans = plan(
@@ -446,7 +446,7 @@ mod tests {
         let view = ProfileView::from_profile(&p).expect("valid");
         let ns = [NamespaceView {
             name: "app".into(),
-            labels: Labels::new(),
+            labels: Default::default(),
         }];
         let plans = plan(
             &[view],

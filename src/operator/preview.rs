@@ -178,7 +178,7 @@ pub fn preview(
         } else {
             Vec::new()
         };
-        let mut after_labels = ns.labels.clone();
+        let mut after_labels = ns.labels.as_ref().clone();
         for c in &changes {
             after_labels.insert(c.label.clone(), c.to.clone());
         }
@@ -334,10 +334,12 @@ mod tests {
     fn ns(name: &str, labels: &[(&str, &str)]) -> NamespaceView {
         NamespaceView {
             name: name.to_owned(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            labels: Arc::new(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
         }
     }
 

@@ -132,7 +132,7 @@ proptest! {
                 if let Some(e) = enforce {
                     labels.insert(psa::ENFORCE.into(), level_of(*e).into());
                 }
-                NamespaceView { name: format!("ns{i}"), labels }
+                NamespaceView { name: format!("ns{i}"), labels: Arc::new(labels) }
             })
             .collect();
         let mut index: PodIndex<FakePod> = PodIndex::default();
@@ -189,7 +189,7 @@ proptest! {
         }
 
         let labels: LabelsByNamespace =
-            namespaces.iter().map(|n| (n.name.clone(), Arc::new(n.labels.clone()))).collect();
+            namespaces.iter().map(|n| (n.name.clone(), n.labels.clone())).collect();
         let drift = HashMap::new();
         let errors = BTreeMap::new();
         let templates = TemplateIndex::default();

@@ -138,8 +138,8 @@ async fn labels_are_applied_to_selected_namespaces_only_and_nothing_else_is_touc
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        assert_eq!(record.labels, applied);
-        assert_eq!(record.declared.as_ref(), Some(&applied));
+        assert_eq!(*record.labels, applied);
+        assert_eq!(record.declared.as_deref(), Some(&applied));
         assert!(
             record.prior.len() == 6 && record.prior.values().all(Option::is_none),
             "none existed before: {ledger}"

@@ -85,7 +85,7 @@ async fn an_unreadable_or_hand_edited_ledger_is_reported_ignored_and_replaced() 
         // A valid ledger that lies (another profile, other values applied).
         let lie = Record {
             profile: "someone-else".into(),
-            labels: [(ENFORCE.to_owned(), "privileged".to_owned())].into(),
+            labels: std::sync::Arc::new([(ENFORCE.to_owned(), "privileged".to_owned())].into()),
             declared: None,
             ..Default::default()
         };

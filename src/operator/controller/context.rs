@@ -6,16 +6,16 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
-use kube::api::PartialObjectMeta;
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
 use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::events::Event;
 use kube::runtime::reflector::{self, Store};
-use kube::{Client, ResourceExt};
 use tokio::sync::{mpsc, watch};
 
 use super::lists::{self, InitialLists};
+use super::namespace_store::StoredNamespace;
 use crate::operator::backoff::Backoff;
 use crate::operator::crd::PodSecurityProfile;
 use crate::operator::desired::{Exclusions, Labels, LabelsByNamespace, Plans, ProfileView};
@@ -54,7 +54,7 @@ pub(super) struct Context {
     /// Guarded: a profile that no longer deserializes (stored before a schema change) is kept
     /// as an error and reported Degraded instead of breaking the watch.
     pub profiles: Store<DeserializeGuard<PodSecurityProfile>>,
-    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub namespaces: Store<StoredNamespace>,
     /// Apart from `shared`, and async: the reporter reads it for ~10-100 ms per report (50k
     /// Pods) while passes plan beside it, and a task waiting for it must not hold up a thread
     /// the label writes need. Lock order: `index` before `shared`.
@@ -99,7 +99,7 @@ impl Context {
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
         profiles: Store<DeserializeGuard<PodSecurityProfile>>,
-        namespaces: Store<PartialObjectMeta<Namespace>>,
+        namespaces: Store<StoredNamespace>,
     ) -> (Context, Receivers) {
         let (writes, to_write) = mpsc::unbounded_channel();
         let (events, to_post) = mpsc::unbounded_channel();
@@ -141,18 +141,18 @@ impl Context {
         self.wake.notify_one();
     }
 
-    pub fn stored_namespace(&self, ns: &str) -> Option<Arc<PartialObjectMeta<Namespace>>> {
+    pub fn stored_namespace(&self, ns: &str) -> Option<Arc<StoredNamespace>> {
         self.namespaces.get(&reflector::ObjectRef::new(ns))
     }
 
     /// The resourceVersion of the namespace as the store has it.
     pub fn stored_version(&self, ns: &str) -> Option<u64> {
         self.stored_namespace(ns)
-            .and_then(|n| resource_version(n.resource_version()))
+            .and_then(|n| resource_version(n.resource_version.clone()))
     }
 
     pub fn namespace_uid(&self, ns: &str) -> Option<String> {
-        self.stored_namespace(ns).and_then(|n| n.uid())
+        self.stored_namespace(ns).and_then(|n| n.uid.clone())
     }
 }
 
@@ -239,7 +239,7 @@ pub(super) struct QueuedWrite {
 #[derive(Debug, Clone)]
 pub(super) struct Unseen {
     pub version: u64,
-    pub labels: Labels,
+    pub labels: Arc<Labels>,
     pub record: Option<Record>,
 }
 

@@ -4,12 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::PartialObjectMeta;
 use kube::runtime::reflector::{self, store::Writer};
 
 use super::context::{Config, Context, Dirty};
+use super::namespace_store::StoredNamespace;
 use crate::operator::desired::Exclusions;
 use crate::operator::metrics::Metrics;
 
@@ -51,7 +50,7 @@ pub async fn serve_next(
 
 /// A context whose client is never answered (the code under test books results only), after its
 /// first pass (nothing dirty), and the writer of its namespace store.
-pub fn booking_context() -> (Arc<Context>, Writer<PartialObjectMeta<Namespace>>) {
+pub fn booking_context() -> (Arc<Context>, Writer<StoredNamespace>) {
     let (mock, _) = tower_test::mock::pair::<
         http::Request<kube::client::Body>,
         http::Response<kube::client::Body>,

@@ -29,6 +29,7 @@ mod finalizer;
 #[cfg(test)]
 mod fixtures;
 mod lists;
+mod namespace_store;
 mod pass;
 mod reporter;
 mod reports;

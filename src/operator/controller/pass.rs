@@ -7,24 +7,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
-use kube::api::PartialObjectMeta;
 use kube::core::error_boundary::InvalidObject;
 use tracing::{debug, info, warn};
 
 use super::context::{Context, Dirty, MAX_RETRY, Picture, QueuedWrite, Shared};
 use super::events;
 use super::finalizer;
+use super::namespace_store::StoredNamespace;
 use crate::operator::backoff::Backoff;
 use crate::operator::crd::PodSecurityProfile;
 use crate::operator::desired::{
     LabelsByNamespace, NamespacePlan, NamespaceView, Plans, ProfileView, plan_namespace,
 };
 use crate::operator::index::PodIndex;
-use crate::operator::labels::{Cluster, LabelWrite, Owned, governs, owned, plan_writes};
+use crate::operator::labels::{Cluster, LabelWrite, Owned, governs, plan_writes};
 use crate::operator::pods::SlimPod;
-use crate::operator::record::{ANNOTATION, Record};
+use crate::operator::record::Record;
 use crate::operator::workloads::TemplateIndex;
 use crate::pss::{LevelVersion, Policy};
 
@@ -84,7 +83,7 @@ struct PlanCache {
     /// has not shown it yet.
     labels: LabelsByNamespace,
     /// The PSA labels and record our field manager owns, per namespace (from managedFields).
-    owned: HashMap<String, Owned>,
+    owned: HashMap<String, Arc<Owned>>,
     /// The readable ledger records on the namespaces (the store's, or our last write's).
     records: HashMap<String, Record>,
 }
@@ -400,25 +399,25 @@ fn replan_one(
     cache: &mut PlanCache,
     profiles: &[ProfileView],
     inputs: &Inputs<'_>,
-    n: &PartialObjectMeta<Namespace>,
+    n: &StoredNamespace,
 ) -> Option<Unreadable> {
-    let name = n.name_any();
+    let name = n.name.clone();
     let mut unreadable = None;
     let (labels, record) = match shared.unseen_writes.get(&name) {
         Some(ours) => (ours.labels.clone(), ours.record.clone()),
         None => {
-            let record = n.annotations().get(ANNOTATION).and_then(|value| {
+            let record = n.record.as_deref().and_then(|value| {
                 Record::decode(value)
                     .map_err(|e| {
                         unreadable = Some(Unreadable {
                             ns: name.clone(),
-                            value: value.clone(),
+                            value: value.to_owned(),
                             error: e.to_string(),
                         })
                     })
                     .ok()
             });
-            (n.labels().clone(), record)
+            (n.labels.clone(), record)
         }
     };
     let view = NamespaceView { name, labels };
@@ -433,15 +432,13 @@ fn replan_one(
         // Never touched: what it carries is not ours to read or report.
         unreadable = None;
     }
-    cache
-        .owned
-        .insert(view.name.clone(), owned(&n.metadata.managed_fields));
+    cache.owned.insert(view.name.clone(), n.owned.clone());
     match record {
         Some(r) => cache.records.insert(view.name.clone(), r),
         None => cache.records.remove(&view.name),
     };
     cache.plans.insert(view.name.clone(), Arc::new(plan));
-    cache.labels.insert(view.name, Arc::new(view.labels));
+    cache.labels.insert(view.name, view.labels);
     unreadable
 }
 
@@ -544,22 +541,21 @@ mod tests {
     use super::*;
     use crate::operator::crd::PodSecurityProfileStatus;
     use crate::operator::testing::profile;
-    use kube::core::PartialObjectMetaExt as _;
 
-    fn namespace(name: &str, labels: &[(&str, &str)]) -> PartialObjectMeta<Namespace> {
-        let mut ns: PartialObjectMeta<Namespace> = kube::core::ObjectMeta {
-            name: Some(name.into()),
-            labels: Some(
+    fn namespace(name: &str, labels: &[(&str, &str)]) -> StoredNamespace {
+        StoredNamespace {
+            name: name.into(),
+            uid: None,
+            resource_version: Some("1".into()),
+            labels: Arc::new(
                 labels
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
             ),
-            ..Default::default()
+            owned: Default::default(),
+            record: None,
         }
-        .into_request_partial();
-        ns.metadata.resource_version = Some("1".into());
-        ns
     }
 
     #[tokio::test]

@@ -4,23 +4,23 @@
 
 use std::sync::Arc;
 
-use futures::{Stream, StreamExt};
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace};
 use kube::api::{Api, PartialObjectMeta};
 use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::reflector;
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{info, warn};
 
 use super::context::{Context, Dirty, Shared};
+use super::namespace_store::{self, StoredNamespace};
 use crate::operator::crd::PodSecurityProfile;
 use crate::operator::error::Error;
 use crate::operator::index::{Evaluate, Interner};
-use crate::operator::labels::is_our_apply;
 use crate::operator::pods::WatchedPod;
-use crate::operator::record::ANNOTATION;
 use crate::operator::workloads::{Reported, WatchedWorkload, WorkloadKind, reported};
 
 /// Feeds the profile store. A profile change re-plans every namespace; the pass finds it by
@@ -49,34 +49,31 @@ pub(super) async fn profiles(
     .await
 }
 
-/// Feeds the namespace store, metadata only, keeping of the managedFields only our own entry (it
-/// says which labels we own) and of the annotations only our ledger record.
-pub(super) async fn namespaces(ctx: Arc<Context>, store: Writer<PartialObjectMeta<Namespace>>) {
-    watcher(
+/// Feeds the namespace store from a metadata watch, each namespace projected to what the pass
+/// reads of it ([`StoredNamespace`]).
+pub(super) async fn namespaces(ctx: Arc<Context>, store: Writer<StoredNamespace>) {
+    let events = watcher(
         Api::<PartialObjectMeta<Namespace>>::all(ctx.client.clone()),
         ctx.watcher_config(),
     )
     .default_backoff()
-    .modify(|n: &mut PartialObjectMeta<Namespace>| {
-        n.managed_fields_mut().retain(is_our_apply);
-        n.annotations_mut().retain(|k, _| k == ANNOTATION);
-    })
-    .reflect(store)
-    .for_each(|ev| {
-        let changed = |s: &mut Shared, ns: Option<&PartialObjectMeta<Namespace>>| match ns {
-            Some(ns) => s.dirty.mark(&ns.name_any()),
-            None => s.dirty = Dirty::All,
-        };
-        note(
-            &ctx,
-            &ev,
-            |s| s.namespaces_synced = true,
-            changed,
-            "namespaces",
-        );
-        async {}
-    })
-    .await
+    .map_ok(namespace_store::project);
+    reflector(store, events)
+        .for_each(|ev| {
+            let changed = |s: &mut Shared, ns: Option<&StoredNamespace>| match ns {
+                Some(ns) => s.dirty.mark(&ns.name),
+                None => s.dirty = Dirty::All,
+            };
+            note(
+                &ctx,
+                &ev,
+                |s| s.namespaces_synced = true,
+                changed,
+                "namespaces",
+            );
+            async {}
+        })
+        .await
 }
 
 /// Books a watch event: the list complete, `changed` with the object that changed (`None`

@@ -183,7 +183,7 @@ fn book_landed(shared: &mut Shared, write: &LabelWrite, applied: &Applied) {
             ns.to_owned(),
             Unseen {
                 version,
-                labels: applied.labels.clone(),
+                labels: Arc::new(applied.labels.clone()),
                 record: applied.record.clone(),
             },
         );
@@ -500,9 +500,9 @@ mod tests {
                 resource_version: Some(rv.into()),
                 ..Default::default()
             };
-            watcher::Event::Apply(kube::core::PartialObjectMetaExt::into_response_partial::<
-                Namespace,
-            >(meta))
+            watcher::Event::Apply(
+                kube::core::PartialObjectMetaExt::into_response_partial::<Namespace>(meta).into(),
+            )
         };
         let landed = |rv: u64| Applied {
             resource_version: Some(rv),

@@ -25,10 +25,12 @@ fn view(p: &PodSecurityProfile) -> ProfileView {
 fn mk_ns(name: &str, labels: &[(&str, &str)]) -> NamespaceView {
     NamespaceView {
         name: name.to_owned(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+        labels: Arc::new(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
     }
 }
 

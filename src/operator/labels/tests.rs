@@ -23,7 +23,7 @@ fn plans_for(profiles: &[Arc<PodSecurityProfile>], ns: &[(&str, Labels)]) -> Pla
         .iter()
         .map(|(n, l)| NamespaceView {
             name: n.to_string(),
-            labels: l.clone(),
+            labels: Arc::new(l.clone()),
         })
         .collect();
     plan(
@@ -47,7 +47,7 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
 struct World {
     profiles: Vec<Arc<PodSecurityProfile>>,
     labels: BTreeMap<String, Labels>,
-    owned: HashMap<String, Owned>,
+    owned: HashMap<String, Arc<Owned>>,
     records: HashMap<String, Record>,
     exclusions: Exclusions,
 }
@@ -98,7 +98,7 @@ impl World {
         for w in writes {
             let ns = w.namespace().to_owned();
             let labels = self.labels.entry(ns.clone()).or_default();
-            let owned = self.owned.entry(ns.clone()).or_default();
+            let owned = Arc::make_mut(self.owned.entry(ns.clone()).or_default());
             match w {
                 LabelWrite::Apply { record, .. } => {
                     for k in owned.labels.iter() {
@@ -130,7 +130,7 @@ impl World {
         };
         // A person's edit takes the field from every other manager.
         if let Some(o) = self.owned.get_mut("app") {
-            o.labels.remove(label);
+            Arc::make_mut(o).labels.remove(label);
         }
     }
 }
@@ -288,7 +288,7 @@ fn raising_enforce_when_a_rollout_completes_is_not_drift() {
     let view = ProfileView::from_profile(&p).expect("valid");
     let ns = [NamespaceView {
         name: "app".into(),
-        labels: Labels::new(),
+        labels: Default::default(),
     }];
     let excl = Exclusions::new(Exclusions::DEFAULT);
     let blocked = plan(
@@ -406,10 +406,7 @@ fn labels_we_own_but_no_longer_want_are_released_even_after_a_restart() {
     world.land(&mut ledger, &writes);
     assert!(world.pass(&mut ledger, &none).is_empty());
     // Ours (per managedFields), with no memory of earlier writes: applied away.
-    world
-        .owned
-        .get_mut("app")
-        .expect("owned")
+    Arc::make_mut(world.owned.get_mut("app").expect("owned"))
         .labels
         .insert(psa::WARN.to_owned());
     let mut ledger = Ledger::default();
@@ -427,9 +424,11 @@ fn deleted_remove_profiles_release_namespaces_nobody_else_governs() {
     let plans = plans_for(&profiles, &ns);
     let observed: BTreeMap<String, Labels> =
         ns.iter().map(|(n, l)| (n.to_string(), l.clone())).collect();
-    let ours = || Owned {
-        labels: BTreeSet::from([psa::ENFORCE.to_owned()]),
-        record: false,
+    let ours = || {
+        Arc::new(Owned {
+            labels: BTreeSet::from([psa::ENFORCE.to_owned()]),
+            record: false,
+        })
     };
     let owned = HashMap::from([
         ("app".to_owned(), ours()),
@@ -437,21 +436,22 @@ fn deleted_remove_profiles_release_namespaces_nobody_else_governs() {
     ]);
     let records = HashMap::new();
     let excl = Exclusions::new(Exclusions::DEFAULT);
-    let writes_of =
-        |profiles: &[Arc<PodSecurityProfile>], plans: &Plans, owned: &HashMap<String, Owned>| {
-            plan_writes(
-                &mut Ledger::default(),
-                &Cluster {
-                    plans,
-                    labels: &shared_labels(&observed),
-                    owned,
-                    records: &records,
-                    profiles,
-                    exclusions: &excl,
-                },
-                &none,
-            )
-        };
+    let writes_of = |profiles: &[Arc<PodSecurityProfile>],
+                     plans: &Plans,
+                     owned: &HashMap<String, Arc<Owned>>| {
+        plan_writes(
+            &mut Ledger::default(),
+            &Cluster {
+                plans,
+                labels: &shared_labels(&observed),
+                owned,
+                records: &records,
+                profiles,
+                exclusions: &excl,
+            },
+            &none,
+        )
+    };
     let writes = writes_of(&profiles, &plans, &owned);
     assert_eq!(
         writes,
@@ -462,10 +462,10 @@ fn deleted_remove_profiles_release_namespaces_nobody_else_governs() {
     assert!(writes_of(&profiles, &plans, &HashMap::new()).is_empty());
     let marked = HashMap::from([(
         "app".to_owned(),
-        Owned {
+        Arc::new(Owned {
             labels: BTreeSet::new(),
             record: true,
-        },
+        }),
     )]);
     assert_eq!(
         writes_of(&profiles, &plans, &marked),
@@ -494,10 +494,10 @@ fn a_namespace_no_longer_governed_loses_the_record_and_keeps_its_labels() {
     world.labels.insert("kube-system".into(), Labels::new());
     world.owned.insert(
         "kube-system".into(),
-        Owned {
+        Arc::new(Owned {
             labels: BTreeSet::new(),
             record: true,
-        },
+        }),
     );
     let mut ledger = Ledger::default();
     let writes = world.pass(&mut ledger, &none);

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::operator::crd::LevelSpec;
-use crate::operator::desired::{Exclusions, Labels, LabelsByNamespace, NamespaceView, plan};
+use crate::operator::desired::{Exclusions, LabelsByNamespace, NamespaceView, plan};
 use crate::operator::index::tests::{FakePod, mk_pod};
 use crate::operator::metrics::MetricValues;
 use crate::operator::testing::profile;
@@ -37,7 +37,7 @@ impl World {
                 .iter()
                 .map(|n| NamespaceView {
                     name: n.to_string(),
-                    labels: Labels::new(),
+                    labels: Default::default(),
                 })
                 .collect(),
             index: PodIndex::default(),
@@ -70,14 +70,14 @@ impl World {
         if converge {
             for ns in &mut self.namespaces {
                 if plans[&ns.name].write {
-                    ns.labels.extend(plans[&ns.name].desired.as_ref().clone());
+                    Arc::make_mut(&mut ns.labels).extend(plans[&ns.name].desired.as_ref().clone());
                 }
             }
         }
         let labels: LabelsByNamespace = self
             .namespaces
             .iter()
-            .map(|n| (n.name.clone(), Arc::new(n.labels.clone())))
+            .map(|n| (n.name.clone(), n.labels.clone()))
             .collect();
         let obs = Observed {
             plans: &plans,
@@ -116,7 +116,7 @@ fn a_privileged_pod_created_before_enforcement_shows_in_status_and_metrics() {
         .apply("kube-system", "proxy", mk_pod(Level::Privileged, 1));
     w.namespaces.push(NamespaceView {
         name: "kube-system".into(),
-        labels: Labels::new(),
+        labels: Default::default(),
     });
     let (statuses, metrics) = w.run(true);
     let s = &statuses[0];
