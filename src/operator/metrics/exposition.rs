@@ -260,11 +260,17 @@ impl Gauges {
     }
 
     /// Writes family `f` as the `prometheus` crate's `TextEncoder` does; nothing without series.
-    pub fn write(&self, f: usize, out: &mut String) {
+    /// Writes family `f` into `out`, calling `flush` after each line.
+    pub fn write(
+        &self,
+        f: usize,
+        out: &mut String,
+        flush: &mut dyn FnMut(&mut String) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let family = &FAMILIES[f];
         let values = &self.values[f];
         if values.is_empty() {
-            return;
+            return Ok(());
         }
         write_header(family, out);
         for (ids, value) in self.ids[f].chunks_exact(family.labels.len()).zip(values) {
@@ -280,7 +286,9 @@ impl Gauges {
             }
             // Integers print the same as the crate's `f64` values of `IntGauge`s.
             let _ = writeln!(out, "}} {value}");
+            flush(out)?;
         }
+        Ok(())
     }
 }
 

@@ -80,11 +80,10 @@ async fn metrics_handler(
         .filter_map(|v| v.to_str().ok())
         .any(accepts_gzip);
     let rendered = tokio::task::spawn_blocking(move || {
-        let text = metrics.render();
         if gzip {
-            gzipped(text.as_bytes())
+            gzipped(&metrics)
         } else {
-            Ok(text.into_bytes())
+            Ok(metrics.render().into_bytes())
         }
     })
     .await;
@@ -131,15 +130,14 @@ fn accepts_gzip(value: &str) -> bool {
     })
 }
 
-/// `text` gzip-compressed at the fastest level: most of a scrape's cost is the compression, and
-/// level 1 already shrinks the exposition's repetitive lines ~20x.
-fn gzipped(text: &[u8]) -> std::io::Result<Vec<u8>> {
+/// The exposition gzip-compressed at the fastest level as it is rendered, never whole as text:
+/// most of a scrape's cost is the compression, and level 1 already shrinks the exposition's
+/// repetitive lines ~20x.
+fn gzipped(metrics: &Metrics) -> std::io::Result<Vec<u8>> {
     use std::io::Write as _;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(text.len() / 8),
-        flate2::Compression::fast(),
-    );
-    encoder.write_all(text)?;
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(64 * 1024), flate2::Compression::fast());
+    metrics.render_chunked(&mut |text| encoder.write_all(text.as_bytes()))?;
     encoder.finish()
 }
 
