@@ -610,8 +610,19 @@ class Bench:
         return out
 
     def metrics_text(self):
-        status, data = http_get(self.metrics_port, "/metrics")
-        return data.decode() if status == 200 else ""
+        """One scrape as Prometheus makes it: gzip asked for (and decompressed here)."""
+        c = http.client.HTTPConnection("127.0.0.1", self.metrics_port, timeout=30)
+        try:
+            c.request("GET", "/metrics", headers={"Accept-Encoding": "gzip"})
+            r = c.getresponse()
+            body = r.read()
+            if r.status != 200:
+                return ""
+            if r.getheader("Content-Encoding") == "gzip":
+                body = zlib.decompress(body, 16 + zlib.MAX_WBITS)
+            return body.decode()
+        finally:
+            c.close()
 
     def statuses_complete(self, exp):
         profiles = self.admin.json("GET", "/apis/pss-operator.io/v1alpha1/podsecurityprofiles")["items"]
