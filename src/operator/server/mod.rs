@@ -68,8 +68,9 @@ pub fn secure_metrics_router<R: Reviewer>(metrics: Arc<Metrics>, gate: Arc<Gate<
 }
 
 /// The exposition, gzip-compressed when the scraper accepts it (Prometheus does: at 10,000
-/// namespaces the text is ~10 MB, gzip ~20x smaller). Rendered and compressed on a blocking
-/// thread: tens of milliseconds at that size.
+/// namespaces the text is ~13 MB, gzip ~20x smaller). Rendered (and compressed) on a blocking
+/// thread: tens of milliseconds at that size. Plain text is streamed as it is rendered, so no
+/// scrape holds the whole text.
 async fn metrics_handler(
     State(metrics): State<Arc<Metrics>>,
     headers: axum::http::HeaderMap,
@@ -79,14 +80,14 @@ async fn metrics_handler(
         .iter()
         .filter_map(|v| v.to_str().ok())
         .any(accepts_gzip);
-    let rendered = tokio::task::spawn_blocking(move || {
-        if gzip {
-            gzipped(&metrics)
-        } else {
-            Ok(metrics.render().into_bytes())
-        }
-    })
-    .await;
+    let headers = [
+        (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
+        (header::VARY, "Accept-Encoding"),
+    ];
+    if !gzip {
+        return (headers, streamed(metrics)).into_response();
+    }
+    let rendered = tokio::task::spawn_blocking(move || gzipped(&metrics)).await;
     let body = match rendered {
         Ok(Ok(body)) => body,
         Ok(Err(e)) => {
@@ -98,20 +99,31 @@ async fn metrics_handler(
             return StatusCode::INTERNAL_SERVER_ERROR.into_response();
         }
     };
-    let mut response = (
-        [
-            (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
-            (header::VARY, "Accept-Encoding"),
-        ],
-        body,
-    )
-        .into_response();
-    if gzip {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    }
+    let mut response = (headers, body).into_response();
     response
+        .headers_mut()
+        .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    response
+}
+
+/// The plain exposition as a body streamed in chunks while a blocking thread renders it; a
+/// scraper that goes away stops the rendering.
+fn streamed(metrics: Arc<Metrics>) -> axum::body::Body {
+    let (send, receive) = mpsc::channel::<bytes::Bytes>(2);
+    tokio::task::spawn_blocking(move || {
+        let sent = metrics.render_chunked(&mut |text| {
+            send.blocking_send(bytes::Bytes::copy_from_slice(text.as_bytes()))
+                .map_err(|_| std::io::Error::other("the scraper went away"))
+        });
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "/metrics: rendering stopped");
+        }
+    });
+    axum::body::Body::from_stream(futures::stream::unfold(receive, |mut r| async move {
+        r.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::convert::Infallible>(chunk), r))
+    }))
 }
 
 /// Whether one `Accept-Encoding` header value accepts gzip (`gzip`, `x-gzip` or `*`, with a

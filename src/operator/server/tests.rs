@@ -320,6 +320,26 @@ async fn plain_get_raw(addr: SocketAddr, path: &str, headers: &str) -> (String, 
     (head, raw[at + 4..].to_vec())
 }
 
+/// The payload of an HTTP/1.1 chunked body.
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = raw
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size = std::str::from_utf8(&raw[..line_end]).expect("ascii");
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or_default().trim(), 16)
+            .expect("hex chunk size");
+        raw = &raw[line_end + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[size + 2..];
+    }
+}
+
 #[tokio::test]
 async fn metrics_are_gzipped_for_scrapers_that_ask_and_decode_to_the_same_text() {
     use std::io::Read as _;
@@ -343,9 +363,14 @@ async fn metrics_are_gzipped_for_scrapers_that_ask_and_decode_to_the_same_text()
         .expect("a gzip body");
     assert_eq!(text, metrics.render());
 
+    // Plain: streamed as rendered (HTTP/1.1 chunked), the same text.
     let (head, body) = plain_get_raw(addr, "/metrics", "").await;
     assert!(!head.contains("content-encoding"), "{head}");
-    assert_eq!(String::from_utf8(body).expect("utf-8"), metrics.render());
+    assert!(head.contains("transfer-encoding: chunked"), "{head}");
+    assert_eq!(
+        String::from_utf8(dechunk(&body)).expect("utf-8"),
+        metrics.render()
+    );
     let (head, _) = plain_get_raw(addr, "/metrics", "Accept-Encoding: gzip;q=0\r\n").await;
     assert!(!head.contains("content-encoding"), "{head}");
 }
