@@ -115,8 +115,9 @@ async fn sigkill_while_labelling_500_namespaces_loses_nothing() -> Result<()> {
     ensure!(summary.namespaces == 500, "{summary:?}");
 
     // Nothing labelled twice with different values: one LabelsApplied event at most per
-    // namespace (none where the kill fell between the write and its event), all with the same
-    // note, and no label "repaired" but the one lowered while no operator ran.
+    // namespace (none where the kill fell between the write and its event, or where the
+    // namespace was labelled in bulk: announced once on the profile), all with the same note, and
+    // no label "repaired" but the one lowered while no operator ran.
     let applied = events_by_namespace(&client, &tag, "LabelsApplied").await?;
     let notes: std::collections::BTreeSet<String> = applied
         .values()
@@ -131,7 +132,7 @@ async fn sigkill_while_labelling_500_namespaces_loses_nothing() -> Result<()> {
         );
     }
     ensure!(
-        notes.len() == 1,
+        notes.len() <= 1,
         "different label values applied: {notes:?}"
     );
     let repaired = events_by_namespace(&client, &tag, "LabelDriftRepaired").await?;
@@ -166,7 +167,7 @@ async fn sigkill_while_labelling_500_namespaces_loses_nothing() -> Result<()> {
         "pss_label_drift_total for {lowered}"
     );
     eprintln!(
-        "faults: after the restart: 500/500 labelled, {} LabelsApplied events ({} namespaces have none: killed between write and event), one field manager, status {}/{} enforced, the enforce lowered while no operator ran counted as drift (Event, metric, driftCorrections 1)",
+        "faults: after the restart: 500/500 labelled, {} LabelsApplied events ({} namespaces have none: labelled in bulk, or killed between write and event), one field manager, status {}/{} enforced, the enforce lowered while no operator ran counted as drift (Event, metric, driftCorrections 1)",
         applied.values().map(Vec::len).sum::<usize>(),
         500 - applied.len(),
         status.enforced_namespaces,
