@@ -499,6 +499,71 @@ async fn allow_stricter_keeps_a_stricter_level_when_true_and_reverts_it_when_fal
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_namespaces_labelled_at_once_are_announced_by_one_event_on_the_profile() -> Result<()>
+{
+    run_test("labels-bulk", async |t: &OpTest| {
+        // More than the 20 namespaces a profile labels in one pass with an Event each.
+        let mut names = Vec::new();
+        for i in 0..25 {
+            names.push(
+                t.namespace(&format!("b{i:02}"), &[("team", "bulk")])
+                    .await?,
+            );
+        }
+        // Every one seen before the profile comes: one pass labels them all.
+        let last = names.last().context("namespaces")?.clone();
+        t.wait_metrics("the last namespace reported unprotected", |m| {
+            m.value("pss_unprotected_namespace", &[("namespace", &last)]) == Some(1.0)
+        })
+        .await?;
+        let profile = t
+            .profile(
+                "p",
+                t.spec(
+                    &[("team", "bulk")],
+                    json!({"enforce": {"level": "baseline"}}),
+                )?,
+            )
+            .await?;
+        for ns in &names {
+            t.wait_labels(ns, &[(ENFORCE, "baseline")], &[]).await?;
+        }
+        let events = eventually(
+            "a LabelsApplied event on the profile",
+            super::support::EVENTUALLY,
+            || async {
+                let events = t.profile_events(&profile, "LabelsApplied").await?;
+                Ok((!events.is_empty()).then_some(events))
+            },
+        )
+        .await?;
+        ensure!(events.len() == 1, "{events:?}");
+        let event = &events[0];
+        ensure!(event.type_.as_deref() == Some("Normal"), "{event:?}");
+        let note = event.note.clone().unwrap_or_default();
+        ensure!(
+            note.starts_with(&format!(
+                "profile {profile} applied labels to 25 namespaces, among them {}: ",
+                names[..5].join(", ")
+            )) && note.contains("pod-security.kubernetes.io/enforce=baseline"),
+            "{note}"
+        );
+        // `kubectl describe` finds it by the profile's uid.
+        let uid = t.profiles().get(&profile).await?.metadata.uid;
+        ensure!(
+            event.regarding.as_ref().and_then(|r| r.uid.clone()) == uid,
+            "{event:?}"
+        );
+        // Instead of an Event per namespace, not beside them.
+        for ns in &names {
+            ensure!(t.events(ns, "LabelsApplied").await?.is_empty(), "{ns}");
+        }
+        Ok(())
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_namespace_that_starts_matching_gets_the_labels() -> Result<()> {
     run_test("new-namespace", async |t: &OpTest| {
         let profile = t

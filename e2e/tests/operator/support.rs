@@ -771,6 +771,23 @@ impl OpTest {
             .collect())
     }
 
+    /// The operator's Events with `reason` about profile `name`: cluster-scoped, so in `default`.
+    pub async fn profile_events(&self, name: &str, reason: &str) -> Result<Vec<Event>> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        Ok(api
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref())
+                        == Some("PodSecurityProfile")
+            })
+            .collect())
+    }
+
     /// Changes namespace labels as a person would (`kubectl label --overwrite`): `Some` sets,
     /// `None` removes.
     pub async fn edit_labels(&self, ns: &str, changes: &[(&str, Option<&str>)]) -> Result<()> {

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::lists::{self, InitialLists};
 use super::namespace_store::StoredNamespace;
+use super::{events, writer};
 use crate::operator::backoff::Backoff;
 use crate::operator::crd::PodSecurityProfile;
 use crate::operator::desired::{Exclusions, Labels, LabelsByNamespace, Plans, ProfileView};
@@ -71,9 +72,9 @@ pub(super) struct Context {
     /// request that would be refused.
     pub fence: Arc<Fence>,
     /// Label writes, for the label writer.
-    pub writes: mpsc::UnboundedSender<QueuedWrite>,
+    pub writes: writer::Queue,
     /// Events, for the poster: a pass never waits for them.
-    pub events: mpsc::UnboundedSender<(ObjectReference, Event)>,
+    pub events: events::Queue,
     /// The latest pass's picture, for the reporter.
     pub pictures: watch::Sender<Option<Arc<Picture>>>,
     /// True after the first complete pass.
@@ -83,7 +84,7 @@ pub(super) struct Context {
 /// The receiving ends of [`Context`]'s channels, one per task that drains them.
 pub(super) struct Receivers {
     pub writes: mpsc::UnboundedReceiver<QueuedWrite>,
-    pub events: mpsc::UnboundedReceiver<(ObjectReference, Event)>,
+    pub events: mpsc::Receiver<(ObjectReference, Event)>,
     pub pictures: watch::Receiver<Option<Arc<Picture>>>,
 }
 
@@ -101,8 +102,8 @@ impl Context {
         profiles: Store<DeserializeGuard<PodSecurityProfile>>,
         namespaces: Store<StoredNamespace>,
     ) -> (Context, Receivers) {
-        let (writes, to_write) = mpsc::unbounded_channel();
-        let (events, to_post) = mpsc::unbounded_channel();
+        let (writes, to_write) = writer::Queue::new();
+        let (events, to_post) = events::Queue::new();
         let (pictures, latest) = watch::channel(None);
         let ctx = Context {
             client,
@@ -233,6 +234,8 @@ impl Dirty {
 pub(super) struct QueuedWrite {
     pub write: LabelWrite,
     pub uid: Option<String>,
+    /// Announced with the other namespaces its profile labels in bulk, not by an Event of its own.
+    pub bulk: Option<Arc<events::Bulk>>,
 }
 
 /// A namespace as our last write left it: its resourceVersion, labels and ledger record.

@@ -11,10 +11,11 @@ use kube::ResourceExt;
 use kube::core::error_boundary::InvalidObject;
 use tracing::{debug, info, warn};
 
-use super::context::{Context, Dirty, MAX_RETRY, Picture, QueuedWrite, Shared};
+use super::context::{Context, Dirty, MAX_RETRY, Picture, Shared};
 use super::events;
 use super::finalizer;
 use super::namespace_store::StoredNamespace;
+use super::writer;
 use crate::operator::backoff::Backoff;
 use crate::operator::crd::PodSecurityProfile;
 use crate::operator::desired::{
@@ -225,7 +226,7 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache, resync: bool) -> usize 
             "label writes queued"
         );
     }
-    queue_writes(ctx, writes);
+    writer::queue(ctx, writes);
 
     let observed = observed_with_repairs(&ctx.shared(), cache);
     // Released namespaces are known from the store (we no longer own labels there), so a
@@ -513,16 +514,6 @@ fn label_writes(
         shared.in_flight.insert(w.namespace().to_owned(), repairing);
     }
     writes
-}
-
-fn queue_writes(ctx: &Context, writes: Vec<LabelWrite>) {
-    for write in writes {
-        let queued = QueuedWrite {
-            uid: ctx.namespace_uid(write.namespace()),
-            write,
-        };
-        let _ = ctx.writes.send(queued);
-    }
 }
 
 /// What the reporter shows: the labels, with what drift repairs in flight restore.

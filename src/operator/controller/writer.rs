@@ -1,8 +1,9 @@
 //! The label writer: applies the queued label writes, `LABEL_WRITES_IN_FLIGHT` at a time, and
 //! books each answer as it lands (ledger, drift count, Events); a failed write is retried by a
 //! later pass after a growing delay. Passes never wait for writes: a pass that waited for its
-//! slowest write made every later repair wait for it too.
+//! slowest write made every later repair wait for it too. Events wait while writes queue.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Client, ResourceExt};
 use serde_json::json;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use super::context::{Context, QueuedWrite, Shared, Unseen, resource_version};
@@ -26,23 +28,93 @@ use crate::operator::record::{ANNOTATION, Record};
 /// each) could not keep up and repairs queued for seconds.
 const LABEL_WRITES_IN_FLIGHT: usize = 32;
 
-pub(super) async fn label_writer(
-    ctx: Arc<Context>,
-    queue: tokio::sync::mpsc::UnboundedReceiver<QueuedWrite>,
-) {
-    futures::stream::unfold(queue, |mut q| async move { q.recv().await.map(|w| (w, q)) })
-        .for_each_concurrent(LABEL_WRITES_IN_FLIGHT, |queued| {
-            let ctx = ctx.clone();
-            async move {
-                // Saves a request the client's write gate would refuse anyway.
-                let result = match ctx.fence.check() {
-                    Ok(()) => write_labels(&ctx.client, &queued.write).await,
-                    Err(e) => Err(e),
-                };
-                book(&ctx, queued, result);
-            }
+/// The label writes queued for the writer, and how many of them wait for a slot.
+pub(super) struct Queue {
+    sender: mpsc::UnboundedSender<QueuedWrite>,
+    /// Writes queued and not started yet (a namespace has at most one queued or in flight).
+    waiting: watch::Sender<usize>,
+}
+
+impl Queue {
+    pub fn new() -> (Queue, mpsc::UnboundedReceiver<QueuedWrite>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let queue = Queue {
+            sender,
+            waiting: watch::Sender::new(0),
+        };
+        (queue, receiver)
+    }
+
+    fn push(&self, write: QueuedWrite) {
+        // Counted before it is sent, so the writer never takes it before it is counted.
+        self.waiting.send_if_modified(|n| {
+            *n += 1;
+            false
+        });
+        if self.sender.send(write).is_err() {
+            self.started();
+        }
+    }
+
+    /// A write left the queue for a slot; wakes whoever waits for the queue to empty.
+    fn started(&self) {
+        self.waiting.send_if_modified(|n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
+
+    /// Returns once no write waits for a slot (writes may still be in flight).
+    pub async fn idle(&self) {
+        let mut waiting = self.waiting.subscribe();
+        // The sender lives as long as the queue: `wait_for` cannot fail while we borrow it.
+        let _ = waiting.wait_for(|n| *n == 0).await;
+    }
+}
+
+/// Queues one pass's label writes; the namespaces a profile labels in bulk share one Event (see
+/// [`events::bulk_profiles`]).
+pub(super) fn queue(ctx: &Context, writes: Vec<LabelWrite>) {
+    let bulks: HashMap<String, Arc<events::Bulk>> = events::bulk_profiles(&writes)
+        .into_iter()
+        .map(|(profile, n)| {
+            let bulk = Arc::new(events::Bulk::new(ctx, &profile, n));
+            (profile, bulk)
         })
-        .await;
+        .collect();
+    for write in writes {
+        let bulk = events::applied(&write).and_then(|(profile, _)| bulks.get(profile).cloned());
+        ctx.writes.push(QueuedWrite {
+            uid: ctx.namespace_uid(write.namespace()),
+            write,
+            bulk,
+        });
+    }
+}
+
+pub(super) async fn label_writer(ctx: Arc<Context>, queue: mpsc::UnboundedReceiver<QueuedWrite>) {
+    let taken = ctx.clone();
+    futures::stream::unfold(queue, move |mut q| {
+        let ctx = taken.clone();
+        async move {
+            // Polled only when a slot is free: taking a write starts it.
+            let write = q.recv().await?;
+            ctx.writes.started();
+            Some((write, q))
+        }
+    })
+    .for_each_concurrent(LABEL_WRITES_IN_FLIGHT, |queued| {
+        let ctx = ctx.clone();
+        async move {
+            // Saves a request the client's write gate would refuse anyway.
+            let result = match ctx.fence.check() {
+                Ok(()) => write_labels(&ctx.client, &queued.write).await,
+                Err(e) => Err(e),
+            };
+            book(&ctx, queued, result);
+        }
+    })
+    .await;
 }
 
 /// What a label write left on the namespace.
@@ -158,6 +230,9 @@ pub(super) fn book(ctx: &Arc<Context>, queued: QueuedWrite, result: Result<Appli
         Err(e) => {
             warn!(namespace = %ns, error = %e, "writing labels");
             ctx.metrics.error("namespace", &e);
+            if let Some(bulk) = &queued.bulk {
+                bulk.failed(ctx);
+            }
             // The namespace stays marked in flight until its retry is due, so the passes in
             // between leave it alone.
             let delay = {
@@ -206,7 +281,7 @@ fn book_landed(shared: &mut Shared, write: &LabelWrite, applied: &Applied) {
 
 /// Logs, drift metrics and Events of a landed write.
 fn report_landed(ctx: &Context, queued: QueuedWrite, restored: Option<Restore>) {
-    let QueuedWrite { write, uid } = queued;
+    let QueuedWrite { write, uid, bulk } = queued;
     let reference = events::namespace_ref(write.namespace(), uid);
     match write {
         LabelWrite::Apply {
@@ -233,13 +308,15 @@ fn report_landed(ctx: &Context, queued: QueuedWrite, restored: Option<Restore>) 
                 );
             }
             if !applied.is_empty() {
-                let text: Vec<String> = applied
-                    .iter()
-                    .map(|c| format!("{}={}", c.label, c.want))
-                    .collect();
-                info!(namespace = %ns, profile = %primary, labels = %text.join(","), "labels applied");
-                let note = format!("profile {primary} applied {}", text.join(", "));
-                events::queue(ctx, &reference, EventType::Normal, "LabelsApplied", note);
+                let text = events::labels_text(&applied);
+                info!(namespace = %ns, profile = %primary, labels = %text, "labels applied");
+                match bulk {
+                    Some(bulk) => bulk.landed(ctx, &ns, text),
+                    None => {
+                        let note = events::labels_applied(&primary, &text);
+                        events::queue(ctx, &reference, EventType::Normal, "LabelsApplied", note);
+                    }
+                }
             }
             if changes.is_empty() {
                 debug!(namespace = %ns, profile = %primary, generation = ?record.generation, "ledger written");
@@ -282,6 +359,7 @@ mod tests {
     use crate::operator::desired::Prior;
     use crate::operator::error::Error;
     use crate::pss::level::labels as psa;
+    use futures::FutureExt as _;
     use kube::runtime::watcher;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
@@ -459,10 +537,27 @@ mod tests {
         assert_eq!(done.removed, [psa::WARN]);
     }
 
+    #[tokio::test]
+    async fn events_wait_until_the_writer_has_taken_every_queued_write() {
+        let (queue, mut receiver) = Queue::new();
+        queue.push(release("a"));
+        queue.push(release("b"));
+        receiver.recv().await.expect("queued");
+        queue.started();
+        assert!(
+            queue.idle().now_or_never().is_none(),
+            "one write still waits"
+        );
+        receiver.recv().await.expect("queued");
+        queue.started();
+        assert!(queue.idle().now_or_never().is_some(), "none waits");
+    }
+
     fn release(ns: &str) -> QueuedWrite {
         QueuedWrite {
             write: LabelWrite::Release { ns: ns.into() },
             uid: None,
+            bulk: None,
         }
     }
 
