@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use kube::core::DeserializeGuard;
-use pss_operator::operator::index::{Evaluate, Interner, PodIndex};
+use pss_operator::operator::index::{Evaluate, Interner, Listed, PodIndex};
 use pss_operator::operator::pods::{SlimPod, WatchedPod};
 use pss_operator::pss::{LevelVersion, Mode, Policy};
 use serde_json::json;
@@ -212,15 +212,22 @@ fn feed(args: &Args, rng: &mut Rng) -> (PodIndex<SlimPod>, u128, u128) {
     // Container names apart, shapes interned, as the Pod watch does.
     let mut initial = Vec::new();
     let mut interner = Interner::default();
+    let mut names_interner = Interner::default();
     for pod in listed_pods(args, rng) {
         if pod.is_running()
             && let Some((ns, name, mut slim)) = pod.into_slim()
         {
             let names = slim.take_names();
-            initial.push((ns, name, interner.intern(slim), names, None));
+            initial.push(Listed {
+                ns: ns.into(),
+                name: name.into_boxed_str(),
+                pod: interner.intern(slim),
+                names: names_interner.intern(names),
+                owner: None,
+            });
         }
     }
-    drop(interner);
+    drop((interner, names_interner));
     let listed = started.elapsed().as_millis();
     let started = Instant::now();
     index.reset_apart(initial);

@@ -26,7 +26,7 @@ use crate::harness::{self, unique_name};
 use crate::procs::{OperatorProc, Serving, env};
 use crate::security::url_allowed;
 use crate::serial;
-use crate::support::{OPERATOR_NAMESPACE, http_get, kubectl_sync};
+use crate::support::{OPERATOR_NAMESPACE, http_get, kubectl_sync, parse_http};
 
 /// A CA, and a leaf for `localhost` it signed, written as tls.crt / tls.key into `dir`.
 struct Issued {
@@ -93,20 +93,9 @@ async fn scrape(addr: &str, roots: &rustls::RootCertStore, token: Option<&str>) 
     let mut raw = Vec::new();
     // A peer closing without close_notify is an error to rustls; the bytes are there.
     let _ = tls.read_to_end(&mut raw).await;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("not an HTTP response: {text:?}"))?;
-    let code = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("no status in {head:?}"))?;
-    Ok(Reply {
-        code,
-        body: body.to_owned(),
-        leaf,
-    })
+    // The plain exposition is streamed (chunked).
+    let (code, body) = parse_http(&raw)?;
+    Ok(Reply { code, body, leaf })
 }
 
 /// kube-apiserver's count of TokenReview and SubjectAccessReview creations so far.

@@ -319,7 +319,8 @@ pub async fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
     tokio::task::spawn_blocking(move || http_get_sync(&addr, &path)).await?
 }
 
-fn parse_http(raw: &[u8]) -> Result<(u16, String)> {
+/// (status code, body) of a raw HTTP/1.1 response, a chunked body put together.
+pub fn parse_http(raw: &[u8]) -> Result<(u16, String)> {
     let text = String::from_utf8_lossy(raw);
     let (head, body) = text
         .split_once("\r\n\r\n")

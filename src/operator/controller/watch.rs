@@ -2,6 +2,7 @@
 //! templates into the template index. Each marks
 //! the namespaces whose inputs changed (see [`Dirty`]) and wakes the pass.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -19,7 +20,8 @@ use super::context::{Context, Dirty, Shared};
 use super::namespace_store::{self, StoredNamespace};
 use crate::operator::crd::PodSecurityProfile;
 use crate::operator::error::Error;
-use crate::operator::index::{Evaluate, Interner};
+use crate::operator::index::{Evaluate, Interner, Listed};
+use crate::operator::pods::SlimPod;
 use crate::operator::pods::WatchedPod;
 use crate::operator::workloads::{Reported, WatchedWorkload, WorkloadKind, reported};
 
@@ -107,6 +109,43 @@ fn note<K>(
     ctx.wake.notify_one();
 }
 
+/// The Pods of an initial list while they wait for it to complete, and what they share.
+#[derive(Default)]
+struct Waiting {
+    /// In chunks of [`CHUNK`]: one growing `Vec` would hold up to twice the room it needs.
+    chunks: Vec<Vec<Listed<SlimPod>>>,
+    listed: usize,
+    pods: Interner<SlimPod>,
+    names: Interner<Box<str>>,
+    /// Namespace and owner names.
+    strings: HashSet<Arc<str>>,
+}
+
+const CHUNK: usize = 4096;
+
+impl Waiting {
+    fn push(&mut self, pod: Listed<SlimPod>) {
+        match self.chunks.last_mut() {
+            Some(chunk) if chunk.len() < CHUNK => chunk.push(pod),
+            _ => {
+                let mut chunk = Vec::with_capacity(CHUNK);
+                chunk.push(pod);
+                self.chunks.push(chunk);
+            }
+        }
+        self.listed += 1;
+    }
+
+    fn string(&mut self, s: String) -> Arc<str> {
+        if let Some(shared) = self.strings.get(s.as_str()) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = s.into();
+        self.strings.insert(shared.clone());
+        shared
+    }
+}
+
 /// Feeds the Pod index: running Pods as slim projections, the initial list in one `reset`.
 pub(super) async fn pods(ctx: Arc<Context>) {
     let events = watcher(
@@ -121,18 +160,15 @@ async fn feed_pods(
     ctx: &Context,
     events: impl Stream<Item = Result<watcher::Event<DeserializeGuard<WatchedPod>>, watcher::Error>>,
 ) {
-    // Projections are interned as pages arrive, their container names apart: until the list
-    // completes, the Pods of one template (or that differ only in their containers' names)
-    // already share one allocation instead of each holding a copy next to the index.
-    let mut initial = Vec::new();
-    let mut interner = Interner::default();
+    // Projections are interned as pages arrive, their container names apart, and so are the
+    // namespace and owner names: until the list completes, the Pods of one template (or that
+    // differ only in their containers' names) already share one allocation instead of each
+    // holding a copy next to the index.
+    let mut waiting = Waiting::default();
     let mut events = std::pin::pin!(events);
     while let Some(ev) = events.next().await {
         match ev {
-            Ok(watcher::Event::Init) => {
-                initial.clear();
-                interner = Default::default();
-            }
+            Ok(watcher::Event::Init) => waiting = Waiting::default(),
             Ok(watcher::Event::InitApply(guard)) => {
                 let Some(pod) = readable(guard) else {
                     continue;
@@ -142,18 +178,22 @@ async fn feed_pods(
                     && let Some((ns, name, mut slim)) = pod.into_slim()
                 {
                     let names = slim.take_names();
-                    initial.push((ns, name, interner.intern(slim), names, owner));
+                    let listed = Listed {
+                        ns: waiting.string(ns),
+                        name: name.into_boxed_str(),
+                        pod: waiting.pods.intern(slim),
+                        names: waiting.names.intern(names),
+                        owner: owner.map(|o| waiting.string(o)),
+                    };
+                    waiting.push(listed);
                 }
             }
             Ok(watcher::Event::InitDone) => {
-                let listed = initial.len();
-                // The index's own table takes the projections over.
-                interner = Default::default();
+                let listed = waiting.listed;
+                // The index's own tables take the shared values over.
+                let initial = std::mem::take(&mut waiting).chunks.into_iter().flatten();
                 let started = std::time::Instant::now();
-                ctx.index
-                    .write()
-                    .await
-                    .reset_apart(std::mem::take(&mut initial));
+                ctx.index.write().await.reset_apart(initial);
                 info!(
                     running = listed,
                     index_ms = started.elapsed().as_millis() as u64,
