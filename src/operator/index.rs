@@ -568,6 +568,14 @@ impl<P: Evaluate> PodIndex<P> {
         }
     }
 
+    /// How many checks fail for some Pod of `ns` in `mode` (the length of its tally's
+    /// `by_check`), without building the tally.
+    pub fn failing_check_count(&self, ns: &str, mode: Mode) -> usize {
+        self.totals.get(ns).map_or(0, |t| {
+            t.by_check[mode.index()].iter().filter(|n| **n != 0).count()
+        })
+    }
+
     /// The admission message for one Pod in `mode`, recomputed (only samples need it).
     pub fn message(&self, ns: &str, pod: &str, mode: Mode) -> Option<String> {
         let entry = self.pods.get(ns)?.get(pod)?;
