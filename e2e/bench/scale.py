@@ -442,6 +442,7 @@ class Bench:
                 "POST", "/api/v1/namespaces",
                 {"metadata": {"name": ns_name(i), "labels": {"bench/tier": tier(i)} if tier(i) != "none" else {}}},
                 ok=(201, 409)), todo))
+        namespaces_created = len(todo)
         log(f"{len(todo)} namespaces created in {time.time() - t0:.1f}s; waiting for their default ServiceAccounts")
         while True:
             sas, _ = list_all(self.admin, "/api/v1/serviceaccounts?fieldSelector=metadata.name%3Ddefault", meta_only=True)
@@ -450,11 +451,11 @@ class Bench:
                 break
             time.sleep(1)
         pods = self.pods_by_ns()
-        # Only the generated Pods count (the latency runs add `lat-*` Pods).
-        count = sum(1 for v in pods.values() for name in v if name.startswith("pod-"))
         # Round-robin over namespaces: Pod j lives in namespace j % N, its kind by its rank there.
+        # Every slot is visited: on a cluster grown to more namespaces the existing Pods sit at
+        # other slots of the new layout (starting at the number already there left some out).
         todo = []
-        for j in range(count, a.pods):
+        for j in range(a.pods):
             i = j % a.namespaces
             k = j // a.namespaces
             name = f"pod-{k:05d}"
@@ -479,7 +480,7 @@ class Bench:
         if failed:
             raise RuntimeError(f"{len(failed)} Pods refused, e.g. {failed[:3]}")
         log(f"{len(todo)} Pods created in {dt:.1f}s ({len(todo) / max(dt, 1e-9):.0f}/s, load {loadavg()})")
-        self.results["populate"] = {"namespaces_created": len(todo), "pods_created": len(todo),
+        self.results["populate"] = {"namespaces_created": namespaces_created, "pods_created": len(todo),
                                     "pods_create_s": round(dt, 1)}
         if a.workloads:
             self.populate_workloads()
