@@ -119,7 +119,7 @@ impl<P: Hash + Eq> Interner<P> {
     }
 
     /// Drops the entries only this table still uses.
-    fn sweep(&mut self) {
+    pub(crate) fn sweep(&mut self) {
         self.table.retain(|p| Arc::strong_count(p) > 1);
     }
 }

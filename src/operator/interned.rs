@@ -8,21 +8,21 @@
 //! Pure: no I/O; the table is process-wide so that a plan, the ledger and a decoded record meet
 //! the same copy without passing an interner around.
 
-use std::collections::HashSet;
 use std::hash::Hash;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use super::desired::{Labels, Prior};
+use super::index;
 
-/// A table of shared values. Entries nobody else holds any more are dropped when the table
-/// has doubled since the last sweep, so values that came and went (a hand-edited label value,
-/// a profile renamed) do not accumulate.
+/// The Pod index's content-addressed table, shared between threads. Entries nobody else holds
+/// any more are swept when the table has doubled since the last sweep, so values that came and
+/// went (a hand-edited label value, a profile renamed) do not accumulate.
 pub struct Interner<T> {
     table: Mutex<Table<T>>,
 }
 
 struct Table<T> {
-    values: HashSet<Arc<T>>,
+    values: index::Interner<T>,
     sweep_at: usize,
 }
 
@@ -33,7 +33,7 @@ impl<T: Hash + Eq> Interner<T> {
     pub fn new() -> Self {
         Interner {
             table: Mutex::new(Table {
-                values: HashSet::new(),
+                values: index::Interner::default(),
                 sweep_at: MIN_SWEEP,
             }),
         }
@@ -43,16 +43,11 @@ impl<T: Hash + Eq> Interner<T> {
     pub fn intern(&self, value: T) -> Arc<T> {
         // A panic while holding the lock leaves the table consistent (inserts are atomic).
         let mut table = self.table.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(shared) = table.values.get(&value) {
-            return shared.clone();
-        }
         if table.values.len() >= table.sweep_at {
-            table.values.retain(|v| Arc::strong_count(v) > 1);
+            table.values.sweep();
             table.sweep_at = (2 * table.values.len()).max(MIN_SWEEP);
         }
-        let shared = Arc::new(value);
-        table.values.insert(shared.clone());
-        shared
+        table.values.intern(value)
     }
 
     /// Entries in the table (held elsewhere or not yet swept).

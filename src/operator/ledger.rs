@@ -462,12 +462,7 @@ mod tests {
         profile(name).enforce(level).build()
     }
 
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::operator::testing::labels;
 
     #[test]
     fn a_persisted_record_is_adopted_once_and_what_is_known_wins() {

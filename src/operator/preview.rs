@@ -331,17 +331,7 @@ mod tests {
     use kube::api::ObjectMeta;
     use serde_json::json;
 
-    fn ns(name: &str, labels: &[(&str, &str)]) -> NamespaceView {
-        NamespaceView {
-            name: name.to_owned(),
-            labels: Arc::new(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-        }
-    }
+    use crate::operator::testing::namespace_view as ns;
 
     fn spec(v: serde_json::Value) -> model::PodSpec {
         serde_json::from_value(v).expect("pod spec")

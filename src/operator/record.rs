@@ -393,12 +393,7 @@ mod tests {
     use crate::pss::level::labels as psa;
     use proptest::prelude::*;
 
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::operator::testing::labels;
 
     fn sample() -> Record {
         Record {

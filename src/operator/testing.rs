@@ -1,4 +1,7 @@
-//! Test-only helpers shared by the operator's unit tests: one way to build a profile.
+//! Test-only helpers shared by the operator's unit tests: one way to build a profile, a label
+//! set and a namespace.
+
+use std::sync::Arc;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -7,7 +10,24 @@ use super::crd::{
     DeletionPolicy, FINALIZER, LevelName, LevelSpec, PodSecurityProfile, PodSecurityProfileSpec,
     ProfileMode, Rollout,
 };
+use super::desired::{Labels, NamespaceView};
 use crate::pss::Mode;
+
+/// A label set from `(key, value)` pairs.
+pub fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// A namespace as the planner sees it.
+pub fn namespace_view(name: &str, pairs: &[(&str, &str)]) -> NamespaceView {
+    NamespaceView {
+        name: name.to_owned(),
+        labels: Arc::new(labels(pairs)),
+    }
+}
 
 /// A profile named `name`, generation 1, selecting every namespace and declaring nothing yet.
 pub fn profile(name: &str) -> ProfileBuilder {

@@ -758,23 +758,24 @@ impl OpTest {
 
     /// Events (events.k8s.io/v1) about namespace `ns` with `reason`.
     pub async fn events(&self, ns: &str, reason: &str) -> Result<Vec<Event>> {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
-        Ok(api
-            .list(&ListParams::default())
-            .await?
-            .items
-            .into_iter()
-            .filter(|e| {
-                e.reason.as_deref() == Some(reason)
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(ns)
-                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Namespace")
-            })
-            .collect())
+        self.events_about(ns, "Namespace", ns, reason).await
     }
 
     /// The operator's Events with `reason` about profile `name`: cluster-scoped, so in `default`.
     pub async fn profile_events(&self, name: &str, reason: &str) -> Result<Vec<Event>> {
-        let api: Api<Event> = Api::namespaced(self.client.clone(), "default");
+        self.events_about("default", "PodSecurityProfile", name, reason)
+            .await
+    }
+
+    /// Events in namespace `in_ns` with `reason` about the object `kind`/`name`.
+    async fn events_about(
+        &self,
+        in_ns: &str,
+        kind: &str,
+        name: &str,
+        reason: &str,
+    ) -> Result<Vec<Event>> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), in_ns);
         Ok(api
             .list(&ListParams::default())
             .await?
@@ -783,8 +784,7 @@ impl OpTest {
             .filter(|e| {
                 e.reason.as_deref() == Some(reason)
                     && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref())
-                        == Some("PodSecurityProfile")
+                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some(kind)
             })
             .collect())
     }

@@ -114,7 +114,6 @@ fn note<K>(
 struct Waiting {
     /// In chunks of [`CHUNK`]: one growing `Vec` would hold up to twice the room it needs.
     chunks: Vec<Vec<Listed<SlimPod>>>,
-    listed: usize,
     pods: Interner<SlimPod>,
     names: Interner<Box<str>>,
     /// Namespace and owner names.
@@ -133,7 +132,6 @@ impl Waiting {
                 self.chunks.push(chunk);
             }
         }
-        self.listed += 1;
     }
 
     fn string(&mut self, s: String) -> Arc<str> {
@@ -189,7 +187,7 @@ async fn feed_pods(
                 }
             }
             Ok(watcher::Event::InitDone) => {
-                let listed = waiting.listed;
+                let listed: usize = waiting.chunks.iter().map(Vec::len).sum();
                 // The index's own tables take the shared values over.
                 let initial = std::mem::take(&mut waiting).chunks.into_iter().flatten();
                 let started = std::time::Instant::now();

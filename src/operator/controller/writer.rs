@@ -362,12 +362,7 @@ mod tests {
     use futures::FutureExt as _;
     use kube::runtime::watcher;
 
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
+    use crate::operator::testing::labels;
 
     #[tokio::test]
     async fn labels_and_the_record_are_server_side_applied_by_one_field_manager_and_nothing_else() {

@@ -22,17 +22,7 @@ fn view(p: &PodSecurityProfile) -> ProfileView {
     ProfileView::from_profile(p).expect("valid profile")
 }
 
-fn mk_ns(name: &str, labels: &[(&str, &str)]) -> NamespaceView {
-    NamespaceView {
-        name: name.to_owned(),
-        labels: Arc::new(
-            labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-        ),
-    }
-}
+use crate::operator::testing::namespace_view as mk_ns;
 
 fn no_pods(_: &str, _: LevelVersion) -> Vec<String> {
     Vec::new()
@@ -48,12 +38,7 @@ fn plan_one(profiles: &[ProfileView], ns: &NamespaceView) -> NamespacePlan {
     )
 }
 
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+use crate::operator::testing::labels;
 
 #[test]
 fn selected_namespaces_get_the_profile_labels_others_nothing() {

@@ -35,12 +35,7 @@ fn plans_for(profiles: &[Arc<PodSecurityProfile>], ns: &[(&str, Labels)]) -> Pla
     )
 }
 
-fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
+use crate::operator::testing::labels;
 
 /// One namespace `app` through passes: its labels, what our field manager owns and the
 /// record on it, as the API server would keep them.
