@@ -177,16 +177,17 @@ def pod_kind(ns_index, k):
     return "b"
 
 
-# --templates: how many distinct container names Pods are spread over (0: every Pod's container is
-# "app", so the Pods come in three shapes, one per kind). Pods of one Deployment share their
-# template; different names make the operator keep one projection per (name, kind).
+# --templates: how many templates (distinct container names and images) Pods are spread over (0:
+# every Pod's container is "app" of one image, so the Pods come in three shapes, one per kind). The
+# issue's shape (a) is ~15,000 templates, shape (b) every Pod distinct (a number above --pods).
 TEMPLATES = 0
 
 
 def pod_object(name, kind, ns=""):
+    t = zlib.crc32(f'{ns}/{name}'.encode()) % TEMPLATES if TEMPLATES else None
     container = {
-        "name": f"app-{zlib.crc32(f'{ns}/{name}'.encode()) % TEMPLATES}" if TEMPLATES else "app",
-        "image": "registry.example/app:1.2.3",
+        "name": f"app-{t}" if TEMPLATES else "app",
+        "image": f"registry.example/app-{t}:1.2.3" if TEMPLATES else "registry.example/app:1.2.3",
         "ports": [{"containerPort": 8080}],
         "env": [{"name": "MODE", "value": "bench"}, {"name": "LOG_LEVEL", "value": "info"}],
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
@@ -450,6 +451,8 @@ class Bench:
             if n >= a.namespaces:
                 break
             time.sleep(1)
+        if a.replace_pods:
+            self.delete_pods()
         pods = self.pods_by_ns()
         # Round-robin over namespaces: Pod j lives in namespace j % N, its kind by its rank there.
         # Every slot is visited: on a cluster grown to more namespaces the existing Pods sit at
@@ -519,6 +522,17 @@ class Bench:
             time.sleep(2)
         log(f"workloads ready in {time.time() - t0:.1f}s (load {loadavg()})")
         self.results["populate"]["workloads"] = a.workloads
+
+    def delete_pods(self):
+        """Deletes every bench Pod (they run on no Node, so they go at once), to re-create them in
+        another shape (--templates) on the same namespaces."""
+        t0 = time.time()
+        namespaces = sorted(self.pods_by_ns())
+        with ThreadPoolExecutor(self.a.concurrency) as ex:
+            list(ex.map(lambda ns: self.admin.request("DELETE", f"/api/v1/namespaces/{ns}/pods"), namespaces))
+        while self.pods_by_ns():
+            time.sleep(2)
+        log(f"Pods of {len(namespaces)} namespaces deleted in {time.time() - t0:.1f}s")
 
     def pods_by_ns(self):
         pods, _ = list_all(self.admin, "/api/v1/pods", meta_only=True)
@@ -907,6 +921,8 @@ def main():
     p.add_argument("--templates", type=int, default=0,
                    help="spread the Pods' container names over this many values (0: one name; a number "
                         "above --pods makes nearly every Pod distinct): memory when Pods do not share a template")
+    p.add_argument("--replace-pods", action="store_true",
+                   help="delete every bench Pod first and create them again (e.g. in another --templates shape)")
     p.add_argument("--workloads", type=int, default=0,
                    help="Pod-template workloads (Deployments with their ReplicaSets, CronJobs, StatefulSets, "
                         "Jobs, DaemonSets) that run no Pod, spread over the namespaces")

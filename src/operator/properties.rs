@@ -11,7 +11,7 @@ use super::crd::{PodSecurityProfile, ProfileMode, Rollout};
 use super::desired::{Exclusions, Labels, LabelsByNamespace, NamespaceView, ProfileView, plan};
 use super::index::PodIndex;
 use super::index::tests::{FakePod, mk_pod};
-use super::metrics::MetricValues;
+use super::metrics::{Gauges, MetricValues, Metrics};
 use super::status::{MAX_STATUS_BYTES, Observed, profile_status};
 use super::testing::profile;
 use super::workloads::TemplateIndex;
@@ -195,6 +195,11 @@ proptest! {
         let templates = TemplateIndex::default();
         let obs = Observed { plans: &plans, labels: &labels, index: &index, templates: &templates, drift: &drift, apply_errors: &errors };
         let metrics = MetricValues::of(&obs);
+        // The reporter's path (straight into the exposition's tables) writes what the values do.
+        let (direct, collected) = (Metrics::new().expect("metrics"), Metrics::new().expect("metrics"));
+        direct.publish(Gauges::of(&obs), |_, _| true);
+        collected.publish(&metrics, |_, _| true);
+        prop_assert_eq!(direct.render(), collected.render());
         let now = Time(Timestamp::from_second(1_000).expect("time"));
         for p in &profiles {
             let view = ProfileView::from_profile(p);

@@ -20,7 +20,7 @@ use crate::operator::MANAGER;
 use crate::operator::backoff::Backoff;
 use crate::operator::crd::{PodSecurityProfile, PodSecurityProfileStatus};
 use crate::operator::error::Error;
-use crate::operator::metrics::MetricValues;
+use crate::operator::metrics::Gauges;
 use crate::operator::status::{Observed, profile_status, unreadable_status};
 
 /// Passes can run several times a second (100 drifts/s) and each report recomputes every status
@@ -63,12 +63,12 @@ async fn report(ctx: &Arc<Context>, picture: &Arc<Picture>) -> usize {
     let now = Time(
         Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_else(|_| Timestamp::now()),
     );
-    let Some((statuses, values)) = compute(ctx, picture, &now).await else {
+    let Some((statuses, gauges)) = compute(ctx, picture, &now).await else {
         return 0;
     };
     let unreadable = unreadable_statuses(ctx, picture, &now);
     let profile_names: HashSet<String> = picture.profiles.iter().map(|p| p.name_any()).collect();
-    ctx.metrics.publish(&values, |ns, profile| {
+    ctx.metrics.publish(gauges, |ns, profile| {
         picture.plans.contains_key(ns) && profile_names.contains(profile)
     });
     match ctx.fence.check() {
@@ -107,7 +107,7 @@ async fn compute(
     ctx: &Arc<Context>,
     picture: &Arc<Picture>,
     now: &Time,
-) -> Option<(Vec<(String, PodSecurityProfileStatus)>, MetricValues)> {
+) -> Option<(Vec<(String, PodSecurityProfileStatus)>, Gauges)> {
     let (drift, apply_errors) = {
         let shared = ctx.shared();
         (
@@ -136,7 +136,7 @@ async fn compute(
                 (p.status.as_ref() != Some(&status)).then(|| (p.name_any(), status))
             })
             .collect();
-        (statuses, MetricValues::of(&obs))
+        (statuses, Gauges::of(&obs))
     })
     .await;
     match computed {

@@ -242,8 +242,8 @@ fn recounted(index: &PodIndex<FakePod>, ns: &str) -> ([Tally; 3], usize) {
         .pods
         .get(ns)
         .into_iter()
-        .flatten()
-        .map(|(_, e)| e.privileged as usize)
+        .flat_map(|n| n.entries())
+        .map(|e| e.privileged as usize)
         .sum();
     (tallies, privileged)
 }
@@ -343,4 +343,37 @@ fn reset_takes_projections_shared_by_another_table() {
     assert_eq!(index.shared_projections(), 1);
     assert_eq!(index.pod_count("a"), 4);
     assert_eq!(index.privileged_containers("a"), 4);
+}
+
+#[test]
+fn pods_stay_sorted_by_name_and_a_list_keeps_the_last_of_a_name() {
+    let mut index = PodIndex::default();
+    index.set_policy(
+        "app",
+        policy("privileged:latest", "baseline:latest", "baseline:latest"),
+    );
+    // A list in no order, "b" twice: the later one (privileged) counts.
+    index.reset(
+        [
+            ("c", Level::Privileged),
+            ("b", Level::Restricted),
+            ("a", Level::Privileged),
+            ("b", Level::Privileged),
+        ]
+        .map(|(name, passes)| ("app".to_owned(), name.to_owned(), mk_pod(passes, 1))),
+    );
+    assert_eq!(index.pod_count("app"), 3);
+    assert_eq!(names(&index, "app", Mode::Audit), ["a", "b", "c"]);
+    assert_eq!(index.privileged_containers("app"), 3);
+    // Applied Pods go to their place; deleted ones leave it.
+    for name in ["d", "0", "bb"] {
+        index.apply("app", name, mk_pod(Level::Privileged, 0));
+    }
+    index.delete("app", "c");
+    assert_eq!(
+        names(&index, "app", Mode::Audit),
+        ["0", "a", "b", "bb", "d"]
+    );
+    assert_eq!(index.tally("app", Mode::Audit).pods, 5);
+    assert_eq!(index.privileged_containers("app"), 2);
 }

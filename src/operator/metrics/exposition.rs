@@ -9,7 +9,12 @@ use std::fmt::Write as _;
 
 use prometheus::proto::{MetricFamily, MetricType};
 
+use std::sync::Arc;
+
 use super::MetricValues;
+use super::values::{Sink, emit};
+use crate::operator::index::Evaluate;
+use crate::operator::status::Observed;
 
 /// A gauge family written from [`MetricValues`].
 pub(super) struct Family {
@@ -91,7 +96,7 @@ pub(super) const FAMILIES: [Family; 13] = [
 /// The gauge series of one pass, compact and ready to write: label values are interned, and
 /// series are sorted as `Registry::gather` sorts them.
 #[derive(Default)]
-pub(super) struct Gauges {
+pub struct Gauges {
     /// Every distinct label value, escaped for the text format, back to back: value `i` ends at
     /// `ends[i]`. Ids are ranks in unescaped byte order, so comparing ids orders series the way
     /// the `prometheus` crate compares label values.
@@ -101,151 +106,177 @@ pub(super) struct Gauges {
     ids: [Vec<u32>; FAMILIES.len()],
     values: [Vec<i32>; FAMILIES.len()],
     /// Length of the text exposition of these families, for the capacity of a render.
-    pub text_len: usize,
+    pub(super) text_len: usize,
 }
 
-/// Label values to ids, in first-seen order.
+/// Builds [`Gauges`] from the series of a pass as they come ([`Sink`]): label values get
+/// first-seen ids at once, ranked and the series sorted at the end.
 #[derive(Default)]
-struct LabelValueIds<'a> {
-    ids: HashMap<&'a str, u32>,
-    strings: Vec<&'a str>,
+pub(super) struct Builder {
+    ids: HashMap<Arc<str>, u32>,
+    strings: Vec<Arc<str>>,
+    /// Per family: first-seen ids, `labels.len()` per series, in label name order.
+    series: [Vec<u32>; FAMILIES.len()],
+    values: [Vec<i32>; FAMILIES.len()],
 }
 
-impl<'a> LabelValueIds<'a> {
-    fn id(&mut self, s: &'a str) -> u32 {
-        *self.ids.entry(s).or_insert_with(|| {
-            self.strings.push(s);
-            u32::try_from(self.strings.len() - 1).expect("fewer than 2^32 label values")
-        })
+impl Builder {
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(id) = self.ids.get(s) {
+            return *id;
+        }
+        let id = u32::try_from(self.strings.len()).expect("fewer than 2^32 label values");
+        let s: Arc<str> = Arc::from(s);
+        self.strings.push(Arc::clone(&s));
+        self.ids.insert(s, id);
+        id
     }
 
-    /// The series of one family, with first-seen ids.
-    fn series<const W: usize>(
-        &mut self,
-        series: impl Iterator<Item = ([&'a str; W], i32)>,
-    ) -> Vec<([u32; W], i32)> {
-        series
-            .map(|(labels, value)| (labels.map(|l| self.id(l)), value))
-            .collect()
+    /// A series of family `f`, its label values in the order of the family's label names.
+    fn push<const W: usize>(&mut self, f: usize, labels: [&str; W], value: i32) {
+        debug_assert_eq!(W, FAMILIES[f].labels.len(), "{}", FAMILIES[f].name);
+        for label in labels {
+            let id = self.id(label);
+            self.series[f].push(id);
+        }
+        self.values[f].push(value);
     }
-}
 
-impl Gauges {
-    pub fn new(v: &MetricValues) -> Gauges {
-        let mut interner = LabelValueIds::default();
-        // Each family's label values in the order of its (sorted) label names.
-        let unsupported = interner.series(
-            v.apiserver_version
-                .iter()
-                .map(|(version, n)| ([&**version], *n)),
-        );
-        let excluded = interner.series(v.excluded.iter().map(|ns| ([&**ns], 1)));
-        let exempt = interner.series(v.exempt.iter().map(|ns| ([&**ns], 1)));
-        let would = interner.series(
-            v.would_violate_pods
-                .iter()
-                .map(|([ns, profile, mode], n)| ([mode, ns, profile].map(|l| &**l), *n)),
-        );
-        let blocked = interner.series(
-            v.blocked_workloads
-                .iter()
-                .map(|([ns, profile, kind], n)| ([kind, ns, profile].map(|l| &**l), *n)),
-        );
-        let conflict = interner.series(v.conflicted.iter().map(|ns| ([&**ns], 1)));
-        let level = interner.series(v.namespace_level.iter().map(
-            |[ns, profile, mode, level, version]| {
-                ([level, mode, ns, profile, version].map(|l| &**l), 1)
-            },
-        ));
-        let violations = interner.series(
-            v.pod_violations
-                .iter()
-                .map(|([ns, profile, mode, check], n)| {
-                    ([check, mode, ns, profile].map(|l| &**l), *n)
-                }),
-        );
-        let privileged =
-            interner.series(v.privileged_containers.iter().map(|(ns, n)| ([&**ns], *n)));
-        let pending = interner.series(
-            v.rollout_pending
-                .iter()
-                .map(|([ns, profile], n)| ([&**ns, &**profile], *n)),
-        );
-        let unprotected = interner.series(v.unprotected.iter().map(|ns| ([&**ns], 1)));
-        let violating = interner.series(
-            v.violating_pods
-                .iter()
-                .map(|([ns, profile, mode], n)| ([mode, ns, profile].map(|l| &**l), *n)),
-        );
-        let violating_workloads = interner.series(
-            v.violating_workloads
-                .iter()
-                .map(|([ns, profile, mode, kind], n)| {
-                    ([kind, mode, ns, profile].map(|l| &**l), *n)
-                }),
-        );
-
-        let mut order: Vec<u32> = (0..interner.strings.len())
+    pub(super) fn finish(self) -> Gauges {
+        let Builder {
+            ids,
+            strings,
+            series,
+            values,
+        } = self;
+        drop(ids);
+        let mut order: Vec<u32> = (0..strings.len())
             .map(|i| u32::try_from(i).expect("fewer than 2^32 label values"))
             .collect();
-        order.sort_unstable_by_key(|&i| interner.strings[i as usize]);
+        order.sort_unstable_by(|&a, &b| strings[a as usize].cmp(&strings[b as usize]));
         let mut rank = vec![0; order.len()];
         let mut g = Gauges {
-            strings: String::with_capacity(interner.strings.iter().map(|s| s.len()).sum()),
+            strings: String::with_capacity(strings.iter().map(|s| s.len()).sum()),
             ends: Vec::with_capacity(order.len()),
             ..Gauges::default()
         };
         for (r, &i) in order.iter().enumerate() {
             rank[i as usize] = u32::try_from(r).expect("fewer than 2^32 label values");
-            g.strings
-                .push_str(&escape(interner.strings[i as usize], true));
+            g.strings.push_str(&escape(&strings[i as usize], true));
             g.ends
                 .push(u32::try_from(g.strings.len()).expect("label values under 4 GiB"));
         }
-        g.set(0, unsupported, &rank);
-        g.set(1, blocked, &rank);
-        g.set(2, conflict, &rank);
-        g.set(3, excluded, &rank);
-        g.set(4, exempt, &rank);
-        g.set(5, level, &rank);
-        g.set(6, violations, &rank);
-        g.set(7, privileged, &rank);
-        g.set(8, pending, &rank);
-        g.set(9, unprotected, &rank);
-        g.set(10, violating, &rank);
-        g.set(11, violating_workloads, &rank);
-        g.set(12, would, &rank);
+        drop((order, strings));
+        for (f, (ids, values)) in series.into_iter().zip(values).enumerate() {
+            g.set(f, ids, values, &rank);
+        }
         g
     }
+}
 
-    /// Sets family `f` to `series` (first-seen ids), sorted by label values. Of series with the
-    /// same labels the last one counts, as it did when each was set on an `IntGaugeVec`.
-    fn set<const W: usize>(&mut self, f: usize, mut series: Vec<([u32; W], i32)>, rank: &[u32]) {
-        for (ids, _) in &mut series {
-            *ids = ids.map(|id| rank[id as usize]);
-        }
-        series.sort_by_key(|s| s.0);
-        series.dedup_by(|later, kept| {
-            let same = later.0 == kept.0;
-            if same {
-                kept.1 = later.1;
-            }
-            same
-        });
+/// Each family's label values go in the order of its (sorted) label names.
+impl Sink for Builder {
+    fn reserve(&mut self, namespaces: usize, check_series: usize) {
+        self.series[7].reserve(namespaces);
+        self.values[7].reserve(namespaces);
+        self.series[5].reserve(5 * 3 * namespaces);
+        self.values[5].reserve(3 * namespaces);
+        self.series[10].reserve(3 * 3 * namespaces);
+        self.values[10].reserve(3 * namespaces);
+        self.series[6].reserve(4 * check_series);
+        self.values[6].reserve(check_series);
+    }
+    fn apiserver_version(&mut self, version: &str, unsupported: i32) {
+        self.push(0, [version], unsupported);
+    }
+    fn blocked_workloads(&mut self, ns: &str, profile: &str, kind: &str, n: i32) {
+        self.push(1, [kind, ns, profile], n);
+    }
+    fn conflicted(&mut self, ns: &str) {
+        self.push(2, [ns], 1);
+    }
+    fn excluded(&mut self, ns: &str) {
+        self.push(3, [ns], 1);
+    }
+    fn exempt(&mut self, ns: &str) {
+        self.push(4, [ns], 1);
+    }
+    fn namespace_level(&mut self, ns: &str, profile: &str, mode: &str, level: &str, version: &str) {
+        self.push(5, [level, mode, ns, profile, version], 1);
+    }
+    fn pod_violations(&mut self, ns: &str, profile: &str, mode: &str, check: &str, n: i32) {
+        self.push(6, [check, mode, ns, profile], n);
+    }
+    fn privileged_containers(&mut self, ns: &str, n: i32) {
+        self.push(7, [ns], n);
+    }
+    fn rollout_pending(&mut self, ns: &str, profile: &str, n: i32) {
+        self.push(8, [ns, profile], n);
+    }
+    fn unprotected(&mut self, ns: &str) {
+        self.push(9, [ns], 1);
+    }
+    fn violating_pods(&mut self, ns: &str, profile: &str, mode: &str, n: i32) {
+        self.push(10, [mode, ns, profile], n);
+    }
+    fn violating_workloads(&mut self, ns: &str, profile: &str, mode: &str, kind: &str, n: i32) {
+        self.push(11, [kind, mode, ns, profile], n);
+    }
+    fn would_violate_pods(&mut self, ns: &str, profile: &str, mode: &str, n: i32) {
+        self.push(12, [mode, ns, profile], n);
+    }
+}
+
+impl Gauges {
+    /// The gauges of everything observed in one pass, built without [`MetricValues`].
+    pub fn of<P: Evaluate>(obs: &Observed<'_, P>) -> Gauges {
+        let mut builder = Builder::default();
+        emit(obs, &mut builder);
+        builder.finish()
+    }
+
+    /// Sets family `f` to `ids` (first-seen, `labels.len()` per series) and `values`, sorted by
+    /// label values. Of series with the same labels the last one counts, as it did when each was
+    /// set on an `IntGaugeVec`.
+    fn set(&mut self, f: usize, mut ids: Vec<u32>, values: Vec<i32>, rank: &[u32]) {
         let family = &FAMILIES[f];
-        if !series.is_empty() {
+        let w = family.labels.len();
+        for id in &mut ids {
+            *id = rank[*id as usize];
+        }
+        let labels = |i: u32| &ids[i as usize * w..][..w];
+        let mut order: Vec<u32> = (0..values.len())
+            .map(|i| u32::try_from(i).expect("fewer than 2^32 series"))
+            .collect();
+        // Stable: of equal labels, the last one set stays last.
+        order.sort_by(|&a, &b| labels(a).cmp(labels(b)));
+        let mut sorted_ids: Vec<u32> = Vec::with_capacity(ids.len());
+        let mut sorted_values: Vec<i32> = Vec::with_capacity(values.len());
+        for &i in &order {
+            let value = values[i as usize];
+            if sorted_ids.len() >= w && sorted_ids[sorted_ids.len() - w..] == *labels(i) {
+                *sorted_values.last_mut().expect("one value per series") = value;
+                continue;
+            }
+            sorted_ids.extend_from_slice(labels(i));
+            sorted_values.push(value);
+        }
+        if !sorted_values.is_empty() {
             self.text_len += header_len(family);
         }
         // `name{` + `label="` `",` per label + ` ` + value + `\n`, with `,` of the last label as `}`.
         let fixed =
             family.name.len() + 1 + family.labels.iter().map(|l| l.len() + 4).sum::<usize>() + 2;
-        for (ids, value) in &series {
+        for (series, value) in sorted_ids.chunks_exact(w).zip(&sorted_values) {
             self.text_len += fixed
-                + ids.iter().map(|&id| self.string(id).len()).sum::<usize>()
+                + series
+                    .iter()
+                    .map(|&id| self.string(id).len())
+                    .sum::<usize>()
                 + decimal_len(*value);
         }
-        self.ids[f] = series.iter().flat_map(|(ids, _)| *ids).collect();
-        self.values[f] = series.iter().map(|(_, value)| *value).collect();
+        self.ids[f] = sorted_ids;
+        self.values[f] = sorted_values;
     }
 
     /// A label value, escaped.
@@ -348,4 +379,12 @@ pub(super) fn estimated_len(mf: &MetricFamily) -> usize {
         })
         .sum();
     256 + lines * (mf.name().len() + 96)
+}
+
+impl From<&MetricValues> for Gauges {
+    fn from(v: &MetricValues) -> Gauges {
+        let mut builder = Builder::default();
+        v.emit(&mut builder);
+        builder.finish()
+    }
 }

@@ -7,7 +7,8 @@
 mod exposition;
 mod values;
 
-pub use values::MetricValues;
+pub use exposition::Gauges;
+pub use values::{MetricValues, Sink, emit};
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -19,7 +20,7 @@ use prometheus::{
 };
 
 use super::error::{Error, Result};
-use exposition::{FAMILIES, Gauges, estimated_len};
+use exposition::{FAMILIES, estimated_len};
 
 pub struct Metrics {
     registry: Registry,
@@ -96,10 +97,10 @@ impl Metrics {
         })
     }
 
-    /// Replaces every gauge with the values of the last pass; drops drift series of namespaces or
-    /// profiles that are gone.
-    pub fn publish(&self, v: &MetricValues, alive: impl Fn(&str, &str) -> bool) {
-        let gauges = Arc::new(Gauges::new(v));
+    /// Replaces every gauge with the values of the last pass ([`Gauges::of`], or
+    /// [`MetricValues`]); drops drift series of namespaces or profiles that are gone.
+    pub fn publish(&self, gauges: impl Into<Gauges>, alive: impl Fn(&str, &str) -> bool) {
+        let gauges = Arc::new(gauges.into());
         // The lock is held for the swap only; the previous values are freed after it (or by the
         // last scrape still rendering them).
         let previous = std::mem::replace(&mut *lock(&self.gauges), gauges);
