@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::ReplicationController;
 use kube::api::ObjectMeta;
 use serde::Deserialize;
 
-use super::index::{Evaluate, PodIndex, Tally, Violator};
+use super::index::{Evaluate, PodIndex, Policies, Tally, Violator};
 use super::pods::SlimPod;
 use crate::pss::{Admission, LevelVersion, Mode, Policy, model};
 
@@ -262,6 +262,14 @@ impl<P: Evaluate + std::hash::Hash + Eq + Clone> TemplateIndex<P> {
         }
         changed
     }
+
+    /// Takes `policies` (shared with the Pod index), re-evaluating the templates of the
+    /// namespaces whose policy changed.
+    pub fn set_policies(&mut self, policies: &Arc<Policies>) {
+        for index in &mut self.kinds {
+            index.set_policies(Arc::clone(policies));
+        }
+    }
 }
 
 impl<P> TemplateIndex<P> {
@@ -372,12 +380,6 @@ impl<P> TemplateIndex<P> {
 }
 
 impl<P: Evaluate> TemplateIndex<P> {
-    pub fn retain_policies(&mut self, keep: impl Fn(&str) -> bool) {
-        for index in &mut self.kinds {
-            index.retain_policies(&keep);
-        }
-    }
-
     /// `Kind/name` of the workloads of `ns` whose template violates `level`, sorted.
     pub fn blocking(&self, ns: &str, level: LevelVersion) -> Vec<String> {
         WorkloadKind::ALL

@@ -408,6 +408,7 @@ fn replan_one(
         Some(ours) => (ours.labels.clone(), ours.record.clone()),
         None => {
             let record = n.record.as_deref().and_then(|value| {
+                let value: &str = value;
                 Record::decode(value)
                     .map_err(|e| {
                         unreadable = Some(Unreadable {
@@ -467,14 +468,16 @@ async fn set_policies(
     }
     let mut index = ctx.index.write().await;
     let mut templates = ctx.templates.write().await;
-    for (ns, policy) in policies {
-        index.set_policy(&ns, policy);
-        templates.set_policy(&ns, policy);
-    }
+    // One table for the Pod index and each workload kind's.
+    let mut table = Arc::clone(index.policies());
+    let changes = Arc::make_mut(&mut table);
+    changes.extend(policies);
     if all {
-        index.retain_policies(|ns| cache.plans.contains_key(ns));
-        templates.retain_policies(|ns| cache.plans.contains_key(ns));
+        // Namespaces that are gone.
+        changes.retain(|ns, _| cache.plans.contains_key(ns));
     }
+    templates.set_policies(&table);
+    index.set_policies(table);
 }
 
 /// The label writes of the re-planned namespaces that are not busy with a write already; marks

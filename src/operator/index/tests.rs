@@ -179,7 +179,7 @@ fn blocking_checks_any_level_not_just_the_policy() {
 }
 
 #[test]
-fn policies_of_deleted_namespaces_are_forgotten() {
+fn a_shared_policy_table_replaces_the_policies_and_reevaluates_what_changed() {
     let mut index: PodIndex<FakePod> = PodIndex::default();
     let strict = policy(
         "restricted:latest",
@@ -188,9 +188,22 @@ fn policies_of_deleted_namespaces_are_forgotten() {
     );
     index.set_policy("gone", strict);
     index.set_policy("kept", strict);
-    index.retain_policies(|ns| ns == "kept");
+    index.apply("kept", "web", mk_pod(Level::Baseline, 0));
+    index.apply("other", "web", mk_pod(Level::Baseline, 0));
+    assert_eq!(index.tally("kept", Mode::Enforce).pods, 1);
+    assert_eq!(index.tally("other", Mode::Enforce).pods, 0);
+    // The table a pass hands every index: "gone" forgotten, "other" now strict, "kept" lax.
+    let mut table = Arc::clone(index.policies());
+    let t = Arc::make_mut(&mut table);
+    t.retain(|ns, _| ns != "gone");
+    t.insert("other".into(), strict);
+    t.insert("kept".into(), Policy::DEFAULT);
+    index.set_policies(Arc::clone(&table));
+    assert!(Arc::ptr_eq(index.policies(), &table));
     assert_eq!(index.policy("gone"), Policy::DEFAULT);
-    assert_eq!(index.policy("kept"), strict);
+    assert_eq!(index.policy("other"), strict);
+    assert_eq!(index.tally("kept", Mode::Enforce).pods, 0);
+    assert_eq!(index.tally("other", Mode::Enforce).pods, 1);
 }
 
 #[test]

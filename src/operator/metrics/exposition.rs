@@ -235,32 +235,26 @@ impl Gauges {
         builder.finish()
     }
 
+    /// How many series these are.
+    pub fn series(&self) -> usize {
+        self.values.iter().map(Vec::len).sum()
+    }
+
     /// Sets family `f` to `ids` (first-seen, `labels.len()` per series) and `values`, sorted by
     /// label values. Of series with the same labels the last one counts, as it did when each was
     /// set on an `IntGaugeVec`.
-    fn set(&mut self, f: usize, mut ids: Vec<u32>, values: Vec<i32>, rank: &[u32]) {
+    fn set(&mut self, f: usize, ids: Vec<u32>, values: Vec<i32>, rank: &[u32]) {
         let family = &FAMILIES[f];
         let w = family.labels.len();
-        for id in &mut ids {
-            *id = rank[*id as usize];
-        }
-        let labels = |i: u32| &ids[i as usize * w..][..w];
-        let mut order: Vec<u32> = (0..values.len())
-            .map(|i| u32::try_from(i).expect("fewer than 2^32 series"))
-            .collect();
-        // Stable: of equal labels, the last one set stays last.
-        order.sort_by(|&a, &b| labels(a).cmp(labels(b)));
-        let mut sorted_ids: Vec<u32> = Vec::with_capacity(ids.len());
-        let mut sorted_values: Vec<i32> = Vec::with_capacity(values.len());
-        for &i in &order {
-            let value = values[i as usize];
-            if sorted_ids.len() >= w && sorted_ids[sorted_ids.len() - w..] == *labels(i) {
-                *sorted_values.last_mut().expect("one value per series") = value;
-                continue;
-            }
-            sorted_ids.extend_from_slice(labels(i));
-            sorted_values.push(value);
-        }
+        let (sorted_ids, sorted_values) = match w {
+            1 => sorted::<1>(&ids, &values, rank),
+            2 => sorted::<2>(&ids, &values, rank),
+            3 => sorted::<3>(&ids, &values, rank),
+            4 => sorted::<4>(&ids, &values, rank),
+            5 => sorted::<5>(&ids, &values, rank),
+            _ => unreachable!("{} has 1 to 5 labels", family.name),
+        };
+        drop((ids, values));
         if !sorted_values.is_empty() {
             self.text_len += header_len(family);
         }
@@ -321,6 +315,32 @@ impl Gauges {
         }
         Ok(())
     }
+}
+
+/// Series of `W` labels (first-seen ids, flat) ranked, sorted by label values and deduplicated
+/// (the last of equal labels kept), flat again.
+fn sorted<const W: usize>(ids: &[u32], values: &[i32], rank: &[u32]) -> (Vec<u32>, Vec<i32>) {
+    let mut series: Vec<([u32; W], i32)> = ids
+        .chunks_exact(W)
+        .zip(values)
+        .map(|(labels, value)| {
+            let labels: [u32; W] = labels.try_into().expect("W ids per series");
+            (labels.map(|id| rank[id as usize]), *value)
+        })
+        .collect();
+    // Stable: of equal labels, the last one set stays last.
+    series.sort_by_key(|s| s.0);
+    series.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 = later.1;
+        }
+        same
+    });
+    (
+        series.iter().flat_map(|(labels, _)| *labels).collect(),
+        series.iter().map(|(_, value)| *value).collect(),
+    )
 }
 
 fn header_len(family: &Family) -> usize {
