@@ -24,8 +24,8 @@ ARG PSS_OPERATOR_COMMIT=unknown
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --target x86_64-unknown-linux-musl --bin pss-operator \
- && strip -o /pss-operator.tmp target/x86_64-unknown-linux-musl/release/pss-operator \
+    cargo build --profile dist --locked --target x86_64-unknown-linux-musl --bin pss-operator \
+ && strip -o /pss-operator.tmp target/x86_64-unknown-linux-musl/dist/pss-operator \
  && install -m 0755 /pss-operator.tmp /pss-operator
 
 FROM scratch AS prebuilt

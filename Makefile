@@ -113,9 +113,9 @@ install-kubectl-plugin: build ## Symlink the built binary as kubectl-pss into PL
 	@echo "kubectl-pss -> $(abspath $(BIN)) (is $(PLUGIN_DIR) on your PATH? kubectl plugin list shows it)"
 
 krew-archive: ## The release binary as a krew archive and plugins/krew/pss.yaml with its sha256, in $(KREW_DIR)
-	$(CARGO) build --release --locked --bin pss-operator
+	$(CARGO) build --profile dist --locked --bin pss-operator
 	mkdir -p "$(KREW_DIR)"
-	cp "$(or $(CARGO_TARGET_DIR),target)/release/pss-operator" "$(KREW_DIR)/pss-operator"
+	cp "$(or $(CARGO_TARGET_DIR),target)/dist/pss-operator" "$(KREW_DIR)/pss-operator"
 	tar -C "$(KREW_DIR)" --owner=0 --group=0 --mtime=@0 -czf "$(KREW_DIR)/pss-operator-linux-amd64.tar.gz" pss-operator
 	sed "s/@SHA256@/$$(sha256sum "$(KREW_DIR)/pss-operator-linux-amd64.tar.gz" | cut -d' ' -f1)/" plugins/krew/pss.yaml > "$(KREW_DIR)/pss.yaml"
 	@echo "$(KREW_DIR)/pss.yaml, $(KREW_DIR)/pss-operator-linux-amd64.tar.gz"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make image`: the operator's container image, built here without a Docker engine.
 #
-#   1. the static musl binary, compiled on the host: cargo build --release --locked
+#   1. the static musl binary, compiled on the host: cargo build --profile dist --locked
 #      --target x86_64-unknown-linux-musl (needs `rustup target add x86_64-unknown-linux-musl` and
 #      musl-gcc, Debian's musl-tools), checked to be static, its symbols stripped;
 #   2. the Dockerfile's image around it (--build-arg BINARY=prebuilt: the same last stage that
@@ -57,10 +57,10 @@ fi
 if [[ -n "${IMAGE_BINARY:-}" ]]; then
   bin=$IMAGE_BINARY
 else
-  log "cargo build --release --locked --target $MUSL --bin pss-operator"
+  log "cargo build --profile dist --locked --target $MUSL --bin pss-operator"
   export CC_x86_64_unknown_linux_musl=${CC_x86_64_unknown_linux_musl:-musl-gcc}
-  (cd "$ROOT" && cargo build --release --locked --target "$MUSL" --bin pss-operator >&2)
-  bin=$TARGET_DIR/$MUSL/release/pss-operator
+  (cd "$ROOT" && cargo build --profile dist --locked --target "$MUSL" --bin pss-operator >&2)
+  bin=$TARGET_DIR/$MUSL/dist/pss-operator
 fi
 [[ -x "$bin" ]] || die "$bin is not an executable"
 if readelf -lW "$bin" | grep -q 'Requesting program interpreter' || readelf -dW "$bin" 2>/dev/null | grep -q '(NEEDED)'; then
