@@ -3,8 +3,9 @@
 //! - [`watch`]: profiles and namespaces into their stores, Pods into the Pod index, workload
 //!   templates into the template index; each event
 //!   marks the namespaces whose inputs changed and wakes the pass;
-//! - [`pass`]: re-plans those namespaces (all of them after a relist, a profile change, or every
-//!   minute) and queues the label writes that differ ([`crate::operator::labels`] decides them);
+//! - [`pass`]: re-plans those namespaces (all of them after a relist, a profile change, after a
+//!   minute with nothing to do, or every five minutes while events keep coming) and queues the
+//!   label writes that differ ([`crate::operator::labels`] decides them);
 //!   it never waits for a write;
 //! - [`writer`]: applies the label writes, 32 in flight, and books each answer as it lands
 //!   (ledger, drift count, Events);

@@ -6,10 +6,9 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use prometheus::proto::{MetricFamily, MetricType};
-
-use std::sync::Arc;
 
 use super::MetricValues;
 use super::values::{Sink, emit};
