@@ -207,7 +207,7 @@ impl<P: Evaluate> Entry<P> {
 struct Namespace<P> {
     /// Sorted by name, in one allocation. As a `BTreeMap`, a namespace of ~15 Pods held two or
     /// three nodes of ~800 bytes: ~160 bytes a Pod, most of the index at 10,000 namespaces.
-    /// Inserting shifts the Pods after it, about a microsecond per thousand.
+    /// Inserting shifts the Pods after it: a few microseconds per thousand.
     pods: Vec<(Box<str>, Entry<P>)>,
     totals: Totals,
 }
