@@ -485,12 +485,20 @@ async fn set_policies(
     }
     let mut index = ctx.index.write().await;
     let mut templates = ctx.templates.write().await;
-    // One table for the Pod index and each workload kind's.
+    // Namespaces that are gone (a full pass): most resyncs find none, and change nothing.
+    let gone = all
+        && index
+            .policies()
+            .keys()
+            .any(|ns| !cache.plans.contains_key(ns));
+    if policies.is_empty() && !gone {
+        return;
+    }
+    // One table for the Pod index and each workload kind's, copied only when it changes.
     let mut table = Arc::clone(index.policies());
     let changes = Arc::make_mut(&mut table);
     changes.extend(policies);
-    if all {
-        // Namespaces that are gone.
+    if gone {
         changes.retain(|ns, _| cache.plans.contains_key(ns));
     }
     templates.set_policies(&table);
