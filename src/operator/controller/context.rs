@@ -197,6 +197,13 @@ impl Default for Shared {
 }
 
 impl Shared {
+    /// The profiles and namespaces are listed: the labels can be planned, except where a
+    /// `WhenCompliant` rollout waits for the Pods and templates (see `pass`).
+    pub fn labels_synced(&self) -> bool {
+        self.profiles_synced && self.namespaces_synced
+    }
+
+    /// Every initial list is in: plans, statuses and metrics are complete.
     pub fn synced(&self) -> bool {
         self.pods_synced
             && self.profiles_synced

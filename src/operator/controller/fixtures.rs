@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::Client;
+use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, store::Writer};
 
 use super::context::{Config, Context, Dirty};
 use super::namespace_store::StoredNamespace;
+use crate::operator::crd::PodSecurityProfile;
 use crate::operator::desired::Exclusions;
 use crate::operator::metrics::Metrics;
 
@@ -51,11 +53,21 @@ pub async fn serve_next(
 /// A context whose client is never answered (the code under test books results only), after its
 /// first pass (nothing dirty), and the writer of its namespace store.
 pub fn booking_context() -> (Arc<Context>, Writer<StoredNamespace>) {
+    let (ctx, namespaces, _) = booking_context_with_profiles();
+    (ctx, namespaces)
+}
+
+/// [`booking_context`], with the writer of its profile store.
+pub fn booking_context_with_profiles() -> (
+    Arc<Context>,
+    Writer<StoredNamespace>,
+    Writer<DeserializeGuard<PodSecurityProfile>>,
+) {
     let (mock, _) = tower_test::mock::pair::<
         http::Request<kube::client::Body>,
         http::Response<kube::client::Body>,
     >();
-    let (profiles, _) = reflector::store();
+    let (profiles, profiles_writer) = reflector::store();
     let (namespaces, writer) = reflector::store();
     let config = Config {
         exclusions: Exclusions::default(),
@@ -75,7 +87,7 @@ pub fn booking_context() -> (Arc<Context>, Writer<StoredNamespace>) {
         namespaces,
     );
     ctx.shared().dirty = Dirty::Some(Default::default());
-    (Arc::new(ctx), writer)
+    (Arc::new(ctx), writer, profiles_writer)
 }
 
 /// Whether the pass loop is woken within 50 ms.

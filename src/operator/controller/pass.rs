@@ -2,6 +2,7 @@
 //! change, or every `RESYNC`), queues the label writes that differ (see [`plan_writes`]) without
 //! waiting for them, and hands its picture to the reporter.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -48,13 +49,17 @@ pub(super) async fn pass_loop(ctx: Arc<Context>) {
             .await
             .is_ok();
         tokio::time::sleep(DEBOUNCE).await;
-        if !ctx.shared().synced() {
-            debug!("waiting for the initial lists");
+        let (labels_known, pods_known) = {
+            let shared = ctx.shared();
+            (shared.labels_synced(), shared.synced())
+        };
+        if !labels_known {
+            debug!("waiting for the lists of profiles and namespaces");
             continue;
         }
         let started = Instant::now();
-        let failures = pass(&ctx, &mut plans, !woken).await;
-        if !ctx.ready.swap(true, Ordering::Relaxed) {
+        let failures = pass(&ctx, &mut plans, !woken, pods_known).await;
+        if pods_known && !ctx.ready.swap(true, Ordering::Relaxed) {
             info!(
                 failures,
                 pass_ms = started.elapsed().as_millis() as u64,
@@ -92,6 +97,12 @@ struct PlanCache {
     owned: HashMap<String, Arc<Owned>>,
     /// The readable ledger records on the namespaces (the store's, or our last write's).
     records: HashMap<String, Record>,
+    /// The plans were made before every Pod and workload template was listed: labels go on
+    /// first, protection does not wait for the scan of 150,000 Pods.
+    before_pods: bool,
+    /// Namespaces whose plan read their Pods (a `WhenCompliant` rollout) before the Pods were
+    /// listed: nothing is written or announced for them until a pass that knows the Pods.
+    waiting_for_pods: HashSet<String>,
 }
 
 impl PlanCache {
@@ -115,6 +126,7 @@ impl PlanCache {
         self.labels.clear();
         self.owned.clear();
         self.records.clear();
+        self.waiting_for_pods.clear();
     }
 
     /// A namespace that is gone.
@@ -123,6 +135,7 @@ impl PlanCache {
         self.labels.remove(ns);
         self.owned.remove(ns);
         self.records.remove(ns);
+        self.waiting_for_pods.remove(ns);
     }
 }
 
@@ -167,7 +180,12 @@ struct Profiles {
 /// periodic re-plan of every namespace) that changes nothing hands none: every change to what
 /// the reporter shows wakes a pass, and at 10,000 namespaces and 150,000 Pods recomputing
 /// every status and metric each minute was most of the idle CPU. Returns how many writes failed.
-async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache, resync: bool) -> usize {
+///
+/// Until `pods_known` (the Pods and workload templates are still being listed: ~20 s at
+/// 150,000 Pods) a pass only labels: it queues the writes of the namespaces whose plan does
+/// not read their Pods, and sets no policy, posts no Event about Pods, touches no finalizer and
+/// hands the reporter nothing (its statuses and metrics would count no Pods).
+async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache, resync: bool, pods_known: bool) -> usize {
     let started = Instant::now();
     let before = resync.then(|| (cache.plans.clone(), cache.labels.clone()));
     let profiles = read_profiles(ctx, &cache.profiles);
@@ -176,6 +194,7 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache, resync: bool) -> usize 
     let inputs = Inputs {
         index: &index,
         templates: &templates,
+        listed: pods_known,
     };
     let timer = ctx.metrics.timer("namespace");
     let (replanned, policies, mut announced) = {
@@ -184,7 +203,11 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache, resync: bool) -> usize 
             let stored = p.status.as_ref().map_or(0, |s| s.drift_corrections);
             shared.ledger.seed_drift(&p.name_any(), stored);
         }
-        let dirty = take_dirty(ctx, &mut shared, cache, &profiles.keys, resync);
+        let mut dirty = take_dirty(ctx, &mut shared, cache, &profiles.keys, resync);
+        if pods_known && std::mem::take(&mut cache.before_pods) {
+            dirty = Dirty::All;
+        }
+        cache.before_pods |= !pods_known;
         let (replanned, unreadable) = replan(ctx, &mut shared, cache, &profiles, &inputs, dirty);
         // What a persisted record says is known before anything is announced or written.
         for plan in cache.replanned(replanned.as_ref()).filter(|p| governs(p)) {
@@ -196,13 +219,34 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache, resync: bool) -> usize 
         announced.extend(events::announcements(
             ctx,
             &mut shared.ledger,
-            cache.replanned(replanned.as_ref()),
+            cache
+                .replanned(replanned.as_ref())
+                .filter(|p| !cache.waiting_for_pods.contains(&p.name)),
         ));
         let policies = changed_policies(cache, replanned.as_ref(), &index);
         (replanned, policies, announced)
     };
     drop(templates);
     drop(index);
+    if !pods_known {
+        let writes = label_writes(
+            ctx,
+            &mut ctx.shared(),
+            cache,
+            &profiles.all,
+            replanned.as_ref(),
+        );
+        if replanned.is_none() {
+            info!(
+                writes = writes.len(),
+                waiting_for_pods = cache.waiting_for_pods.len(),
+                "labels planned before the Pods are listed"
+            );
+        }
+        events::queue_all(ctx, announced);
+        writer::queue(ctx, writes);
+        return 0;
+    }
     set_policies(ctx, cache, policies, replanned.is_none()).await;
     let writes = {
         // Blocked workloads are read against the policies just set (a first pass would see
@@ -395,6 +439,8 @@ fn replan(
 struct Inputs<'a> {
     index: &'a PodIndex<SlimPod>,
     templates: &'a TemplateIndex<SlimPod>,
+    /// Every Pod and template is listed (until then both indexes are empty).
+    listed: bool,
 }
 
 impl Inputs<'_> {
@@ -440,13 +486,22 @@ fn replan_one(
         }
     };
     let view = NamespaceView { name, labels };
+    let read_pods = Cell::new(false);
     let plan = plan_namespace(
         profiles,
         &view,
         &ctx.config.exclusions,
         inputs.index.admission(),
-        &|ns, lv| inputs.blocking(ns, lv),
+        &|ns, lv| {
+            read_pods.set(true);
+            inputs.blocking(ns, lv)
+        },
     );
+    if read_pods.get() && !inputs.listed {
+        cache.waiting_for_pods.insert(view.name.clone());
+    } else {
+        cache.waiting_for_pods.remove(&view.name);
+    }
     if plan.excluded {
         // Never touched: what it carries is not ours to read or report.
         unreadable = None;
@@ -530,7 +585,7 @@ fn label_writes(
         exclusions: &ctx.config.exclusions,
     };
     let writes = plan_writes(&mut shared.ledger, &cluster, &|ns| {
-        busy.contains(ns) || !is_replanned(ns)
+        busy.contains(ns) || !is_replanned(ns) || cache.waiting_for_pods.contains(ns)
     });
     for w in &writes {
         // A drift being repaired is reported as repaired, so Ready does not flap for the
@@ -585,7 +640,7 @@ mod tests {
         let mut cache = PlanCache::default();
         let full_pass = async |cache: &mut PlanCache, resync: bool| {
             ctx.shared().dirty = Dirty::All;
-            pass(&ctx, cache, resync).await
+            pass(&ctx, cache, resync, true).await
         };
         full_pass(&mut cache, false).await;
         assert!(
@@ -612,6 +667,50 @@ mod tests {
                 .map(String::as_str),
             Some("baseline")
         );
+    }
+
+    #[tokio::test]
+    async fn labels_go_on_before_the_pods_are_listed_except_where_a_rollout_waits_for_them() {
+        use crate::operator::crd::Rollout;
+        use kube::runtime::watcher::Event;
+        let (ctx, mut namespaces, mut profiles) =
+            super::super::fixtures::booking_context_with_profiles();
+        for p in [
+            profile("web").team("web").enforce("baseline").build(),
+            profile("batch")
+                .team("batch")
+                .enforce("baseline")
+                .rollout(Rollout::WhenCompliant)
+                .build(),
+        ] {
+            profiles.apply_watcher_event(&Event::Apply(kube::core::DeserializeGuard(Ok(p))));
+        }
+        for (name, team) in [("a", "web"), ("b", "batch")] {
+            namespaces.apply_watcher_event(&Event::Apply(namespace(name, &[("team", team)])));
+        }
+        let pictures = ctx.pictures.subscribe();
+        let mut cache = PlanCache::default();
+        let queued = || {
+            let mut names: Vec<String> = ctx.shared().in_flight.keys().cloned().collect();
+            names.sort();
+            names
+        };
+
+        ctx.shared().dirty = Dirty::All;
+        pass(&ctx, &mut cache, false, false).await;
+        assert_eq!(queued(), ["a"], "b's rollout waits for its Pods");
+        assert!(
+            !pictures.has_changed().expect("open"),
+            "no status or metric counts Pods not listed yet"
+        );
+        assert!(cache.waiting_for_pods.contains("b"));
+
+        // The lists complete: the next pass plans every namespace again, with its Pods (none).
+        pass(&ctx, &mut cache, false, true).await;
+        assert_eq!(queued(), ["a", "b"]);
+        assert!(pictures.has_changed().expect("open"), "now it reports");
+        assert!(cache.waiting_for_pods.is_empty());
+        assert!(!cache.before_pods);
     }
 
     #[test]
