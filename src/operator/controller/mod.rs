@@ -6,7 +6,7 @@
 //! - [`pass`]: re-plans those namespaces (all of them after a relist, a profile change, after a
 //!   minute with nothing to do, or every five minutes while events keep coming) and queues the
 //!   label writes that differ ([`crate::operator::labels`] decides them);
-//!   it never waits for a write;
+//!   it never waits for a write, and starts labelling before the Pods are listed;
 //! - [`writer`]: applies the label writes, 32 in flight, and books each answer as it lands
 //!   (ledger, drift count, Events);
 //! - [`reporter`]: publishes metrics and writes changed statuses from the latest pass's picture,
