@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use crate::operator::readable::Readable;
 use clap::{Args, ValueEnum};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, ObjectList, PartialObjectMeta};
-use kube::core::DeserializeGuard;
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 
@@ -106,7 +106,7 @@ async fn plan(args: &PlanArgs) -> Result<preview::Preview, String> {
     let mut profiles: Vec<PodSecurityProfile> = Vec::new();
     if !args.only_files {
         for guard in
-            list_all::<DeserializeGuard<PodSecurityProfile>>(&client, "podsecurityprofiles").await?
+            list_all::<Readable<PodSecurityProfile>>(&client, "podsecurityprofiles").await?
         {
             match guard.0 {
                 Ok(p) if p.metadata.deletion_timestamp.is_none() => profiles.push(p),
@@ -141,7 +141,7 @@ async fn plan(args: &PlanArgs) -> Result<preview::Preview, String> {
             })
             .collect();
     let mut listed = Listed::default();
-    for guard in list_all::<DeserializeGuard<WatchedPod>>(&client, "pods").await? {
+    for guard in list_all::<Readable<WatchedPod>>(&client, "pods").await? {
         match guard.0 {
             Ok(pod) => {
                 let owner = pod.controller();
@@ -187,7 +187,7 @@ where
 {
     let kind = W::KIND;
     let what = format!("{}s", kind.as_str().to_lowercase());
-    for guard in list_all::<DeserializeGuard<W>>(client, &what).await? {
+    for guard in list_all::<Readable<W>>(client, &what).await? {
         match guard.0 {
             Ok(w) => {
                 let (meta, spec) = w.into_parts();

@@ -36,6 +36,7 @@ pub mod pods;
 pub mod preview;
 #[cfg(test)]
 mod properties;
+pub mod readable;
 pub mod record;
 pub mod reports;
 pub mod server;

@@ -580,13 +580,16 @@ mod tests {
 
     #[test]
     fn a_malformed_template_is_an_error_for_that_workload_only_and_a_huge_one_is_read() {
-        use kube::core::DeserializeGuard;
-        let bad: DeserializeGuard<WatchedDeployment> = serde_json::from_value(json!({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "bad", "namespace": "app"},
-            "spec": {"template": {"spec": {"containers": [
-                {"name": "c", "securityContext": {"privileged": "yes-please"}}]}}}
-        }))
+        use crate::operator::readable::Readable;
+        let bad: Readable<WatchedDeployment> = serde_json::from_str(
+            &json!({
+                "apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "bad", "namespace": "app"},
+                "spec": {"template": {"spec": {"containers": [
+                    {"name": "c", "securityContext": {"privileged": "yes-please"}}]}}}
+            })
+            .to_string(),
+        )
         .expect("the guard itself deserializes");
         let invalid = bad.0.expect_err("a wrong type is an error");
         assert_eq!(invalid.metadata.name.as_deref(), Some("bad"));
@@ -598,13 +601,16 @@ mod tests {
                             "securityContext": {"privileged": i == 299}})
             })
             .collect();
-        let huge: DeserializeGuard<WatchedCronJob> = serde_json::from_value(json!({
-            "apiVersion": "batch/v1", "kind": "CronJob",
-            "metadata": {"name": "huge", "namespace": "app",
-                         "annotations": {"note": "x".repeat(100 * 1024)}},
-            "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {
-                "spec": {"restartPolicy": "Never", "containers": containers}}}}}
-        }))
+        let huge: Readable<WatchedCronJob> = serde_json::from_str(
+            &json!({
+                "apiVersion": "batch/v1", "kind": "CronJob",
+                "metadata": {"name": "huge", "namespace": "app",
+                             "annotations": {"note": "x".repeat(100 * 1024)}},
+                "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {
+                    "spec": {"restartPolicy": "Never", "containers": containers}}}}}
+            })
+            .to_string(),
+        )
         .expect("guard");
         let (meta, spec) = huge.0.expect("readable").into_parts();
         let Reported::Template(_, _, slim, _) = reported(WorkloadKind::CronJob, meta, spec) else {

@@ -6,9 +6,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use crate::operator::readable::Readable;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
-use kube::core::DeserializeGuard;
 use kube::core::error_boundary::InvalidObject;
 use kube::runtime::events::Event;
 use kube::runtime::reflector::{self, Store};
@@ -54,7 +54,7 @@ pub(super) struct Context {
     pub metrics: Arc<Metrics>,
     /// Guarded: a profile that no longer deserializes (stored before a schema change) is kept
     /// as an error and reported Degraded instead of breaking the watch.
-    pub profiles: Store<DeserializeGuard<PodSecurityProfile>>,
+    pub profiles: Store<Readable<PodSecurityProfile>>,
     pub namespaces: Store<StoredNamespace>,
     /// Apart from `shared`, and async: the reporter reads it for ~10-100 ms per report (50k
     /// Pods) while passes plan beside it, and a task waiting for it must not hold up a thread
@@ -99,7 +99,7 @@ impl Context {
         config: Config,
         metrics: Arc<Metrics>,
         ready: Arc<AtomicBool>,
-        profiles: Store<DeserializeGuard<PodSecurityProfile>>,
+        profiles: Store<Readable<PodSecurityProfile>>,
         namespaces: Store<StoredNamespace>,
     ) -> (Context, Receivers) {
         let (writes, to_write) = writer::Queue::new();

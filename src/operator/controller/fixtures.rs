@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::operator::readable::Readable;
 use kube::Client;
-use kube::core::DeserializeGuard;
 use kube::runtime::reflector::{self, store::Writer};
 
 use super::context::{Config, Context, Dirty};
@@ -61,7 +61,7 @@ pub fn booking_context() -> (Arc<Context>, Writer<StoredNamespace>) {
 pub fn booking_context_with_profiles() -> (
     Arc<Context>,
     Writer<StoredNamespace>,
-    Writer<DeserializeGuard<PodSecurityProfile>>,
+    Writer<Readable<PodSecurityProfile>>,
 ) {
     let (mock, _) = tower_test::mock::pair::<
         http::Request<kube::client::Body>,

@@ -683,7 +683,7 @@ mod tests {
                 .rollout(Rollout::WhenCompliant)
                 .build(),
         ] {
-            profiles.apply_watcher_event(&Event::Apply(kube::core::DeserializeGuard(Ok(p))));
+            profiles.apply_watcher_event(&Event::Apply(crate::operator::readable::Readable(Ok(p))));
         }
         for (name, team) in [("a", "web"), ("b", "batch")] {
             namespaces.apply_watcher_event(&Event::Apply(namespace(name, &[("team", team)])));

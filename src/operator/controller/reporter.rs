@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::operator::readable::Readable;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::core::DeserializeGuard;
 use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, warn};
@@ -84,7 +84,7 @@ async fn report(ctx: &Arc<Context>, picture: &Arc<Picture>) -> usize {
     // does not: a merge patch of the status still works.
     for (name, key, status) in unreadable {
         let patch = json!({ "status": status });
-        let result = Api::<DeserializeGuard<PodSecurityProfile>>::all(ctx.client.clone())
+        let result = Api::<Readable<PodSecurityProfile>>::all(ctx.client.clone())
             .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await;
         if status_written(ctx, &name, result) == 0 {

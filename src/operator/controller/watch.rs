@@ -5,10 +5,10 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use crate::operator::readable::Readable;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace};
 use kube::api::{Api, PartialObjectMeta};
-use kube::core::DeserializeGuard;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::reflector;
 use kube::runtime::reflector::store::Writer;
@@ -27,16 +27,13 @@ use crate::operator::workloads::{Reported, WatchedWorkload, WorkloadKind, report
 
 /// Feeds the profile store. A profile change re-plans every namespace; the pass finds it by
 /// comparing the profiles (their status updates, our own writes, change nothing it plans from).
-pub(super) async fn profiles(
-    ctx: Arc<Context>,
-    store: Writer<DeserializeGuard<PodSecurityProfile>>,
-) {
+pub(super) async fn profiles(ctx: Arc<Context>, store: Writer<Readable<PodSecurityProfile>>) {
     watcher(
-        Api::<DeserializeGuard<PodSecurityProfile>>::all(ctx.client.clone()),
+        Api::<Readable<PodSecurityProfile>>::all(ctx.client.clone()),
         ctx.watcher_config(),
     )
     .default_backoff()
-    .modify(|p: &mut DeserializeGuard<PodSecurityProfile>| p.managed_fields_mut().clear())
+    .modify(|p: &mut Readable<PodSecurityProfile>| p.managed_fields_mut().clear())
     .reflect(store)
     .for_each(|ev| {
         note(
@@ -147,7 +144,7 @@ impl Waiting {
 /// Feeds the Pod index: running Pods as slim projections, the initial list in one `reset`.
 pub(super) async fn pods(ctx: Arc<Context>) {
     let events = watcher(
-        Api::<DeserializeGuard<WatchedPod>>::all(ctx.client.clone()),
+        Api::<Readable<WatchedPod>>::all(ctx.client.clone()),
         ctx.watcher_config(),
     )
     .default_backoff();
@@ -156,7 +153,7 @@ pub(super) async fn pods(ctx: Arc<Context>) {
 
 async fn feed_pods(
     ctx: &Context,
-    events: impl Stream<Item = Result<watcher::Event<DeserializeGuard<WatchedPod>>, watcher::Error>>,
+    events: impl Stream<Item = Result<watcher::Event<Readable<WatchedPod>>, watcher::Error>>,
 ) {
     // Projections are interned as pages arrive, their container names apart, and so are the
     // namespace and owner names: until the list completes, the Pods of one template (or that
@@ -251,7 +248,7 @@ async fn forget(ctx: &Context, ns: &str, name: &str) {
 }
 
 /// The Pod, or `None` (logged) when it does not deserialize into the slim model.
-fn readable(guard: DeserializeGuard<WatchedPod>) -> Option<WatchedPod> {
+fn readable(guard: Readable<WatchedPod>) -> Option<WatchedPod> {
     match guard.0 {
         Ok(pod) => Some(pod),
         Err(invalid) => {
@@ -274,7 +271,7 @@ where
 {
     let kind = W::KIND;
     let events = watcher(
-        Api::<DeserializeGuard<W>>::all(ctx.client.clone()),
+        Api::<Readable<W>>::all(ctx.client.clone()),
         ctx.watcher_config(),
     )
     .default_backoff();
@@ -436,7 +433,7 @@ fn refusal(e: &CoreEvent) -> Option<(String, String, String)> {
 fn template<W: WatchedWorkload>(
     ctx: &Context,
     kind: WorkloadKind,
-    guard: DeserializeGuard<W>,
+    guard: Readable<W>,
 ) -> Option<Reported> {
     match guard.0 {
         Ok(w) => {
