@@ -11,13 +11,14 @@
 //! Memory is the process's VmRSS growth (from /proc/self/status) and its peak (VmHWM, reset through
 //! /proc/self/clear_refs first); the allocator's own overhead and fragmentation count, as they do
 //! in the operator. Run: `cargo bench --bench index_memory [-- --pods N --namespaces N --no-token-volume --apply
-//! --distinct]`.
+//! --distinct --kube-guard]`.
 
 use std::time::Instant;
 
 use kube::core::DeserializeGuard;
 use pss_operator::operator::index::{Evaluate, Interner, Listed, PodIndex};
 use pss_operator::operator::pods::{SlimPod, WatchedPod};
+use pss_operator::operator::readable::Readable;
 use pss_operator::pss::{LevelVersion, Mode, Policy};
 use serde_json::json;
 
@@ -38,6 +39,9 @@ struct Args {
     apply: bool,
     /// Every Pod its own container name: no two projections equal (bare Pods, the worst case).
     distinct: bool,
+    /// Decode through kube's `DeserializeGuard` (a `serde_value` tree, cloned) instead of the
+    /// operator's `Readable`, to compare the two.
+    kube_guard: bool,
 }
 
 fn args() -> Args {
@@ -47,6 +51,7 @@ fn args() -> Args {
         token_volume: true,
         apply: false,
         distinct: false,
+        kube_guard: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
@@ -61,6 +66,7 @@ fn args() -> Args {
             "--no-token-volume" => out.token_volume = false,
             "--apply" => out.apply = true,
             "--distinct" => out.distinct = true,
+            "--kube-guard" => out.kube_guard = true,
             // `cargo bench` passes `--bench`; anything else is ignored too.
             _ => {}
         }
@@ -177,8 +183,8 @@ fn tier_policy(tier: &str) -> Policy {
     }
 }
 
-/// The Pods of the list, in list order, deserialized as the watch does (through
-/// `DeserializeGuard`, which buffers each object first: vectors get their exact capacity).
+/// The Pods of the list, in list order, deserialized as the watch does (through `Readable`, or
+/// kube's `DeserializeGuard` with `--kube-guard`).
 fn listed_pods(args: &Args, rng: &mut Rng) -> impl Iterator<Item = WatchedPod> {
     (0..args.pods).map(move |j| {
         let (i, k) = (j % args.namespaces, j / args.namespaces);
@@ -189,8 +195,14 @@ fn listed_pods(args: &Args, rng: &mut Rng) -> impl Iterator<Item = WatchedPod> {
             args,
             rng,
         );
-        let guard: DeserializeGuard<WatchedPod> = serde_json::from_str(&json).expect("pod json");
-        guard.0.expect("a readable pod")
+        if args.kube_guard {
+            let guard: DeserializeGuard<WatchedPod> =
+                serde_json::from_str(&json).expect("pod json");
+            guard.0.expect("a readable pod")
+        } else {
+            let pod: Readable<WatchedPod> = serde_json::from_str(&json).expect("pod json");
+            pod.0.expect("a readable pod")
+        }
     })
 }
 
