@@ -389,8 +389,9 @@ fn read_object(
     }
 }
 
-/// serde_yaml_ng appends "at line L column C" (relative to the document); we report lines ourselves.
-fn strip_location(e: &serde_yaml_ng::Error) -> String {
+/// serde_yaml_ng and serde_json append "at line L column C" (relative to the document, or to one
+/// object's text on the wire); we report lines ourselves, or they mean nothing to the reader.
+pub(crate) fn strip_location(e: &impl std::fmt::Display) -> String {
     let text = e.to_string();
     match text.rfind(" at line ") {
         Some(i) if text[i..].contains(" column ") => text[..i].to_owned(),

@@ -20,6 +20,8 @@ use serde::de::{DeserializeOwned, Error as _};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
+use crate::manifest::strip_location;
+
 /// The object, or (when it does not decode as `K`) its metadata and the decoding error.
 #[derive(Debug, Clone)]
 pub struct Readable<K>(pub Result<K, InvalidObject>);
@@ -39,21 +41,11 @@ where
                     serde_json::from_str::<PartialObjectMeta<K>>(raw.get())
                         .map_err(D::Error::custom)?;
                 Ok(Readable(Err(InvalidObject {
-                    error: without_position(&e),
+                    error: strip_location(&e),
                     metadata,
                 })))
             }
         }
-    }
-}
-
-/// serde_json's message without " at line L column C": a position inside one object's text
-/// on the wire, which nobody reading the error has.
-fn without_position(e: &serde_json::Error) -> String {
-    let text = e.to_string();
-    match text.rfind(" at line ") {
-        Some(i) => text[..i].to_owned(),
-        None => text,
     }
 }
 

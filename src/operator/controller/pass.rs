@@ -223,7 +223,11 @@ async fn pass(ctx: &Arc<Context>, cache: &mut PlanCache, resync: bool, pods_know
                 .replanned(replanned.as_ref())
                 .filter(|p| !cache.waiting_for_pods.contains(&p.name)),
         ));
-        let policies = changed_policies(cache, replanned.as_ref(), &index);
+        let policies = if pods_known {
+            changed_policies(cache, replanned.as_ref(), &index)
+        } else {
+            Vec::new()
+        };
         (replanned, policies, announced)
     };
     drop(templates);

@@ -195,8 +195,7 @@ async fn feed_pods(
                     "list of pods complete"
                 );
                 let mut shared = ctx.shared();
-                shared.pods_synced = true;
-                shared.dirty = Dirty::All;
+                relisted(&mut shared, |s| &mut s.pods_synced);
                 drop(shared);
                 ctx.wake.notify_one();
             }
@@ -236,6 +235,16 @@ async fn feed_pods(
                 ctx.reconnected.notify_one();
             }
         }
+    }
+}
+
+/// Books a list of Pods or templates complete. A relist re-plans every namespace; the first list
+/// needs no more: the first pass that knows every list plans them all anyway (see `pass`: the
+/// default `Dirty::All`, or the one forced after passes that labelled before the Pods were in),
+/// and labelling passes before it would re-plan 10,000 namespaces for Pods they do not read.
+fn relisted(shared: &mut Shared, synced: impl FnOnce(&mut Shared) -> &mut bool) {
+    if std::mem::replace(synced(shared), true) {
+        shared.dirty = Dirty::All;
     }
 }
 
@@ -306,8 +315,7 @@ where
                 }
                 info!(reported = listed, "list of {kind}s complete");
                 let mut shared = ctx.shared();
-                shared.workloads_synced[kind.index()] = true;
-                shared.dirty = Dirty::All;
+                relisted(&mut shared, |s| &mut s.workloads_synced[kind.index()]);
                 drop(shared);
                 ctx.wake.notify_one();
             }
